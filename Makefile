@@ -1,0 +1,36 @@
+# Two entry points a new user needs: `make demo` (main job) and `make test` (the suite).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-all lint bench clean
+
+# Create the virtualenv. --system-site-packages lets an already installed torch (for example a
+# site's CUDA build) be used as is; only when no torch imports is the local CPU torch 2.13.0
+# installed, before anything else can make pip resolve torch on its own.
+$(BIN)/seqanom: pyproject.toml
+	$(PY) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,federation]"
+	@touch $@
+
+setup: $(BIN)/seqanom
+
+demo: setup
+	$(BIN)/seqanom demo --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

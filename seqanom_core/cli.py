@@ -1,0 +1,376 @@
+"""The ``seqanom`` command: train, score, inject, synth, demo.
+
+Only this module (and the other CLIs) print; the library logs. Any ``SeqanomError`` is shown as
+one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqanom_core.errors import ConfigError, SeqanomError
+
+EXIT_ERROR = 2
+log = logging.getLogger("seqanom")
+
+
+# --------------------------------------------------------------------------- input helpers
+def add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--data / --format / --mapping / --quarantine."""
+    from seqanom_core.formats import list_formats
+
+    p.add_argument("--data", required=required, metavar="PATH",
+                   help="events file: .csv, .csv.gz or .parquet (or .txt for --format tokens)")
+    p.add_argument("--format", default="seqanom", metavar="NAME",
+                   help="input format: " + ", ".join(list_formats()) + ", 'tokens' (one sequence "
+                   "of space-separated integer event ids per line), or 'generic' with --mapping "
+                   "(default: seqanom, the canonical format written by synth/inject)")
+    p.add_argument("--mapping", metavar="SPEC",
+                   help="with --format generic: column mapping, e.g. "
+                   "'user_id=visitorid,item_id=itemid,category_id=-,behavior=event,"
+                   "timestamp=timestamp,behaviors=view:view;addtocart:cart;transaction:buy,"
+                   "time=unix_ms' (see README)")
+    p.add_argument("--quarantine", metavar="PATH",
+                   help="write rejected rows (with reason and line) to this CSV")
+
+
+def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]:
+    """Read --data: returns (SequenceSet, events table or None, ingest report)."""
+    from seqanom_core.ingest import read_events, read_token_sequences
+
+    from seqanom_core.sequences import build_sequences, sequences_from_tokens
+
+    if args.format == "tokens":
+        toks, report = read_token_sequences(args.data, quarantine_path=args.quarantine)
+        return sequences_from_tokens(toks.ids, toks.tokens, tokenizer), None, report
+    fmt: Any = args.format
+    if args.format == "generic":
+        from seqanom_core.formats import parse_mapping
+
+        if not args.mapping:
+            raise ConfigError("--format generic needs --mapping")
+        fmt = parse_mapping(args.mapping)
+    elif args.mapping:
+        raise ConfigError("--mapping is only used with --format generic")
+    events, report = read_events(args.data, fmt, quarantine_path=args.quarantine)
+    if events.num_rows == 0:
+        raise ConfigError(f"{args.data}: no valid rows ({report.summary()})")
+    return build_sequences(events, tokenizer), events, report
+
+
+def read_labels(path: str) -> dict[str, tuple[int, str]]:
+    """Labels CSV (user_id,is_anomalous[,kind]) -> {user_id: (label, kind)}."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, dtype={"user_id": str}, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read labels: {err}") from err
+    for col in ("user_id", "is_anomalous"):
+        if col not in df.columns:
+            raise ConfigError(f"{path}: labels need a '{col}' column (found {list(df.columns)})")
+    kinds = df["kind"].astype(str) if "kind" in df.columns else [""] * len(df)
+    return {u: (int(y), str(k)) for u, y, k in zip(df["user_id"], df["is_anomalous"], kinds,
+                                                     strict=True)}
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a detector on normal-looking shoppers and save its model directory."""
+    from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
+    from seqanom_core.detector import make_detector
+    from seqanom_core.privacy import AccountantState
+
+    tok = TokenizerConfig(category_buckets=args.category_buckets, session_gap_s=args.session_gap)
+    dp = None
+    if args.dp:
+        if args.epsilon is None and args.noise_multiplier is None:
+            raise ConfigError("--dp needs --epsilon (a budget) or --noise-multiplier")
+        dp = DPConfig(epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
+                      max_grad_norm=args.max_grad_norm)
+    elif args.epsilon is not None or args.noise_multiplier is not None:
+        raise ConfigError("--epsilon/--noise-multiplier need --dp")
+    model = ModelConfig(kind=args.model, d_model=args.d_model, n_layers=args.layers,
+                        max_len=args.max_len)
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        alert_rate=args.alert_rate, seed=args.seed, device=args.device, dp=dp)
+    seqs, _, report = load_input(args, tok)
+    print(report.summary())
+    prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
+    det = make_detector(args.model, model=model, tokenizer=tok, train=train,
+                        progress=not args.quiet)
+    t0 = time.time()
+    det.fit(seqs, accountant_state=prior)
+    out = det.save(args.out)
+    if args.ledger and det.train_result_.accountant_state is not None:
+        det.train_result_.accountant_state.save(args.ledger)
+    meta = det.metadata_
+    print(f"trained {args.model} on {meta['n_train_shoppers']} shoppers "
+          f"({meta['n_train_events']} events), calibrated on {meta['n_calibration_shoppers']} "
+          f"held-out shoppers, {time.time() - t0:.1f} s; final loss {meta['epoch_losses'][-1]:.3f}")
+    print(f"threshold {det.threshold_:.3f} for a target alert rate of {args.alert_rate:.1%}")
+    print(privacy_line(meta["privacy"]))
+    print(f"model written to {out}")
+    return 0
+
+
+def privacy_line(p: dict[str, Any]) -> str:
+    """One exact sentence about the privacy of a model's weights."""
+    if not p.get("dp"):
+        return "privacy: none (trained without differential privacy)"
+    return (f"privacy: ({p['epsilon']:.3f}, {p['delta']:.1e})-DP for {p['unit']}; "
+            f"{p['accountant']}; noise multiplier {p['noise_multiplier']:.3f}, "
+            f"clip {p['max_grad_norm']}")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score every shopper with a saved model; write user_id,score,flagged + explanations."""
+    import pandas as pd
+
+    from seqanom_core.detector import SequenceDetector
+    from seqanom_core.metrics import detection_report
+
+    det = SequenceDetector.load(args.model, device=args.device, progress=not args.quiet)
+    if (det.source_ == "tokens") != (args.format == "tokens"):
+        raise ConfigError(f"{args.model} was trained on '{det.source_}' input; "
+                          f"--format {args.format} does not match")
+    seqs, events, report = load_input(args, det.tokenizer)
+    print(report.summary())
+    scored = det.score_shoppers(seqs)
+    flagged = scored.scores > det.threshold_
+    explanations = []
+    for i in range(len(scored.ids)):
+        if flagged[i] or args.explain_all:
+            ex = det.explain(scored, i, events, top_k=args.top_k)
+            explanations.append((ex["driver_text"], " | ".join(_event_text(e) for e in ex["events"])))
+        else:
+            explanations.append(("", ""))
+    df = pd.DataFrame({
+        "user_id": scored.ids, "score": np.round(scored.scores, 4), "flagged": flagged.astype(int),
+        "driver": [e[0] for e in explanations], "top_events": [e[1] for e in explanations],
+    })
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
+    print(f"scored {len(df)} shoppers: {int(flagged.sum())} flagged "
+          f"(alert rate {flagged.mean():.2%} at threshold {det.threshold_:.3f}, "
+          f"calibrated for {det.metadata_.get('alert_rate', float('nan')):.1%}); wrote {args.out}")
+    if args.labels:
+        labels = read_labels(args.labels)
+        missing = [u for u in scored.ids if u not in labels]
+        if missing:
+            raise ConfigError(f"{args.labels}: no label for {len(missing)} scored shoppers "
+                              f"(e.g. {missing[0]!r})")
+        y = np.array([labels[u][0] for u in scored.ids])
+        kinds = [labels[u][1] for u in scored.ids]
+        rep = detection_report(y, scored.scores, det.threshold_, kinds)
+        print(f"against {args.labels}: AUROC {rep['auroc']:.4f}, AUPRC {rep['auprc']:.4f}, "
+              f"precision {rep['at_threshold']['precision']:.3f} / recall "
+              f"{rep['at_threshold']['recall']:.3f} at the threshold")
+        for k, v in rep.get("auroc_per_kind", {}).items():
+            print(f"  {k:20s} AUROC {v:.3f}  recall@threshold {rep['recall_per_kind'][k]:.3f}")
+        if args.metrics_out:
+            Path(args.metrics_out).write_text(json.dumps(rep, indent=2))
+            print(f"metrics written to {args.metrics_out}")
+    return 0
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    when = ""
+    if "timestamp" in e:
+        when = time.strftime("%Y-%m-%d %H:%M:%S ", time.gmtime(e["timestamp"]))
+    state = f" ({e['item_state']})" if e.get("item_state") else ""
+    return (f"{when}#{e['position']} {e['observed']}{state} p={e['observed_prob']:.3g}, "
+            f"expected {e['expected']} p={e['expected_prob']:.2g}")
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    """Inject labelled anomalies into chosen shoppers and write events + labels."""
+    from seqanom_core.ingest import read_events, write_events
+
+    from simulation.inject import inject_anomalies
+
+    fmt: Any = args.format
+    if args.format == "tokens":
+        raise ConfigError("inject works on event logs, not on pre-tokenised sequences")
+    if args.format == "generic":
+        from seqanom_core.formats import parse_mapping
+
+        fmt = parse_mapping(args.mapping or "")
+    events, report = read_events(args.data, fmt, quarantine_path=args.quarantine)
+    print(report.summary())
+    kinds = args.kinds.split(",") if args.kinds else None
+    out_events, labels = inject_anomalies(events, rate=args.rate, kinds=kinds, seed=args.seed)
+    write_events(out_events, args.out)
+    Path(args.labels).parent.mkdir(parents=True, exist_ok=True)
+    labels.to_csv(args.labels, index=False)
+    counts = labels[labels.is_anomalous == 1].kind.value_counts().to_dict()
+    print(f"injected anomalies into {int(labels.is_anomalous.sum())} of {len(labels)} shoppers "
+          f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}); "
+          f"wrote {args.out} and {args.labels}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Generate realistic synthetic shopper events (calibrated on public samples)."""
+    from seqanom_core.ingest import write_events
+
+    from simulation.synth import SynthConfig, synthesize_events
+
+    if args.shoppers < 1 or args.sites < 1:
+        raise ConfigError("--shoppers and --sites must be positive")
+    t0 = time.time()
+    table = synthesize_events(SynthConfig(n_shoppers=args.shoppers, n_sites=args.sites, seed=args.seed))
+    write_events(table, args.out)
+    print(f"wrote {table.num_rows} events of {args.shoppers} shoppers at {args.sites} site(s) "
+          f"to {args.out} in {time.time() - t0:.1f} s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Main job on the embedded default: synth -> train on clean shoppers -> inject -> score."""
+    from seqanom_core.ingest import write_events
+
+    from seqanom_core.config import ModelConfig, TrainConfig
+    from seqanom_core.detector import make_detector
+    from seqanom_core.metrics import detection_report
+    from simulation.inject import inject_anomalies
+    from simulation.synth import SynthConfig, synthesize_events
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    events = synthesize_events(SynthConfig(n_shoppers=args.shoppers, n_sites=1, seed=args.seed))
+    users = np.unique(events.column("user_id").to_numpy(zero_copy_only=False))
+    rng = np.random.default_rng(args.seed)
+    test_users = set(rng.choice(users, size=int(0.3 * len(users)), replace=False).tolist())
+    import pyarrow.compute as pc
+
+    is_test = pc.is_in(events.column("user_id"), value_set=__import__("pyarrow").array(sorted(test_users)))
+    train_ev, test_ev = events.filter(pc.invert(is_test)), events.filter(is_test)
+    test_ev, labels = inject_anomalies(test_ev, rate=0.2, seed=args.seed)
+    write_events(train_ev, out / "train_events.csv.gz")
+    write_events(test_ev, out / "test_events.csv.gz")
+    labels.to_csv(out / "test_labels.csv", index=False)
+    print(f"synthetic data: {len(users) - len(test_users)} training shoppers, {len(test_users)} "
+          f"test shoppers ({int(labels.is_anomalous.sum())} with injected anomalies) in {out}")
+    det = make_detector(args.model, model=ModelConfig(kind=args.model),
+                        train=TrainConfig(epochs=args.epochs, seed=args.seed), progress=not args.quiet)
+    det.fit(train_ev).save(out / "model")
+    scored = det.score_shoppers(test_ev)
+    lab = labels.set_index("user_id").loc[scored.ids]
+    rep = detection_report(lab.is_anomalous.to_numpy(), scored.scores, det.threshold_,
+                           lab.kind.tolist())
+    (out / "metrics.json").write_text(json.dumps(rep, indent=2))
+    print(f"{args.model}: AUROC {rep['auroc']:.4f}, AUPRC {rep['auprc']:.4f} on held-out test "
+          f"shoppers; at the threshold precision {rep['at_threshold']['precision']:.3f}, "
+          f"recall {rep['at_threshold']['recall']:.3f}")
+    for k, v in rep["auroc_per_kind"].items():
+        print(f"  {k:20s} AUROC {v:.3f}")
+    print(f"model in {out / 'model'}, metrics in {out / 'metrics.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (``--help`` on every command is complete)."""
+    parser = argparse.ArgumentParser(
+        prog="seqanom",
+        description="Privacy-preserving anomaly detection on e-commerce shopper event sequences.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=fn.__doc__)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("train", cmd_train, "train a detector and write a model directory")
+    add_input_args(p)
+    p.add_argument("--model", choices=["transformer", "lstm"], default="transformer")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="(expected) batch size; with --dp, shoppers are Poisson-sampled")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--alert-rate", type=float, default=0.05,
+                   help="target fraction of normal shoppers flagged (threshold calibration)")
+    p.add_argument("--max-len", type=int, default=128, help="window length seen by the model")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--category-buckets", type=int, default=64)
+    p.add_argument("--session-gap", type=float, default=1800.0, metavar="SECONDS",
+                   help="a gap longer than this starts a new session")
+    p.add_argument("--dp", action="store_true",
+                   help="train with Opacus DP-SGD (one shopper = one example)")
+    p.add_argument("--epsilon", type=float, help="with --dp: privacy budget (cumulative with --ledger)")
+    p.add_argument("--delta", type=float, help="with --dp: delta (default min(1e-5, 1/(10 n)))")
+    p.add_argument("--noise-multiplier", type=float, help="with --dp: fixed noise instead of --epsilon")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="with --dp: per-shopper clip")
+    p.add_argument("--ledger", metavar="PATH",
+                   help="with --dp: accountant state to continue from and update (epsilon accumulates)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+
+    p = add("score", cmd_score, "score shoppers with a model directory")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    add_input_args(p)
+    p.add_argument("--out", required=True, metavar="SCORES.csv",
+                   help="one row per shopper: user_id,score,flagged,driver,top_events")
+    p.add_argument("--labels", metavar="LABELS.csv",
+                   help="optional user_id,is_anomalous[,kind]: print AUROC/AUPRC/recall per kind")
+    p.add_argument("--metrics-out", metavar="JSON", help="with --labels: write all metrics as JSON")
+    p.add_argument("--top-k", type=int, default=3, help="events named per explanation")
+    p.add_argument("--explain-all", action="store_true",
+                   help="explain every shopper, not only the flagged ones")
+    p.add_argument("--device", default="auto")
+
+    p = add("inject", cmd_inject, "inject labelled anomalies into shoppers of an event log")
+    add_input_args(p)
+    p.add_argument("--out", required=True, metavar="EVENTS", help=".csv, .csv.gz or .parquet")
+    p.add_argument("--labels", required=True, metavar="LABELS.csv")
+    p.add_argument("--rate", type=float, default=0.1, help="fraction of shoppers made anomalous")
+    p.add_argument("--kinds", help="comma-separated anomaly kinds (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("synth", cmd_synth, "generate synthetic shopper events")
+    p.add_argument("--shoppers", type=int, required=True)
+    p.add_argument("--sites", type=int, default=1)
+    p.add_argument("--out", required=True, metavar="PATH", help=".csv, .csv.gz or .parquet")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("demo", cmd_demo, "main job on built-in data: synth, train, inject, score, report")
+    p.add_argument("--out", default="runs/demo", metavar="DIR")
+    p.add_argument("--shoppers", type=int, default=1500)
+    p.add_argument("--model", choices=["transformer", "lstm"], default="transformer")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``seqanom`` console command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except SeqanomError as err:
+        print(f"seqanom {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

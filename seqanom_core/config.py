@@ -1,0 +1,104 @@
+"""Typed, frozen configuration of tokenisation, model, training and differential privacy."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from seqanom_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How events become model tokens (fixed-size hashing: nothing is shared between sites)."""
+
+    category_buckets: int = 64  # hashed category buckets per behaviour
+    gap_buckets: int = 14  # log2-spaced within-session time-gap buckets
+    session_gap_s: float = 1800.0  # a gap longer than this starts a new session
+    token_buckets: int = 512  # pre-tokenised format: event ids are folded into this many buckets
+    hash_seed: int = 0  # seed of the category hash (all sites must use the same)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the next-event network."""
+
+    kind: str = "transformer"  # "transformer" or "lstm"
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.1
+    max_len: int = 128  # window length (positions) the model sees at once
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("transformer", "lstm"):
+            raise ConfigError(f"model kind must be 'transformer' or 'lstm', not {self.kind!r}")
+        if self.kind == "transformer" and self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.max_len < 8:
+            raise ConfigError(f"max_len must be at least 8, not {self.max_len}")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Opacus DP-SGD settings; one example is one shopper (one window per shopper per step)."""
+
+    epsilon: float | None = None  # target epsilon for this training call (cumulative budget)
+    delta: float | None = None  # default: 1 / (10 * number of shoppers), capped at 1e-5
+    noise_multiplier: float | None = None  # alternative to epsilon
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ConfigError("DP needs exactly one of epsilon or noise_multiplier")
+        if self.epsilon is not None and self.epsilon <= 0:
+            raise ConfigError(f"epsilon must be positive, not {self.epsilon}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), not {self.delta}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be positive, not {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training call."""
+
+    epochs: int = 8
+    batch_size: int = 64  # expected batch size (Poisson sampling under DP)
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    calibration_fraction: float = 0.2  # shoppers held out of training to calibrate scores
+    alert_rate: float = 0.05  # target fraction of normal shoppers flagged
+    seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    dp: DPConfig | None = None
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to rebuild a detector (saved as JSON beside the weights)."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source: str = "events"  # "events" or "tokens"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        """Rebuild from ``to_dict`` output, rejecting unknown keys."""
+        try:
+            train = dict(data.get("train", {}))
+            dp = train.pop("dp", None)
+            return cls(
+                tokenizer=TokenizerConfig(**data.get("tokenizer", {})),
+                model=ModelConfig(**data.get("model", {})),
+                train=TrainConfig(**train, dp=DPConfig(**dp) if dp else None),
+                source=data.get("source", "events"),
+            )
+        except TypeError as err:
+            raise ConfigError(f"invalid detector configuration: {err}") from err

@@ -1,0 +1,309 @@
+"""Sequence anomaly detectors in the scikit-learn / PyOD shape.
+
+``fit`` trains a next-event model on normal-looking shoppers (optionally with DP-SGD) and
+calibrates scores and an alert threshold on shoppers held out of training;
+``decision_function`` returns one score per shopper (higher = more anomalous); ``predict`` applies
+the calibrated threshold; ``explain`` names the events that drove a shopper's score with the
+event the model expected instead; ``save``/``load`` round-trip a model directory without
+unpickling anything (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from safetensors.torch import load_file, save_file
+
+from seqanom_core.config import DetectorConfig, ModelConfig, TokenizerConfig, TrainConfig
+from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError
+from seqanom_core.models import NextEventModel, build_model, resolve_device
+from seqanom_core.privacy import UNIT, AccountantState
+from seqanom_core.schema import BEHAVIORS
+from seqanom_core.scoring import DRIVER_TEXT, ScoreCalibrator, stat_names
+from seqanom_core.sequences import (
+    ITEM_NAMES,
+    SequenceSet,
+    build_sequences,
+    decode_event,
+    split_shoppers,
+    vocab_sizes,
+)
+from seqanom_core.thresholds import calibrate_threshold
+from seqanom_core.training import EventScores, TrainResult, score_events, train_model
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, CALIBRATION, METADATA, ACCOUNTANT = (
+    "model.safetensors", "config.json", "calibration.json", "metadata.json", "accountant.json")
+
+
+@dataclass
+class ShopperScores:
+    """Scores of a set of shoppers, with what is needed to explain them."""
+
+    ids: np.ndarray  # (n,) shopper ids
+    scores: np.ndarray  # (n,) higher = more anomalous
+    driver: np.ndarray  # (n,) name of the statistic that gave the score
+    stats: np.ndarray  # (n, n_stats) raw statistics
+    events: EventScores
+    sequences: SequenceSet
+
+
+class SequenceDetector:
+    """Next-event sequence anomaly detector; subclasses fix the network kind."""
+
+    kind = "transformer"
+
+    def __init__(
+        self,
+        *,
+        model: ModelConfig | None = None,
+        tokenizer: TokenizerConfig | None = None,
+        train: TrainConfig | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model = model or ModelConfig(kind=self.kind)
+        self.tokenizer = tokenizer or TokenizerConfig()
+        self.train = train or TrainConfig()
+        self.progress = progress
+
+    # ----------------------------------------------------------------- fitting
+    @property
+    def config(self) -> DetectorConfig:
+        """The full configuration (source is known once fitted)."""
+        return DetectorConfig(self.tokenizer, self.model, self.train,
+                              getattr(self, "source_", "events"))
+
+    def _sequences(self, data: SequenceSet | pa.Table) -> SequenceSet:
+        if isinstance(data, SequenceSet):
+            return data
+        if isinstance(data, pa.Table):
+            return build_sequences(data, self.tokenizer)
+        raise ConfigError(f"expected an events table or a SequenceSet, not {type(data).__name__}")
+
+    def fit(
+        self, data: SequenceSet | pa.Table, *, accountant_state: AccountantState | None = None
+    ) -> SequenceDetector:
+        """Train on (mostly normal) shoppers and calibrate the threshold; returns ``self``."""
+        seqs = self._sequences(data)
+        if len(seqs) < 10:
+            raise ConfigError(f"need at least 10 shoppers to train, got {len(seqs)}")
+        if self.model.kind != self.kind:
+            raise ConfigError(f"{type(self).__name__} builds '{self.kind}' models, "
+                              f"not '{self.model.kind}'")
+        t0 = time.time()
+        self.source_ = seqs.source
+        train_seqs, calib_seqs = split_shoppers(seqs, self.train.calibration_fraction, self.train.seed)
+        self.device_ = resolve_device(self.train.device)
+        self.model_ = build_model(self.model, vocab_sizes(self.tokenizer, seqs.source))
+        self.train_result_: TrainResult = train_model(
+            self.model_, train_seqs, self.train, self.device_,
+            accountant_state=accountant_state, progress=self.progress,
+        )
+        calib_events = score_events(self.model_, calib_seqs, self.device_, progress=self.progress)
+        self.calibrator_ = ScoreCalibrator().fit(calib_events)
+        calib_scores, _ = self.calibrator_.score(self.calibrator_.statistics(calib_events))
+        self.threshold_ = calibrate_threshold(calib_scores, self.train.alert_rate)
+        r = self.train_result_
+        self.metadata_: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "kind": self.kind,
+            "source": seqs.source,
+            "n_train_shoppers": len(train_seqs),
+            "n_train_events": train_seqs.n_events,
+            "n_calibration_shoppers": len(calib_seqs),
+            "epochs": self.train.epochs,
+            "steps": r.steps,
+            "epoch_losses": r.epoch_losses,
+            "device": str(self.device_),
+            "fit_seconds": round(time.time() - t0, 2),
+            "alert_rate": self.train.alert_rate,
+            "threshold": self.threshold_,
+            "privacy": self.privacy_summary(),
+        }
+        return self
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """What privacy the saved weights carry, stated exactly (or that there is none)."""
+        r = self.train_result_
+        if not r.dp:
+            return {"dp": False}
+        return {
+            "dp": True,
+            "unit": UNIT,
+            "epsilon": r.epsilon,
+            "delta": r.delta,
+            "accountant": "Opacus RDP accountant, Poisson sampling, cumulative over restored history",
+            "noise_multiplier": r.noise_multiplier,
+            "max_grad_norm": self.train.dp.max_grad_norm if self.train.dp else None,
+            "covers": "model weights; calibration statistics and threshold are computed without "
+                      "DP on held-out shoppers of the same site and stay with the model directory",
+        }
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
+
+
+    # ----------------------------------------------------------------- scoring
+    def score_shoppers(self, data: SequenceSet | pa.Table) -> ShopperScores:
+        """Scores, drivers and per-event scores of every shopper in ``data``."""
+        self._check_fitted()
+        seqs = self._sequences(data)
+        if seqs.source != self.source_:
+            raise ConfigError(f"model was trained on '{self.source_}' input, got '{seqs.source}'")
+        ev = score_events(self.model_, seqs, self.device_, progress=self.progress)
+        stats = self.calibrator_.statistics(ev)
+        scores, which = self.calibrator_.score(stats)
+        names = np.asarray(stat_names(), dtype=object)
+        return ShopperScores(seqs.ids, scores, names[which], stats, ev, seqs)
+
+    def decision_function(self, data: SequenceSet | pa.Table) -> np.ndarray:
+        """Anomaly score per shopper ``(n,)``; higher = more anomalous."""
+        return self.score_shoppers(data).scores
+
+    def predict(self, data: SequenceSet | pa.Table) -> np.ndarray:
+        """0/1 per shopper at the calibrated threshold ``(n,)``."""
+        return (self.decision_function(data) > self.threshold_).astype(np.int64)
+
+    def explain(
+        self, scored: ShopperScores, index: int, events: pa.Table | None = None, top_k: int = 3
+    ) -> dict[str, Any]:
+        """The events that drove shopper ``index``'s score, with what the model expected instead."""
+        driver = str(scored.driver[index])
+        channel = driver.split(":")[0]
+        ev, seqs = scored.events, scored.sequences
+        a, b = int(ev.offsets[index]), int(ev.offsets[index + 1])
+        if channel == "end":
+            contrib = np.zeros(b - a)
+            contrib[-1] = ev.nll["event"][b - 1]
+        elif channel == "total":
+            contrib = sum(v[a:b] for v in ev.nll.values()).astype(np.float64)
+        else:
+            contrib = ev.nll[channel][a:b].astype(np.float64)
+        top = np.argsort(-contrib, kind="stable")[:top_k]
+        rows = []
+        sl = seqs.span(index)
+        n = sl.stop - sl.start
+        for p in sorted(int(t) for t in top):
+            rec: dict[str, Any] = {
+                "position": p,
+                "surprise": round(float(contrib[p]), 3),
+                "expected": decode_event(int(ev.expected[a + p]), self.tokenizer, self.source_),
+                "expected_prob": round(float(ev.expected_prob[a + p]), 4),
+                "observed_prob": round(float(ev.observed_prob[a + p]), 4),
+            }
+            if p >= n:
+                rec["observed"] = "end of sequence"
+            else:
+                e = sl.start + p
+                rec["observed"] = decode_event(int(seqs.channels["event"][e]), self.tokenizer,
+                                               self.source_)
+                rec["item_state"] = ITEM_NAMES.get(int(seqs.channels["item"][e]), "")
+                if events is not None and seqs.rows is not None and self.source_ == "events":
+                    row = int(seqs.rows[e])
+                    rec["observed"] = (
+                        f"{BEHAVIORS[events.column('behavior')[row].as_py()]} "
+                        f"item {events.column('item_id')[row].as_py()} "
+                        f"category {events.column('category_id')[row].as_py()}"
+                    )
+                    rec["timestamp"] = float(events.column("timestamp")[row].as_py())
+            rows.append(rec)
+        return {"driver": driver, "driver_text": DRIVER_TEXT.get(channel, channel), "events": rows}
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write weights (safetensors), config, calibration, metadata (+ accountant state) as files."""
+        self._check_fitted()
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        save_file(state, str(out / WEIGHTS))
+        cfg = self.config.to_dict()
+        cfg["vocab"] = self.model_.vocab
+        (out / CONFIG).write_text(json.dumps(cfg, indent=2))
+        cal = {"threshold": self.threshold_, "alert_rate": self.train.alert_rate,
+               **self.calibrator_.to_dict()}
+        (out / CALIBRATION).write_text(json.dumps(cal, indent=2))
+        (out / METADATA).write_text(json.dumps(self.metadata_, indent=2, default=str))
+        if self.train_result_.accountant_state is not None:
+            self.train_result_.accountant_state.save(out / ACCOUNTANT)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", progress: bool = True) -> SequenceDetector:
+        """Load a model directory written by ``save`` (no pickle: safetensors + JSON only)."""
+        d = Path(path)
+        if not d.is_dir():
+            raise ModelFileError(f"{d}: not a model directory")
+        missing = [f for f in (WEIGHTS, CONFIG, CALIBRATION, METADATA) if not (d / f).is_file()]
+        if missing:
+            raise ModelFileError(f"{d}: missing {', '.join(missing)}")
+        try:
+            cfg_raw = json.loads((d / CONFIG).read_text())
+            vocab = cfg_raw.pop("vocab")
+            cfg = DetectorConfig.from_dict(cfg_raw)
+            cal = json.loads((d / CALIBRATION).read_text())
+            meta = json.loads((d / METADATA).read_text())
+        except (ValueError, KeyError) as err:
+            raise ModelFileError(f"{d}: unreadable model files: {err}") from err
+        det_cls = DETECTORS.get(cfg.model.kind, cls)
+        det = det_cls(model=cfg.model, tokenizer=cfg.tokenizer,
+                      train=dataclasses.replace(cfg.train, device=device), progress=progress)
+        det.source_ = cfg.source
+        det.device_ = resolve_device(device)
+        model: NextEventModel = build_model(cfg.model, vocab)
+        try:
+            model.load_state_dict(load_file(str(d / WEIGHTS)))
+        except (RuntimeError, OSError) as err:
+            raise ModelFileError(f"{d / WEIGHTS}: weights do not fit the configured model: {err}") from err
+        det.model_ = model.to(det.device_).eval()
+        try:
+            det.calibrator_ = ScoreCalibrator.from_dict(cal)
+        except (ValueError, KeyError) as err:
+            raise ModelFileError(f"{d / CALIBRATION}: {err}") from err
+        det.threshold_ = float(cal["threshold"])
+        det.metadata_ = meta
+        acc = AccountantState.load(d / ACCOUNTANT) if (d / ACCOUNTANT).is_file() else None
+        det.train_result_ = TrainResult(
+            epoch_losses=meta.get("epoch_losses", []), steps=meta.get("steps", 0),
+            dp=bool(meta.get("privacy", {}).get("dp")), accountant_state=acc,
+            epsilon=meta.get("privacy", {}).get("epsilon"), delta=meta.get("privacy", {}).get("delta"),
+            noise_multiplier=meta.get("privacy", {}).get("noise_multiplier"),
+        )
+        return det
+
+
+class TransformerDetector(SequenceDetector):
+    """Causal Transformer next-event detector."""
+
+    kind = "transformer"
+
+
+class LSTMDetector(SequenceDetector):
+    """DP-LSTM next-event detector."""
+
+    kind = "lstm"
+
+
+DETECTORS: dict[str, type[SequenceDetector]] = {"transformer": TransformerDetector, "lstm": LSTMDetector}
+
+
+def make_detector(kind: str, **kwargs: Any) -> SequenceDetector:
+    """Detector of the given model kind; ``model`` defaults to ``ModelConfig(kind=kind)``."""
+    if kind not in DETECTORS:
+        raise ConfigError(f"unknown model {kind!r}; choose from {', '.join(DETECTORS)}")
+    kwargs.setdefault("model", ModelConfig(kind=kind))
+    return DETECTORS[kind](**kwargs)
+
+

@@ -1,0 +1,104 @@
+"""Detection metrics on labelled scores (labels: 1 = anomalous)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from seqanom_core.errors import ConfigError
+
+
+def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise ConfigError(f"{len(y)} labels but {len(s)} scores")
+    if not np.isfinite(s).all():
+        raise ConfigError("scores contain NaN or infinite values")
+    return y, s
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve; NaN when only one class is present."""
+    y, s = _check(labels, scores)
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision (area under the precision-recall curve); NaN without positives."""
+    y, s = _check(labels, scores)
+    return float(average_precision_score(y, s)) if 0 < y.sum() else float("nan")
+
+
+def precision_recall_f1(labels: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of 0/1 flags."""
+    y = np.asarray(labels).astype(bool)
+    f = np.asarray(flagged).astype(bool)
+    tp = float(np.sum(y & f))
+    precision = tp / f.sum() if f.sum() else 0.0
+    recall = tp / y.sum() if y.sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "alert_rate": float(f.mean())}
+
+
+def best_f1(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 at the threshold that maximises F1 (an oracle upper bound)."""
+    y, s = _check(labels, scores)
+    if not y.sum():
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "threshold": float("nan")}
+    p, r, t = precision_recall_curve(y, s)
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)[:-1]
+    k = int(np.argmax(f1))
+    return {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f1[k]),
+            "threshold": float(t[k])}
+
+
+def precision_at_k(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """Fraction of anomalies among the ``k`` highest scores."""
+    y, s = _check(labels, scores)
+    if k <= 0:
+        raise ConfigError(f"k must be positive, not {k}")
+    top = np.argsort(-s, kind="stable")[:k]
+    return float(y[top].mean()) if len(top) else float("nan")
+
+
+def recall_per_kind(kinds: Sequence[str], flagged: np.ndarray) -> dict[str, float]:
+    """Recall of the flags within each anomaly kind (normal rows have kind "")."""
+    kinds_arr = np.asarray(kinds, dtype=object)
+    f = np.asarray(flagged).astype(bool)
+    return {str(k): float(f[kinds_arr == k].mean()) for k in sorted(set(kinds_arr) - {""})}
+
+
+def auroc_per_kind(labels: np.ndarray, scores: np.ndarray, kinds: Sequence[str]) -> dict[str, float]:
+    """AUROC of each anomaly kind against all normal rows."""
+    y, s = _check(labels, scores)
+    kinds_arr = np.asarray(kinds, dtype=object)
+    normal = y == 0
+    out = {}
+    for k in sorted(set(kinds_arr[y == 1])):
+        m = normal | (kinds_arr == k)
+        out[str(k)] = auroc(y[m], s[m])
+    return out
+
+
+def detection_report(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, kinds: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """All metrics at once: AUROC, AUPRC, P/R/F1 at the threshold and at the best F1, P@k."""
+    y, s = _check(labels, scores)
+    flagged = s > threshold
+    n_pos = int(y.sum())
+    report: dict[str, Any] = {
+        "n": int(len(y)), "n_anomalous": n_pos,
+        "auroc": auroc(y, s), "auprc": auprc(y, s),
+        "at_threshold": {"threshold": float(threshold), **precision_recall_f1(y, flagged)},
+        "best_f1": best_f1(y, s),
+        "precision_at_k": {"k": n_pos, "value": precision_at_k(y, s, n_pos)} if n_pos else None,
+    }
+    if kinds is not None:
+        report["recall_per_kind"] = recall_per_kind(kinds, flagged)
+        report["auroc_per_kind"] = auroc_per_kind(y, s, kinds)
+    return report

@@ -1,0 +1,121 @@
+"""Next-event networks: a DP-LSTM and a causal Transformer built only from Opacus-supported layers.
+
+Both share one shape: channel embeddings in, a backbone, then three heads. The event head predicts
+the next event token (including the end of the sequence); the gap and item heads predict the next
+event's time-gap bucket and item state *given* that event (teacher-forced), so that e.g. "a buy
+of an item never viewed" is one surprising prediction, not two ordinary ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from opacus.layers import DPLSTM
+from torch import nn
+
+from seqanom_core.config import ModelConfig
+from seqanom_core.sequences import CHANNELS
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention from plain ``nn.Linear`` layers (per-sample-gradient safe)."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, time, d)`` -> ``(batch, time, d)``."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        shape = (b, t, self.n_heads, d // self.n_heads)
+        q, k, v = (z.view(shape).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Transformer block."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, 4 * d_model)
+        self.fc2 = nn.Linear(4 * d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, time, d)`` -> ``(batch, time, d)``."""
+        x = x + self.drop(self.attn(self.ln1(x)))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
+
+
+class NextEventModel(nn.Module):
+    """Embeddings + backbone + factorised next-event heads."""
+
+    def __init__(self, config: ModelConfig, vocab: dict[str, int]) -> None:
+        super().__init__()
+        d = config.d_model
+        self.config = config
+        self.vocab = dict(vocab)
+        self.emb = nn.ModuleDict({c: nn.Embedding(vocab[c], d) for c in CHANNELS})
+        self.drop = nn.Dropout(config.dropout)
+        if config.kind == "transformer":
+            self.pos = nn.Embedding(config.max_len, d)
+            self.blocks = nn.ModuleList(
+                TransformerBlock(d, config.n_heads, config.dropout) for _ in range(config.n_layers)
+            )
+            self.ln_f = nn.LayerNorm(d)
+        else:
+            self.lstm = DPLSTM(d, d, num_layers=config.n_layers, batch_first=True,
+                               dropout=config.dropout if config.n_layers > 1 else 0.0)
+            self.ln_f = nn.LayerNorm(d)
+        self.head_event = nn.Linear(d, vocab["event"])
+        self.cond = nn.Embedding(vocab["event"], d)
+        self.cond_fc = nn.Linear(d, d)
+        self.head_gap = nn.Linear(d, vocab["gap"])
+        self.head_item = nn.Linear(d, vocab["item"])
+
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """Contextualise embedded inputs ``(batch, time, d)``; position t sees only <= t."""
+        if self.config.kind == "transformer":
+            b, t = x.shape[:2]
+            # positions expanded to (batch, time) so that per-sample gradients see the batch dim
+            x = x + self.pos(torch.arange(t, device=x.device).expand(b, t))
+            for block in self.blocks:
+                x = block(x)
+            return self.ln_f(x)
+        out, _ = self.lstm(x)
+        return self.ln_f(out)
+
+    def forward(
+        self, inputs: dict[str, torch.Tensor], next_event: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Logits per channel ``(batch, time, vocab_c)`` from inputs ``(batch, time)`` per channel.
+
+        ``next_event`` ``(batch, time)`` is the true next event token, which conditions the gap and
+        item heads.
+        """
+        x = sum(self.emb[c](inputs[c]) for c in CHANNELS)
+        h = self.backbone(self.drop(x))
+        hc = F.gelu(self.cond_fc(h + self.cond(next_event)))
+        return {"event": self.head_event(h), "gap": self.head_gap(hc), "item": self.head_item(hc)}
+
+
+def build_model(config: ModelConfig, vocab: dict[str, int]) -> NextEventModel:
+    """The one builder used everywhere (library, sites, server), so weights always load."""
+    return NextEventModel(config, vocab)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,117 @@
+"""Privacy accounting helpers around Opacus' RDP accountant: cumulative state and noise search.
+
+The protected unit is one shopper: one training example is one shopper's sequence (one window of
+it per step), drawn with Poisson sampling, so DP-SGD's sample-level guarantee is a shopper-level
+(epsilon, delta) guarantee for the data set the training ran on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opacus.accountants import RDPAccountant
+
+from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
+
+log = logging.getLogger(__name__)
+
+ACCOUNTANT = "rdp"
+UNIT = "one shopper (all of their events) at this site"
+
+
+@dataclass
+class AccountantState:
+    """Serializable history of DP-SGD steps: ``[(noise_multiplier, sample_rate, steps), ...]``."""
+
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+    delta: float | None = None
+    accountant: str = ACCOUNTANT
+
+    def accountant_obj(self) -> RDPAccountant:
+        """An Opacus accountant holding this history."""
+        acc = RDPAccountant()
+        acc.history = [tuple(h) for h in self.history]  # type: ignore[misc]
+        return acc
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """Cumulative epsilon at ``delta`` (default: the state's delta); 0 with no history."""
+        d = self.delta if delta is None else delta
+        if not self.history:
+            return 0.0
+        if d is None:
+            raise ConfigError("epsilon needs a delta")
+        return float(self.accountant_obj().get_epsilon(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"accountant": self.accountant, "delta": self.delta,
+                "history": [list(h) for h in self.history]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AccountantState:
+        """Rebuild from ``to_dict`` output."""
+        if data.get("accountant", ACCOUNTANT) != ACCOUNTANT:
+            raise ConfigError(f"unsupported accountant {data.get('accountant')!r}")
+        hist = [(float(s), float(q), int(n)) for s, q, n in data.get("history", [])]
+        return cls(history=hist, delta=data.get("delta"))
+
+    def save(self, path: str | Path) -> None:
+        """Write the state as JSON (atomically)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AccountantState:
+        """Read a state written by ``save``."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise ConfigError(f"{path}: cannot read accountant state: {err}") from err
+
+
+def default_delta(n_examples: int) -> float:
+    """A delta well below 1/n: ``min(1e-5, 1 / (10 n))``."""
+    return min(1e-5, 1.0 / (10.0 * max(n_examples, 1)))
+
+
+def noise_for_budget(
+    prior: AccountantState, target_epsilon: float, delta: float, sample_rate: float, steps: int
+) -> float:
+    """Smallest noise multiplier (within 1%) keeping the *cumulative* epsilon <= target.
+
+    Raises PrivacyBudgetExceeded when the prior history alone already reaches the target.
+    """
+    spent = prior.epsilon(delta)
+    if spent >= target_epsilon:
+        raise PrivacyBudgetExceeded(
+            f"privacy budget exhausted: epsilon {spent:.3f} already spent of {target_epsilon}"
+        )
+
+    def total(sigma: float) -> float:
+        acc = prior.accountant_obj()
+        acc.history.append((sigma, sample_rate, steps))
+        return float(acc.get_epsilon(delta))
+
+    lo, hi = 0.3, 1.0
+    while total(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise PrivacyBudgetExceeded(
+                f"no noise level keeps epsilon <= {target_epsilon} over {steps} steps "
+                f"(already spent {spent:.3f})"
+            )
+    if total(lo) <= target_epsilon:
+        return lo
+    while hi - lo > 0.01 * hi:
+        mid = (lo + hi) / 2
+        if total(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi

@@ -1,0 +1,137 @@
+"""From per-event surprise to one score per shopper, normalised against normal shoppers.
+
+Averaging per-event surprise over a whole history dilutes a short anomalous burst, and the raw
+log-likelihoods of different heads are not comparable. So each shopper gets several statistics
+per channel (whole-history mean, worst window, end-of-sequence surprise), each statistic is
+standardised against held-out normal shoppers (robust location/scale), and the shopper's score
+is the largest standardised statistic: "how far out is this shopper on the axis where they are
+furthest out". The statistic that gave the maximum is the explanation's "driver".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqanom_core.errors import NotFittedError
+from seqanom_core.sequences import CHANNELS
+from seqanom_core.training import EventScores
+
+STAT_CHANNELS: tuple[str, ...] = (*CHANNELS, "total")
+STAT_KINDS: tuple[str, ...] = ("mean", "window", "tail")
+TAIL_QUANTILE = 0.99  # per-event surprise above this quantile of normal events counts as excess
+DRIVER_TEXT = {
+    "event": "which events and categories (behaviour x category)",
+    "gap": "the timing between events",
+    "item": "the item order (new vs repeated items, funnel order)",
+    "total": "overall surprise of the events",
+    "end": "where the sequence ends",
+}
+
+
+def position_nll(scores: EventScores) -> dict[str, np.ndarray]:
+    """Per-position NLL per channel plus their sum ("total"), ``(n_pos,)`` each."""
+    out = dict(scores.nll)
+    out["total"] = sum(scores.nll[c] for c in CHANNELS)
+    return out
+
+
+def stat_names() -> list[str]:
+    """Names of the per-shopper statistics, in column order."""
+    return [f"{c}:{k}" for c in STAT_CHANNELS for k in STAT_KINDS] + ["end:nll"]
+
+
+def _window_max_mean(values: np.ndarray, offsets: np.ndarray, window: int) -> np.ndarray:
+    """Per sequence, the largest mean of ``window`` consecutive positions (whole mean if shorter)."""
+    n_seq = len(offsets) - 1
+    csum = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    out = np.empty(n_seq)
+    lengths = np.diff(offsets)
+    for i in range(n_seq):
+        a, n = int(offsets[i]), int(lengths[i])
+        w = min(window, n)
+        sums = csum[a + w:a + n + 1] - csum[a:a + n - w + 1]
+        out[i] = sums.max() / w
+    return out
+
+
+def tail_levels(scores: EventScores) -> np.ndarray:
+    """Per-channel surprise level ``(n_channels,)`` that only 1% of (normal) events exceed."""
+    nll = position_nll(scores)
+    return np.array([float(np.quantile(nll[c], TAIL_QUANTILE)) for c in STAT_CHANNELS])
+
+
+def shopper_statistics(scores: EventScores, tails: np.ndarray, window: int = 8) -> np.ndarray:
+    """Per-shopper statistics ``(n_seq, n_stats)`` in ``stat_names()`` order.
+
+    ``tails`` are the per-channel levels from ``tail_levels`` on normal shoppers; the "tail"
+    statistic is the summed excess surprise above them, divided by sqrt(length).
+    """
+    nll = position_nll(scores)
+    offsets = scores.offsets
+    lengths = np.diff(offsets).astype(np.float64)
+    seq_of = np.repeat(np.arange(len(lengths)), np.diff(offsets))
+    cols = []
+    for k, c in enumerate(STAT_CHANNELS):
+        v = nll[c].astype(np.float64)
+        # gap/item have no target at the end position: average over real events only
+        denom = lengths if c in ("event", "total") else np.maximum(lengths - 1, 1)
+        cols.append(np.bincount(seq_of, weights=v, minlength=len(lengths)) / denom)
+        cols.append(_window_max_mean(v, offsets, window))
+        excess = np.maximum(v - tails[k], 0.0)
+        cols.append(np.bincount(seq_of, weights=excess, minlength=len(lengths)) / np.sqrt(lengths))
+    cols.append(nll["event"][offsets[1:] - 1].astype(np.float64))
+    return np.stack(cols, axis=1)
+
+
+@dataclass
+class ScoreCalibrator:
+    """Robust standardisation of shopper statistics, fitted on held-out normal shoppers."""
+
+    center: np.ndarray | None = None  # (n_stats,)
+    scale: np.ndarray | None = None  # (n_stats,)
+    tails: np.ndarray | None = None  # (n_channels,) see tail_levels
+
+    def fit(self, scores: EventScores) -> ScoreCalibrator:
+        """Fit tail levels, then median and MAD-based scale per statistic, on normal shoppers."""
+        self.tails = tail_levels(scores)
+        stats = shopper_statistics(scores, self.tails)
+        self.center = np.median(stats, axis=0)
+        mad = np.median(np.abs(stats - self.center), axis=0) * 1.4826
+        std = stats.std(axis=0)
+        self.scale = np.maximum(np.maximum(mad, 0.5 * std), 1e-3)
+        return self
+
+    def statistics(self, scores: EventScores) -> np.ndarray:
+        """Raw per-shopper statistics ``(n_shoppers, n_stats)``."""
+        if self.tails is None:
+            raise NotFittedError("score calibrator is not fitted")
+        return shopper_statistics(scores, self.tails)
+
+    def standardise(self, stats: np.ndarray) -> np.ndarray:
+        """Standardised statistics ``(n_shoppers, n_stats)``."""
+        if self.center is None or self.scale is None:
+            raise NotFittedError("score calibrator is not fitted")
+        return (stats - self.center) / self.scale
+
+    def score(self, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shopper scores ``(n,)`` (max standardised statistic) and the index of that statistic."""
+        z = self.standardise(stats)
+        return z.max(axis=1), z.argmax(axis=1)
+
+    def to_dict(self) -> dict[str, list[float] | list[str]]:
+        """JSON-serialisable form."""
+        if self.center is None or self.scale is None or self.tails is None:
+            raise NotFittedError("score calibrator is not fitted")
+        return {"stats": stat_names(), "center": self.center.tolist(), "scale": self.scale.tolist(),
+                "tails": self.tails.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ScoreCalibrator:
+        """Rebuild from ``to_dict`` output."""
+        if list(data["stats"]) != stat_names():
+            raise ValueError("calibration statistics do not match this version of seqanom")
+        return cls(np.asarray(data["center"], dtype=np.float64),
+                   np.asarray(data["scale"], dtype=np.float64),
+                   np.asarray(data["tails"], dtype=np.float64))

@@ -1,0 +1,280 @@
+"""Per-shopper time-ordered sequences and their token channels.
+
+Each event becomes three categorical channels:
+
+- ``event``: behaviour x hashed category bucket (``N_SPECIAL + behavior * C + bucket``), or for
+  pre-tokenised input the event id folded into ``token_buckets``;
+- ``gap``: the bucketed time since the shopper's previous event (first event, new session, or a
+  log2-spaced bucket within a session);
+- ``item``: the item's state in the shopper's own history (new, same as the previous event,
+  seen earlier). This is what makes funnel order (view -> cart -> buy of one item) visible
+  without any item vocabulary.
+
+Hashing uses a fixed keyed hash, so every site maps the same category to the same bucket and no
+vocabulary has to be shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from seqanom_core.config import TokenizerConfig
+from seqanom_core.errors import ConfigError
+from seqanom_core.schema import BEHAVIORS, check_events
+
+log = logging.getLogger(__name__)
+
+CHANNELS: tuple[str, ...] = ("event", "gap", "item")
+# event channel specials
+PAD, BOS, END = 0, 1, 2
+N_SPECIAL = 3
+# gap channel values
+GAP_PAD, GAP_FIRST, GAP_SESSION, GAP_NONE = 0, 1, 2, 3
+GAP_OFFSET = 4
+# item channel values
+ITEM_PAD, ITEM_NEW, ITEM_SAME, ITEM_REPEAT = 0, 1, 2, 3
+ITEM_NAMES = {ITEM_NEW: "new item", ITEM_SAME: "same item again", ITEM_REPEAT: "earlier item"}
+
+
+def vocab_sizes(tok: TokenizerConfig, source: str) -> dict[str, int]:
+    """Return the vocabulary size of each channel for an input source ("events" or "tokens")."""
+    if source == "events":
+        n_event = N_SPECIAL + len(BEHAVIORS) * tok.category_buckets
+    elif source == "tokens":
+        n_event = N_SPECIAL + tok.token_buckets
+    else:
+        raise ConfigError(f"unknown sequence source {source!r}")
+    return {"event": n_event, "gap": GAP_OFFSET + tok.gap_buckets, "item": 4}
+
+
+@dataclass
+class SequenceSet:
+    """A set of sequences in CSR layout: sequence ``i`` is ``[offsets[i], offsets[i+1])``."""
+
+    ids: np.ndarray  # (n_seq,) shopper / sequence ids as str
+    offsets: np.ndarray  # (n_seq + 1,) int64
+    channels: dict[str, np.ndarray]  # name -> (n_events,) int64
+    source: str  # "events" or "tokens"
+    timestamp: np.ndarray | None = None  # (n_events,) float64 seconds
+    session: np.ndarray | None = None  # (n_events,) session index within the shopper
+    rows: np.ndarray | None = None  # (n_events,) row in the source table, for explanations
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Events per sequence, ``(n_seq,)``."""
+        return np.diff(self.offsets)
+
+    @property
+    def n_events(self) -> int:
+        """Total number of events."""
+        return int(self.offsets[-1])
+
+    def subset(self, index: np.ndarray) -> SequenceSet:
+        """Return the sequences at ``index`` (in that order)."""
+        index = np.asarray(index, dtype=np.int64)
+        starts, ends = self.offsets[index], self.offsets[index + 1]
+        lengths = ends - starts
+        offsets = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        gather = _ranges(starts, lengths)
+
+        def take(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[gather]
+
+        return SequenceSet(
+            ids=self.ids[index],
+            offsets=offsets,
+            channels={k: v[gather] for k, v in self.channels.items()},
+            source=self.source,
+            timestamp=take(self.timestamp),
+            session=take(self.session),
+            rows=take(self.rows),
+        )
+
+    def span(self, i: int) -> slice:
+        """Slice of the flat event arrays that holds sequence ``i``."""
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate ``arange(s, s + n)`` for each pair, vectorised."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    seq_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - seq_start)
+
+
+def hash_buckets(values: pa.Array | pa.ChunkedArray, buckets: int, seed: int = 0) -> np.ndarray:
+    """Map string values to ``[0, buckets)`` with a keyed BLAKE2b hash, stable across sites."""
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks() if encoded.num_chunks != 1 else encoded.chunk(0)
+    key = seed.to_bytes(8, "little", signed=False)
+    table = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8, key=key).digest(), "little")
+            % buckets
+            for v in encoded.dictionary.to_pylist()
+        ),
+        dtype=np.int64,
+        count=len(encoded.dictionary),
+    )
+    return table[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Dictionary-encode values: return (codes per row, unique values in first-seen order)."""
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks() if encoded.num_chunks != 1 else encoded.chunk(0)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+
+
+def gap_bucket(gaps: np.ndarray, tok: TokenizerConfig) -> np.ndarray:
+    """Bucket within-session gaps (seconds): bucket k holds gaps in ``[2**(k-1), 2**k)``."""
+    b = np.floor(np.log2(np.maximum(gaps, 0.0) + 1.0)).astype(np.int64)
+    return GAP_OFFSET + np.clip(b, 0, tok.gap_buckets - 1)
+
+
+def _item_state(seq_id: np.ndarray, item: np.ndarray, new_seq: np.ndarray) -> np.ndarray:
+    """Item channel of events already grouped by sequence: new / same as previous / earlier."""
+    n = len(item)
+    state = np.full(n, ITEM_REPEAT, dtype=np.int64)
+    if n == 0:
+        return state
+    span = int(item.max()) + 1
+    key = seq_id.astype(np.int64) * span + item
+    _, first = np.unique(key, return_index=True)
+    is_first = np.zeros(n, dtype=bool)
+    is_first[first] = True
+    same = np.zeros(n, dtype=bool)
+    same[1:] = (item[1:] == item[:-1]) & ~new_seq[1:]
+    state[same] = ITEM_SAME
+    state[is_first] = ITEM_NEW
+    return state
+
+
+def build_sequences(events: pa.Table, tok: TokenizerConfig) -> SequenceSet:
+    """Group an events table into per-shopper, time-ordered token sequences."""
+    events = check_events(events)
+    n = events.num_rows
+    user_codes, user_ids = _codes(events.column("user_id"))
+    item_codes, _ = _codes(events.column("item_id"))
+    ts = events.column("timestamp").to_numpy()
+    behavior = events.column("behavior").to_numpy().astype(np.int64)
+    cat_bucket = hash_buckets(events.column("category_id"), tok.category_buckets, tok.hash_seed)
+    # stable order: shopper (first appearance), then time, then original row
+    order = np.lexsort((np.arange(n), ts, user_codes))
+    user_sorted = user_codes[order]
+    ts_sorted = ts[order]
+    counts = np.bincount(user_sorted, minlength=len(user_ids))
+    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+
+    new_seq = np.zeros(n, dtype=bool)
+    new_seq[offsets[:-1][counts > 0]] = True
+    gaps = np.zeros(n)
+    gaps[1:] = ts_sorted[1:] - ts_sorted[:-1]
+    new_session = new_seq | (gaps > tok.session_gap_s)
+    gap = gap_bucket(gaps, tok)
+    gap[new_session] = GAP_SESSION
+    gap[new_seq] = GAP_FIRST
+    session = np.cumsum(new_session) - 1
+    session -= np.repeat(session[offsets[:-1][counts > 0]], counts[counts > 0])
+
+    event = N_SPECIAL + behavior[order] * tok.category_buckets + cat_bucket[order]
+    item = _item_state(user_sorted, item_codes[order], new_seq)
+    log.debug("built %d sequences from %d events", len(user_ids), n)
+    return SequenceSet(
+        ids=user_ids.astype(str),
+        offsets=offsets,
+        channels={"event": event, "gap": gap, "item": item},
+        source="events",
+        timestamp=ts_sorted,
+        session=session,
+        rows=order.astype(np.int64),
+    )
+
+
+def sequences_from_tokens(ids: list[str], tokens: list[np.ndarray], tok: TokenizerConfig) -> SequenceSet:
+    """Build a SequenceSet from pre-tokenised sequences (one int array per sequence)."""
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    offsets = np.zeros(len(tokens) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(tokens).astype(np.int64) if len(tokens) and offsets[-1] else np.zeros(0, np.int64)
+    seq_id = np.repeat(np.arange(len(tokens)), lengths)
+    new_seq = np.zeros(len(flat), dtype=bool)
+    new_seq[offsets[:-1][lengths > 0]] = True
+    event = N_SPECIAL + np.mod(flat, tok.token_buckets)
+    gap = np.full(len(flat), GAP_NONE, dtype=np.int64)
+    gap[new_seq] = GAP_FIRST
+    item = _item_state(seq_id, flat - flat.min() if len(flat) else flat, new_seq)
+    return SequenceSet(
+        ids=np.asarray(ids, dtype=str),
+        offsets=offsets,
+        channels={"event": event, "gap": gap, "item": item},
+        source="tokens",
+        rows=np.arange(len(flat), dtype=np.int64),
+    )
+
+
+def split_shoppers(seqs: SequenceSet, fraction: float, seed: int) -> tuple[SequenceSet, SequenceSet]:
+    """Randomly split sequences into (1 - fraction, fraction) parts by shopper."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"split fraction must be in (0, 1), not {fraction}")
+    perm = np.random.default_rng(seed).permutation(len(seqs))
+    n_b = max(1, int(round(fraction * len(seqs))))
+    return seqs.subset(np.sort(perm[n_b:])), seqs.subset(np.sort(perm[:n_b]))
+
+
+def split_chronological(seqs: SequenceSet, fraction: float) -> tuple[SequenceSet, SequenceSet]:
+    """Split every shopper's events at one global time cut: the last ``fraction`` of time is held out.
+
+    Returns (earlier, later); shoppers with no events on a side get an empty sequence there.
+    """
+    if seqs.timestamp is None:
+        raise ConfigError("a chronological split needs timestamps (not available for tokens)")
+    if not 0 < fraction < 1:
+        raise ConfigError(f"split fraction must be in (0, 1), not {fraction}")
+    cut = float(np.quantile(seqs.timestamp, 1 - fraction)) if seqs.n_events else 0.0
+    seq_of = np.repeat(np.arange(len(seqs)), seqs.lengths)
+    parts = []
+    for mask in (seqs.timestamp < cut, seqs.timestamp >= cut):
+        counts = np.bincount(seq_of[mask], minlength=len(seqs))
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        parts.append(
+            SequenceSet(
+                ids=seqs.ids.copy(),
+                offsets=offsets,
+                channels={k: v[mask] for k, v in seqs.channels.items()},
+                source=seqs.source,
+                timestamp=seqs.timestamp[mask],
+                session=None if seqs.session is None else seqs.session[mask],
+                rows=None if seqs.rows is None else seqs.rows[mask],
+            )
+        )
+    return parts[0], parts[1]
+
+
+def decode_event(token: int, tok: TokenizerConfig, source: str) -> str:
+    """Human-readable name of an event-channel token."""
+    if token == END:
+        return "end of sequence"
+    if token < N_SPECIAL:
+        return "start"
+    t = token - N_SPECIAL
+    if source == "tokens":
+        return f"event {t}"
+    return f"{BEHAVIORS[t // tok.category_buckets]} in category bucket {t % tok.category_buckets}"

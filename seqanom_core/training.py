@@ -1,0 +1,262 @@
+"""The one training loop (plain or Opacus DP-SGD) and batched per-event scoring."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from seqanom_core.config import TrainConfig
+from seqanom_core.errors import ConfigError
+from seqanom_core.models import NextEventModel
+from seqanom_core.privacy import AccountantState, default_delta, noise_for_budget
+from seqanom_core.sequences import BOS, CHANNELS, END, GAP_PAD, ITEM_PAD, PAD, SequenceSet
+
+log = logging.getLogger(__name__)
+
+_IN_START = {"event": BOS, "gap": GAP_PAD, "item": ITEM_PAD}
+_TGT_END = {"event": END, "gap": PAD, "item": PAD}
+
+
+def window_arrays(seqs: SequenceSet, i: int, start: int, length: int) -> np.ndarray:
+    """Input and target channels for positions ``[start, start+length)`` of sequence ``i``.
+
+    A sequence of n events has n + 1 positions: position p's input is event p-1 (BOS at 0) and
+    its target is event p (END at n). Returns ``(6, length)`` int64: 3 input rows then 3 targets.
+    """
+    sl = seqs.span(i)
+    n = sl.stop - sl.start
+    out = np.zeros((6, length), dtype=np.int64)
+    pos = np.arange(start, start + length)
+    valid = pos <= n
+    for k, c in enumerate(CHANNELS):
+        ch = seqs.channels[c][sl]
+        inp = np.where(pos == 0, _IN_START[c], ch[np.clip(pos - 1, 0, max(n - 1, 0))] if n else 0)
+        tgt = np.where(pos >= n, _TGT_END[c], ch[np.clip(pos, 0, max(n - 1, 0))] if n else 0)
+        out[k] = np.where(valid, inp, 0)
+        out[3 + k] = np.where(valid, tgt, 0)
+    return out
+
+
+class ShopperWindows(Dataset):
+    """One example per shopper: a random window of at most ``max_len`` positions, redrawn per epoch."""
+
+    def __init__(self, seqs: SequenceSet, max_len: int, seed: int) -> None:
+        self.seqs, self.max_len, self.seed, self.epoch = seqs, max_len, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        n_pos = int(self.seqs.lengths[i]) + 1
+        start = 0
+        if n_pos > self.max_len:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            start = int(rng.integers(0, n_pos - self.max_len + 1))
+        return torch.from_numpy(window_arrays(self.seqs, i, start, self.max_len))
+
+
+def _split_batch(batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(batch, 6, time)`` -> (inputs, targets), trimmed to the longest real window."""
+    valid = batch[:, 3] != PAD
+    t = int(valid.any(0).nonzero().max()) + 1 if bool(valid.any()) else 1
+    batch = batch[:, :, :t]
+    inputs = {c: batch[:, k] for k, c in enumerate(CHANNELS)}
+    targets = {c: batch[:, 3 + k] for k, c in enumerate(CHANNELS)}
+    return inputs, targets
+
+
+def channel_nll(
+    model: NextEventModel, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-position negative log-likelihood per channel ``(batch, time)``, and the logits."""
+    logits = model(inputs, targets["event"])
+    nll = {
+        c: F.cross_entropy(logits[c].transpose(1, 2), targets[c], ignore_index=PAD, reduction="none")
+        for c in CHANNELS
+    }
+    return nll, logits
+
+
+def sequence_loss(
+    model: NextEventModel, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Mean over the batch of each sequence's mean per-position loss (all channels summed)."""
+    nll, _ = channel_nll(model, inputs, targets)
+    per_pos = sum(nll.values())
+    n_valid = (targets["event"] != PAD).sum(1).clamp(min=1)
+    return (per_pos.sum(1) / n_valid).mean()
+
+
+@dataclass
+class TrainResult:
+    """What a training call did: losses per epoch, and the privacy spent when DP was on."""
+
+    epoch_losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    dp: bool = False
+    noise_multiplier: float | None = None
+    epsilon: float | None = None  # cumulative, including earlier calls restored from state
+    delta: float | None = None
+    accountant_state: AccountantState | None = None
+
+
+def train_model(
+    model: NextEventModel,
+    seqs: SequenceSet,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    accountant_state: AccountantState | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place on ``seqs`` for ``cfg.epochs`` (DP-SGD when ``cfg.dp`` is set)."""
+    if len(seqs) == 0:
+        raise ConfigError("no sequences to train on")
+    torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    data = ShopperWindows(seqs, model.config.max_len, cfg.seed)
+    batch_size = min(cfg.batch_size, len(seqs))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result = TrainResult(dp=cfg.dp is not None)
+    train_module: torch.nn.Module = model
+    engine = None
+    if cfg.dp is not None:
+        from opacus import PrivacyEngine
+
+        prior = accountant_state or AccountantState()
+        delta = cfg.dp.delta or prior.delta or default_delta(len(seqs))
+        if prior.delta is not None and prior.history and not math.isclose(prior.delta, delta):
+            raise ConfigError(f"delta {delta} differs from the restored ledger's delta {prior.delta}")
+        # Opacus' Poisson loader samples each shopper with q = 1 / len(loader) per step and takes
+        # len(loader) steps per epoch: account exactly that schedule.
+        sample_rate = 1.0 / len(loader)
+        steps = cfg.epochs * len(loader)
+        sigma = cfg.dp.noise_multiplier
+        if sigma is None:
+            assert cfg.dp.epsilon is not None
+            sigma = noise_for_budget(prior, cfg.dp.epsilon, delta, sample_rate, steps)
+        engine = PrivacyEngine(accountant="rdp")
+        engine.accountant.history = list(prior.history)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train_module, optimizer, loader = engine.make_private(
+                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+                max_grad_norm=cfg.dp.max_grad_norm, poisson_sampling=True,
+            )
+        if not math.isclose(loader.sample_rate, sample_rate):  # type: ignore[attr-defined]
+            raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != planned {sample_rate}")
+        result.noise_multiplier, result.delta = sigma, delta
+        log.info("DP-SGD: noise %.3f, clip %.2f, sample rate %.4f, %d steps, delta %.2e",
+                 sigma, cfg.dp.max_grad_norm, sample_rate, steps, delta)
+
+    total = cfg.epochs * len(loader)
+    bar = tqdm(total=total, desc=f"train {model.config.kind}", disable=not progress or None,
+               leave=False)
+    try:
+        for epoch in range(cfg.epochs):
+            data.epoch = epoch
+            losses = []
+            for batch in loader:
+                bar.update(1)
+                if batch.shape[0] == 0:  # Poisson sampling can draw an empty batch: nothing released
+                    continue
+                inputs, targets = _split_batch(batch.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss = sequence_loss(train_module, inputs, targets)  # type: ignore[arg-type]
+                loss.backward()
+                optimizer.step()
+                result.steps += 1
+                losses.append(float(loss.detach()))
+            result.epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
+            bar.set_postfix(loss=f"{result.epoch_losses[-1]:.3f}")
+            log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, result.epoch_losses[-1])
+    finally:
+        bar.close()
+        if engine is not None and hasattr(train_module, "_close"):
+            train_module._close()  # remove Opacus hooks; keep using the original module
+    if engine is not None:
+        state = AccountantState(history=[tuple(h) for h in engine.accountant.history],
+                                delta=result.delta)
+        result.accountant_state = state
+        result.epsilon = state.epsilon()
+        if cfg.dp.epsilon is not None and result.epsilon > cfg.dp.epsilon * (1 + 1e-9):
+            raise RuntimeError(f"epsilon {result.epsilon} exceeded target {cfg.dp.epsilon}")
+        log.info("privacy spent: epsilon %.3f at delta %.2e (cumulative)", result.epsilon, result.delta)
+    model.eval()
+    return result
+
+
+@dataclass
+class EventScores:
+    """Per-position scores of a SequenceSet: sequence i has positions ``[offsets[i], offsets[i+1])``.
+
+    A sequence of n events has n + 1 positions (the last one predicts the end of the sequence).
+    """
+
+    offsets: np.ndarray  # (n_seq + 1,)
+    nll: dict[str, np.ndarray]  # channel -> (n_pos,) float32; gap/item are 0 at the end position
+    expected: np.ndarray  # (n_pos,) most likely event token at each position
+    expected_prob: np.ndarray  # (n_pos,) its probability
+    observed_prob: np.ndarray  # (n_pos,) probability of the observed event token
+
+
+@torch.no_grad()
+def score_events(
+    model: NextEventModel, seqs: SequenceSet, device: torch.device, *, batch_size: int = 128,
+    progress: bool = True,
+) -> EventScores:
+    """Negative log-likelihood of every event (and of each sequence's end) per channel."""
+    model.to(device).eval()
+    L = model.config.max_len
+    half = L // 2
+    lengths = seqs.lengths
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths + 1, out=offsets[1:])
+    n_pos = int(offsets[-1])
+    nll = {c: np.zeros(n_pos, dtype=np.float32) for c in CHANNELS}
+    expected = np.zeros(n_pos, dtype=np.int64)
+    expected_prob = np.zeros(n_pos, dtype=np.float32)
+    observed_prob = np.zeros(n_pos, dtype=np.float32)
+    # windows (seq, start, keep_from): positions before keep_from were scored with more context
+    windows: list[tuple[int, int, int]] = []
+    for i, n in enumerate(lengths):
+        p = int(n) + 1
+        windows.append((i, 0, 0))
+        start = half
+        while start + half < p and p > L:
+            windows.append((i, start, start + half))
+            start += half
+    for b0 in tqdm(range(0, len(windows), batch_size), desc="score", disable=not progress or None,
+                   leave=False):
+        chunk = windows[b0:b0 + batch_size]
+        arr = torch.from_numpy(np.stack([window_arrays(seqs, i, s, L) for i, s, _ in chunk]))
+        inputs, targets = _split_batch(arr.to(device))
+        parts, logits = channel_nll(model, inputs, targets)
+        probs = logits["event"].softmax(-1)
+        top_p, top_i = probs.max(-1)
+        obs_p = probs.gather(-1, targets["event"].unsqueeze(-1)).squeeze(-1)
+        parts_np = {c: v.float().cpu().numpy() for c, v in parts.items()}
+        top_p, top_i, obs_p = top_p.cpu().numpy(), top_i.cpu().numpy(), obs_p.cpu().numpy()
+        t_max = parts_np["event"].shape[1]
+        for r, (i, s, keep) in enumerate(chunk):
+            p = int(lengths[i]) + 1
+            lo, hi = keep, min(s + t_max, s + L, p)
+            if hi <= lo:
+                continue
+            src = slice(lo - s, hi - s)
+            dst = slice(int(offsets[i]) + lo, int(offsets[i]) + hi)
+            for c in CHANNELS:
+                nll[c][dst] = parts_np[c][r, src]
+            expected[dst], expected_prob[dst] = top_i[r, src], top_p[r, src]
+            observed_prob[dst] = obs_p[r, src]
+    return EventScores(offsets, nll, expected, expected_prob, observed_prob)

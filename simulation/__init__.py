@@ -1,0 +1,1 @@
+"""Simulation harness: a calibrated shopper-behaviour generator and labelled anomaly injection."""
