@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from seqanom_core.config import DetectorConfig, ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError
@@ -227,8 +227,8 @@ class SequenceDetector:
         self._check_fitted()
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
-        save_file(state, str(out / WEIGHTS))
+        # save_model de-duplicates tensors that share memory (DPLSTM aliases its weights)
+        save_model(self.model_, str(out / WEIGHTS))
         cfg = self.config.to_dict()
         cfg["vocab"] = self.model_.vocab
         (out / CONFIG).write_text(json.dumps(cfg, indent=2))
@@ -264,8 +264,8 @@ class SequenceDetector:
         det.device_ = resolve_device(device)
         model: NextEventModel = build_model(cfg.model, vocab)
         try:
-            model.load_state_dict(load_file(str(d / WEIGHTS)))
-        except (RuntimeError, OSError) as err:
+            load_model(model, str(d / WEIGHTS), strict=True)
+        except (RuntimeError, OSError, ValueError) as err:
             raise ModelFileError(f"{d / WEIGHTS}: weights do not fit the configured model: {err}") from err
         det.model_ = model.to(det.device_).eval()
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
 import os
 import zlib
@@ -198,7 +199,7 @@ def _header_problem(p: Path, spec: FormatSpec, names: list[str]) -> SchemaError:
 
 def _row_parses(lay: FormatSpec, fields: list[str]) -> bool:
     """Return whether one positional row looks like data of a layout."""
-    row = dict(zip(lay.columns, fields))
+    row = dict(zip(lay.columns, fields, strict=True))
     for fld, col in lay.field_columns().items():
         if fld in ("user_id", "item_id") and row[col].strip() in NULL_VALUES:
             return False
@@ -501,7 +502,7 @@ def _read_csv_raw(
         skip = lead + 1
     else:
         names = list(lay.columns)
-        col_of = {c: c for c in lay.source_columns()}
+        col_of = {c: c for c in lay.source_columns() if c in lay.columns}
         skip = lead
     fields_of = {fld: col_of[col] for fld, col in lay.field_columns().items() if col in col_of}
     dict_type = pa.dictionary(pa.int32(), pa.string())
@@ -551,11 +552,12 @@ def _read_csv_raw(
     if want_lines and ragged and any(num is None for num, _ in ragged):
         table, ragged = read(False)  # only the serial reader knows ragged rows' line numbers
     raw = {fld: table.column(name) for fld, name in fields_of.items()}
-    first_line = skip + 1
-    return lay, raw, {fld: lay.field_columns()[fld] for fld in raw}, ragged, first_line, encoding
+    return lay, raw, fields_of, ragged, skip + 1, encoding
 
 
-def _read_parquet_raw(p: Path, spec: FormatSpec) -> tuple[FormatSpec, dict[str, pa.ChunkedArray]]:
+def _read_parquet_raw(
+    p: Path, spec: FormatSpec
+) -> tuple[FormatSpec, dict[str, pa.ChunkedArray], dict[str, str]]:
     """Read the needed columns of a parquet file, mapped by column names."""
     try:
         pf = pq.ParquetFile(p)
@@ -570,14 +572,15 @@ def _read_parquet_raw(p: Path, spec: FormatSpec) -> tuple[FormatSpec, dict[str, 
         table = pf.read(columns=list(dict.fromkeys(names[i] for i in header.values())))
     except (pa.ArrowInvalid, OSError) as err:
         raise _arrow_error(p, err) from None
-    raw = {}
+    raw, fields_of = {}, {}
     for fld, col in lay.field_columns().items():
         if col in header:
+            fields_of[fld] = names[header[col]]
             c = table.column(names[header[col]])
             if pa.types.is_large_string(c.type) or (fld == "behavior" and not pa.types.is_dictionary(c.type)):
                 c = pc.cast(c, pa.string())
             raw[fld] = c
-    return lay, raw
+    return lay, raw, fields_of
 
 
 def read_events(
@@ -600,9 +603,9 @@ def read_events(
     ragged: list[tuple[int | None, str]] = []
     first_line = 1
     if kind == "parquet":
-        lay, raw = _read_parquet_raw(p, spec)
+        lay, raw, fields_of = _read_parquet_raw(p, spec)
     else:
-        lay, raw, _, ragged, first_line, _ = _read_csv_raw(p, kind, spec, quarantine_path is not None)
+        lay, raw, fields_of, ragged, first_line, _ = _read_csv_raw(p, kind, spec, quarantine_path is not None)
     if site is not None and "site" in raw:
         logger.warning("%s: site=%r replaces the file's '%s' column", p, site, lay.site)
         del raw["site"]
@@ -640,7 +643,7 @@ def read_events(
         else:
             lines = _line_numbers(rows, ragged, first_line, n)
         labels = [name for name, _ in checks]
-        _write_quarantine(Path(quarantine_path), raw, lay, rows, reason_of[rows] - 1, labels, lines, ragged)
+        _write_quarantine(Path(quarantine_path), raw, fields_of, rows, reason_of[rows] - 1, labels, lines, ragged)
     if n == 0 and not ragged:
         logger.warning("%s: no data rows", p)
     (logger.warning if sum(rejected.values()) else logger.info)("%s", report.summary())
@@ -660,13 +663,26 @@ def _line_numbers(
 
 
 def _write_csv(table: pa.Table, p: Path) -> None:
-    """Write a table as CSV (gzip when the name ends in .gz) atomically."""
+    """Write a table as CSV (gzip when the name ends in .gz) atomically; quote only when needed."""
     tmp = p.with_name(p.name + ".tmp")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(table.column_names)
+    header = buf.getvalue().encode("utf-8")
+
+    def attempt(quoting: str) -> None:
+        """Write the whole file with one quoting style."""
+        gz = p.name.lower().endswith(".gz")
+        with pa.CompressedOutputStream(str(tmp), "gzip") if gz else pa.OSFile(str(tmp), "wb") as out:
+            out.write(header)
+            options = pacsv.WriteOptions(include_header=False, quoting_style=quoting)
+            pacsv.write_csv(table, out, write_options=options)
+
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        stream = pa.CompressedOutputStream(str(tmp), "gzip") if p.name.lower().endswith(".gz") else pa.OSFile(str(tmp), "wb")
-        with stream:
-            pacsv.write_csv(table, stream, write_options=pacsv.WriteOptions(quoting_style="needed"))
+        try:
+            attempt("none")
+        except pa.ArrowInvalid:  # a value holds a delimiter, quote or newline
+            attempt("needed")
         os.replace(tmp, p)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -676,7 +692,7 @@ def _write_csv(table: pa.Table, p: Path) -> None:
 def _write_quarantine(
     p: Path,
     raw: dict[str, pa.ChunkedArray],
-    lay: FormatSpec,
+    fields_of: dict[str, str],
     rows: np.ndarray,
     reasons: np.ndarray,
     labels: list[str],
@@ -684,9 +700,8 @@ def _write_quarantine(
     ragged: list[tuple[int | None, str]],
 ) -> None:
     """Write rejected rows (raw values, reason, source line) to a quarantine CSV."""
-    cols = lay.field_columns()
-    sources = list(dict.fromkeys(cols[f] for f in raw))
-    by_source = {cols[f]: raw[f] for f in raw}
+    sources = list(dict.fromkeys(fields_of[f] for f in raw))
+    by_source = {fields_of[f]: raw[f] for f in raw}
     idx = pa.array(rows, pa.int64())
     data: dict[str, pa.Array] = {
         "line": pa.array(lines if lines is not None else np.full(len(rows), None), pa.int64()),

@@ -78,7 +78,7 @@ def auroc_per_kind(labels: np.ndarray, scores: np.ndarray, kinds: Sequence[str])
     kinds_arr = np.asarray(kinds, dtype=object)
     normal = y == 0
     out = {}
-    for k in sorted(set(kinds_arr[y == 1])):
+    for k in sorted(set(kinds_arr[y == 1]) - {""}):
         m = normal | (kinds_arr == k)
         out[str(k)] = auroc(y[m], s[m])
     return out

@@ -19,8 +19,8 @@ from seqanom_core.sequences import CHANNELS
 from seqanom_core.training import EventScores
 
 STAT_CHANNELS: tuple[str, ...] = (*CHANNELS, "total")
-STAT_KINDS: tuple[str, ...] = ("mean", "window", "tail")
-TAIL_QUANTILE = 0.99  # per-event surprise above this quantile of normal events counts as excess
+STAT_KINDS: tuple[str, ...] = ("mean", "window")
+WINDOW = 8  # events per window of the "window" statistic
 DRIVER_TEXT = {
     "event": "which events and categories (behaviour x category)",
     "gap": "the timing between events",
@@ -56,31 +56,19 @@ def _window_max_mean(values: np.ndarray, offsets: np.ndarray, window: int) -> np
     return out
 
 
-def tail_levels(scores: EventScores) -> np.ndarray:
-    """Per-channel surprise level ``(n_channels,)`` that only 1% of (normal) events exceed."""
-    nll = position_nll(scores)
-    return np.array([float(np.quantile(nll[c], TAIL_QUANTILE)) for c in STAT_CHANNELS])
-
-
-def shopper_statistics(scores: EventScores, tails: np.ndarray, window: int = 8) -> np.ndarray:
-    """Per-shopper statistics ``(n_seq, n_stats)`` in ``stat_names()`` order.
-
-    ``tails`` are the per-channel levels from ``tail_levels`` on normal shoppers; the "tail"
-    statistic is the summed excess surprise above them, divided by sqrt(length).
-    """
+def shopper_statistics(scores: EventScores, window: int = WINDOW) -> np.ndarray:
+    """Per-shopper statistics ``(n_seq, n_stats)`` in ``stat_names()`` order."""
     nll = position_nll(scores)
     offsets = scores.offsets
     lengths = np.diff(offsets).astype(np.float64)
     seq_of = np.repeat(np.arange(len(lengths)), np.diff(offsets))
     cols = []
-    for k, c in enumerate(STAT_CHANNELS):
+    for c in STAT_CHANNELS:
         v = nll[c].astype(np.float64)
         # gap/item have no target at the end position: average over real events only
         denom = lengths if c in ("event", "total") else np.maximum(lengths - 1, 1)
         cols.append(np.bincount(seq_of, weights=v, minlength=len(lengths)) / denom)
         cols.append(_window_max_mean(v, offsets, window))
-        excess = np.maximum(v - tails[k], 0.0)
-        cols.append(np.bincount(seq_of, weights=excess, minlength=len(lengths)) / np.sqrt(lengths))
     cols.append(nll["event"][offsets[1:] - 1].astype(np.float64))
     return np.stack(cols, axis=1)
 
@@ -91,12 +79,10 @@ class ScoreCalibrator:
 
     center: np.ndarray | None = None  # (n_stats,)
     scale: np.ndarray | None = None  # (n_stats,)
-    tails: np.ndarray | None = None  # (n_channels,) see tail_levels
 
     def fit(self, scores: EventScores) -> ScoreCalibrator:
-        """Fit tail levels, then median and MAD-based scale per statistic, on normal shoppers."""
-        self.tails = tail_levels(scores)
-        stats = shopper_statistics(scores, self.tails)
+        """Fit median and MAD-based scale of each statistic on held-out normal shoppers."""
+        stats = shopper_statistics(scores)
         self.center = np.median(stats, axis=0)
         mad = np.median(np.abs(stats - self.center), axis=0) * 1.4826
         std = stats.std(axis=0)
@@ -105,9 +91,7 @@ class ScoreCalibrator:
 
     def statistics(self, scores: EventScores) -> np.ndarray:
         """Raw per-shopper statistics ``(n_shoppers, n_stats)``."""
-        if self.tails is None:
-            raise NotFittedError("score calibrator is not fitted")
-        return shopper_statistics(scores, self.tails)
+        return shopper_statistics(scores)
 
     def standardise(self, stats: np.ndarray) -> np.ndarray:
         """Standardised statistics ``(n_shoppers, n_stats)``."""
@@ -122,10 +106,9 @@ class ScoreCalibrator:
 
     def to_dict(self) -> dict[str, list[float] | list[str]]:
         """JSON-serialisable form."""
-        if self.center is None or self.scale is None or self.tails is None:
+        if self.center is None or self.scale is None:
             raise NotFittedError("score calibrator is not fitted")
-        return {"stats": stat_names(), "center": self.center.tolist(), "scale": self.scale.tolist(),
-                "tails": self.tails.tolist()}
+        return {"stats": stat_names(), "center": self.center.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
     def from_dict(cls, data: dict) -> ScoreCalibrator:
@@ -133,5 +116,4 @@ class ScoreCalibrator:
         if list(data["stats"]) != stat_names():
             raise ValueError("calibration statistics do not match this version of seqanom")
         return cls(np.asarray(data["center"], dtype=np.float64),
-                   np.asarray(data["scale"], dtype=np.float64),
-                   np.asarray(data["tails"], dtype=np.float64))
+                   np.asarray(data["scale"], dtype=np.float64))

@@ -91,12 +91,12 @@ def test_parse_mapping_brief_example() -> None:
 def test_parse_mapping_options() -> None:
     spec = parse_mapping(
         " user_id = sid , item_id=iid, category_id=cat, behaviour=-, timestamp=day,"
-        "time=month_day:2015, delimiter=tab, columns=sid;iid;cat;day, constant_behavior=buy,"
+        "time=month_day:2015, delimiter=tab, columns=sid;iid;cat;day;shop;ms, constant_behavior=buy,"
         "site=shop, name=mysite, drop=remove;refund, time_offset_ms=ms"
     )
     assert spec.behavior is None and spec.constant_behavior == "buy"
     assert spec.time_kind == "month_day" and spec.year == 2015
-    assert spec.delimiter == "\t" and spec.columns == ("sid", "iid", "cat", "day")
+    assert spec.delimiter == "\t" and spec.columns == ("sid", "iid", "cat", "day", "shop", "ms")
     assert spec.site == "shop" and spec.name == "mysite"
     assert spec.dropped_behaviors == ("remove", "refund")
     assert spec.time_offset_ms == "ms"

@@ -1,0 +1,37 @@
+"""Shared fixtures: small synthetic data sets and the location of ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The public samples beside the repository (CI has them)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"public data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_split() -> tuple[pa.Table, pa.Table, object]:
+    """(clean training events, test events with injected anomalies, labels) from the generator."""
+    from simulation.inject import inject_anomalies
+    from simulation.synth import SynthConfig, synthesize_events
+
+    events = synthesize_events(SynthConfig(n_shoppers=400, seed=3))
+    users = np.unique(events.column("user_id").to_numpy(zero_copy_only=False))
+    test = np.random.default_rng(3).choice(users, size=120, replace=False)
+    is_test = pc.is_in(events.column("user_id"), value_set=pa.array(test))
+    train, test_ev = events.filter(pc.invert(is_test)), events.filter(is_test)
+    test_ev, labels = inject_anomalies(test_ev, rate=0.4, seed=3,
+                                       kinds=["crawler", "bot_replay", "account_takeover",
+                                              "cart_stuffing"])
+    return train, test_ev, labels

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqanom_core.errors import ConfigError
+from seqanom_core.metrics import (
+    auprc,
+    auroc,
+    auroc_per_kind,
+    best_f1,
+    detection_report,
+    precision_at_k,
+    precision_recall_f1,
+    recall_per_kind,
+)
+from seqanom_core.thresholds import alert_rate_at, calibrate_threshold
+
+
+def test_threshold_hits_alert_rate():
+    scores = np.random.default_rng(0).normal(size=10_000)
+    t = calibrate_threshold(scores, 0.05)
+    assert 0.045 <= alert_rate_at(scores, t) <= 0.05
+    with pytest.raises(ConfigError):
+        calibrate_threshold(scores, 0)
+    with pytest.raises(ConfigError):
+        calibrate_threshold(np.array([np.nan]), 0.1)
+
+
+def test_metrics_known_values():
+    y = np.array([0, 0, 1, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8])
+    assert auroc(y, s) == pytest.approx(0.75)
+    assert auprc(y, s) == pytest.approx((1 + 2 / 3) / 2)
+    assert precision_at_k(y, s, 2) == 0.5
+    prf = precision_recall_f1(y, s > 0.3)
+    assert prf["precision"] == pytest.approx(2 / 3) and prf["recall"] == 1.0
+    assert best_f1(y, s)["f1"] == pytest.approx(0.8)
+    kinds = ["", "", "a", "b"]
+    assert recall_per_kind(kinds, s > 0.5) == {"a": 0.0, "b": 1.0}
+    assert auroc_per_kind(y, s, kinds) == {"a": 0.5, "b": 1.0}
+    rep = detection_report(y, s, 0.5, kinds)
+    assert rep["n_anomalous"] == 2 and rep["at_threshold"]["recall"] == 0.5
+    with pytest.raises(ConfigError):
+        auroc(y, np.array([0, np.nan, 1, 1]))

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqanom_core.config import TokenizerConfig
+from seqanom_core.errors import ConfigError
+from seqanom_core.schema import events_from_arrays
+from seqanom_core.sequences import (
+    GAP_FIRST,
+    GAP_SESSION,
+    ITEM_NEW,
+    ITEM_REPEAT,
+    ITEM_SAME,
+    N_SPECIAL,
+    build_sequences,
+    hash_buckets,
+    sequences_from_tokens,
+    split_chronological,
+    split_shoppers,
+    vocab_sizes,
+)
+
+TOK = TokenizerConfig(category_buckets=16, session_gap_s=100)
+
+
+def _events():
+    # shopper b's rows come first and out of time order; shopper a has a session break
+    return events_from_arrays(
+        user_id=["b", "a", "b", "a", "a", "a"],
+        item_id=["x", "i1", "y", "i1", "i2", "i1"],
+        category_id=["c1", "c1", "c2", "c1", "c2", "c1"],
+        behavior=[0, 0, 3, 1, 0, 3],
+        timestamp=[50.0, 0.0, 10.0, 5.0, 500.0, 501.0],
+    )
+
+
+def test_sequences_grouped_time_ordered_with_sessions_and_item_state():
+    s = build_sequences(_events(), TOK)
+    assert list(s.ids) == ["b", "a"]  # first appearance order
+    assert s.lengths.tolist() == [2, 4]
+    a = s.span(1)
+    assert s.timestamp[a].tolist() == [0.0, 5.0, 500.0, 501.0]
+    assert s.channels["gap"][a][0] == GAP_FIRST
+    assert s.channels["gap"][a][2] == GAP_SESSION  # 495 s > 100 s session gap
+    assert s.session[a].tolist() == [0, 0, 1, 1]
+    assert s.channels["item"][a].tolist() == [ITEM_NEW, ITEM_SAME, ITEM_NEW, ITEM_REPEAT]
+    b = s.span(0)
+    assert s.timestamp[b].tolist() == [10.0, 50.0]  # sorted by time
+    ev = s.channels["event"][b]
+    assert (ev[0] - N_SPECIAL) // TOK.category_buckets == 3  # the buy came first in time
+    assert ev.max() < vocab_sizes(TOK, "events")["event"]
+
+
+def test_rows_point_back_to_source_table():
+    events = _events()
+    s = build_sequences(events, TOK)
+    users = np.asarray(events.column("user_id").to_pylist())
+    for i, uid in enumerate(s.ids):
+        assert set(users[s.rows[s.span(i)]]) == {uid}
+
+
+def test_hash_buckets_stable_and_seeded():
+    import pyarrow as pa
+
+    vals = pa.array(["c1", "c2", "c1", "zz"])
+    a = hash_buckets(vals, 1000, seed=0)
+    assert a[0] == a[2] and 0 <= a.min() and a.max() < 1000
+    assert np.array_equal(a, hash_buckets(vals, 1000, seed=0))
+    assert not np.array_equal(a, hash_buckets(vals, 1000, seed=1))
+
+
+def test_tokens_sequences_and_end_of_empty():
+    s = sequences_from_tokens(["0", "1", "2"], [np.array([5, 5, 7]), np.array([], int), np.array([9])], TOK)
+    assert s.lengths.tolist() == [3, 0, 1]
+    assert s.channels["item"][:3].tolist() == [ITEM_NEW, ITEM_SAME, ITEM_NEW]
+    assert s.source == "tokens"
+
+
+def test_splits():
+    s = build_sequences(_events(), TOK)
+    with pytest.raises(ConfigError):
+        split_shoppers(s, 1.5, 0)
+    a, b = split_shoppers(s, 0.5, 0)
+    assert sorted(list(a.ids) + list(b.ids)) == ["a", "b"]
+    early, late = split_chronological(s, 0.34)
+    assert early.n_events + late.n_events == s.n_events
+    assert early.timestamp.max() < late.timestamp.min()
+    sub = s.subset(np.array([1]))
+    assert sub.ids.tolist() == ["a"] and sub.n_events == 4
