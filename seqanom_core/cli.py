@@ -1,4 +1,4 @@
-"""The ``seqanom`` command: train, score, inject, synth, demo.
+"""The ``seqanom`` command: train, score, inject, split, synth, demo.
 
 Only this module (and the other CLIs) print; the library logs. Any ``SeqanomError`` is shown as
 one line on stderr with exit status 2.
@@ -46,7 +46,6 @@ def add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]:
     """Read --data: returns (SequenceSet, events table or None, ingest report)."""
     from seqanom_core.ingest import read_events, read_token_sequences
-
     from seqanom_core.sequences import build_sequences, sequences_from_tokens
 
     if args.format == "tokens":
@@ -194,19 +193,10 @@ def _event_text(e: dict[str, Any]) -> str:
 
 def cmd_inject(args: argparse.Namespace) -> int:
     """Inject labelled anomalies into chosen shoppers and write events + labels."""
-    from seqanom_core.ingest import read_events, write_events
-
+    from seqanom_core.ingest import write_events
     from simulation.inject import inject_anomalies
 
-    fmt: Any = args.format
-    if args.format == "tokens":
-        raise ConfigError("inject works on event logs, not on pre-tokenised sequences")
-    if args.format == "generic":
-        from seqanom_core.formats import parse_mapping
-
-        fmt = parse_mapping(args.mapping or "")
-    events, report = read_events(args.data, fmt, quarantine_path=args.quarantine)
-    print(report.summary())
+    events = read_event_input(args)
     kinds = args.kinds.split(",") if args.kinds else None
     out_events, labels = inject_anomalies(events, rate=args.rate, kinds=kinds, seed=args.seed)
     write_events(out_events, args.out)
@@ -219,10 +209,42 @@ def cmd_inject(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_event_input(args: argparse.Namespace) -> Any:
+    """Read --data as an events table (not tokens), printing the ingest summary."""
+    from seqanom_core.formats import parse_mapping
+    from seqanom_core.ingest import read_events
+
+    if args.format == "tokens":
+        raise ConfigError(f"'{args.command}' works on event logs, not on pre-tokenised sequences")
+    fmt: Any = parse_mapping(args.mapping or "") if args.format == "generic" else args.format
+    events, report = read_events(args.data, fmt, quarantine_path=args.quarantine)
+    print(report.summary())
+    return events
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """Split an event log by shopper into train and test files (seeded, whole shoppers)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from seqanom_core.ingest import write_events
+
+    if not 0 < args.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be in (0, 1), not {args.test_fraction}")
+    events = read_event_input(args)
+    users = np.unique(events.column("user_id").to_numpy(zero_copy_only=False))
+    n_test = max(1, int(round(args.test_fraction * len(users))))
+    test = np.random.default_rng(args.seed).choice(users, size=n_test, replace=False)
+    is_test = pc.is_in(events.column("user_id"), value_set=pa.array(test.astype(str)))
+    write_events(events.filter(pc.invert(is_test)), args.train_out)
+    write_events(events.filter(is_test), args.test_out)
+    print(f"{len(users) - n_test} shoppers -> {args.train_out}, {n_test} shoppers -> {args.test_out}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     """Generate realistic synthetic shopper events (calibrated on public samples)."""
     from seqanom_core.ingest import write_events
-
     from simulation.synth import SynthConfig, synthesize_events
 
     if args.shoppers < 1 or args.sites < 1:
@@ -237,10 +259,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Main job on the embedded default: synth -> train on clean shoppers -> inject -> score."""
-    from seqanom_core.ingest import write_events
-
     from seqanom_core.config import ModelConfig, TrainConfig
     from seqanom_core.detector import make_detector
+    from seqanom_core.ingest import write_events
     from seqanom_core.metrics import detection_report
     from simulation.inject import inject_anomalies
     from simulation.synth import SynthConfig, synthesize_events
@@ -339,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, metavar="LABELS.csv")
     p.add_argument("--rate", type=float, default=0.1, help="fraction of shoppers made anomalous")
     p.add_argument("--kinds", help="comma-separated anomaly kinds (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("split", cmd_split, "split an event log by shopper into train and test files")
+    add_input_args(p)
+    p.add_argument("--train-out", required=True, metavar="PATH", help=".csv, .csv.gz or .parquet")
+    p.add_argument("--test-out", required=True, metavar="PATH")
+    p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
 
     p = add("synth", cmd_synth, "generate synthetic shopper events")

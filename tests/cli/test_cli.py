@@ -123,3 +123,15 @@ def test_console_command_runs_as_a_process(tmp_path):
     help_ = subprocess.run([sys.executable, "-m", "seqanom_core.cli", "train", "--help"],
                            capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "--epsilon" in help_.stdout and "--format" in help_.stdout
+
+
+def test_split_keeps_whole_shoppers(workdir, tmp_path):
+    assert main(["-q", "split", "--data", str(workdir / "train.csv.gz"), "--train-out",
+                 str(tmp_path / "a.parquet"), "--test-out", str(tmp_path / "b.csv"),
+                 "--test-fraction", "0.25", "--seed", "3"]) == 0
+    src = pd.read_csv(workdir / "train.csv.gz", dtype={"user_id": str})
+    a = pd.read_parquet(tmp_path / "a.parquet")
+    b = pd.read_csv(tmp_path / "b.csv", dtype={"user_id": str})
+    assert len(a) + len(b) == len(src)
+    assert not set(a.user_id) & set(b.user_id)
+    assert b.user_id.nunique() == round(0.25 * src.user_id.nunique())
