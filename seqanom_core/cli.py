@@ -43,27 +43,42 @@ def add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="write rejected rows (with reason and line) to this CSV")
 
 
-def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]:
-    """Read --data: returns (SequenceSet, events table or None, ingest report)."""
-    from seqanom_core.ingest import read_events, read_token_sequences
-    from seqanom_core.sequences import build_sequences, sequences_from_tokens
+def read_event_input(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Read --data (--format, --mapping, --quarantine) as an events table: (table, report)."""
+    from seqanom_core.formats import parse_mapping
+    from seqanom_core.ingest import read_events
 
     if args.format == "tokens":
-        toks, report = read_token_sequences(args.data, quarantine_path=args.quarantine)
-        return sequences_from_tokens(toks.ids, toks.tokens, tokenizer), None, report
+        raise ConfigError(f"'{args.command}' works on event logs, not on pre-tokenised sequences")
     fmt: Any = args.format
     if args.format == "generic":
-        from seqanom_core.formats import parse_mapping
-
         if not args.mapping:
             raise ConfigError("--format generic needs --mapping")
         fmt = parse_mapping(args.mapping)
     elif args.mapping:
         raise ConfigError("--mapping is only used with --format generic")
-    events, report = read_events(args.data, fmt, quarantine_path=args.quarantine)
+    return read_events(args.data, fmt, quarantine_path=args.quarantine)
+
+
+def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]:
+    """Read --data: returns (SequenceSet, events table or None, ingest report)."""
+    from seqanom_core.ingest import read_token_sequences
+    from seqanom_core.sequences import build_sequences, sequences_from_tokens
+
+    if args.format == "tokens":
+        toks, report = read_token_sequences(args.data, quarantine_path=args.quarantine)
+        return sequences_from_tokens(toks.ids, toks.tokens, tokenizer), None, report
+    events, report = read_event_input(args)
     if events.num_rows == 0:
         raise ConfigError(f"{args.data}: no valid rows ({report.summary()})")
     return build_sequences(events, tokenizer), events, report
+
+
+def _shopper_ids(events: Any) -> Any:
+    """Distinct shopper ids of an events table."""
+    import pyarrow.compute as pc
+
+    return pc.unique(events.column("user_id"))
 
 
 def read_labels(path: str) -> dict[str, tuple[int, str]]:
@@ -196,7 +211,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from seqanom_core.ingest import write_events
     from simulation.inject import inject_anomalies
 
-    events = read_event_input(args)
+    events, report = read_event_input(args)
+    print(report.summary())
     kinds = args.kinds.split(",") if args.kinds else None
     out_events, labels = inject_anomalies(events, rate=args.rate, kinds=kinds, seed=args.seed)
     write_events(out_events, args.out)
@@ -209,36 +225,21 @@ def cmd_inject(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_event_input(args: argparse.Namespace) -> Any:
-    """Read --data as an events table (not tokens), printing the ingest summary."""
-    from seqanom_core.formats import parse_mapping
-    from seqanom_core.ingest import read_events
-
-    if args.format == "tokens":
-        raise ConfigError(f"'{args.command}' works on event logs, not on pre-tokenised sequences")
-    fmt: Any = parse_mapping(args.mapping or "") if args.format == "generic" else args.format
-    events, report = read_events(args.data, fmt, quarantine_path=args.quarantine)
-    print(report.summary())
-    return events
-
-
 def cmd_split(args: argparse.Namespace) -> int:
     """Split an event log by shopper into train and test files (seeded, whole shoppers)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     from seqanom_core.ingest import write_events
+    from seqanom_core.sequences import split_events_by_shopper
 
     if not 0 < args.test_fraction < 1:
         raise ConfigError(f"--test-fraction must be in (0, 1), not {args.test_fraction}")
-    events = read_event_input(args)
-    users = np.unique(events.column("user_id").to_numpy(zero_copy_only=False))
-    n_test = max(1, int(round(args.test_fraction * len(users))))
-    test = np.random.default_rng(args.seed).choice(users, size=n_test, replace=False)
-    is_test = pc.is_in(events.column("user_id"), value_set=pa.array(test.astype(str)))
-    write_events(events.filter(pc.invert(is_test)), args.train_out)
-    write_events(events.filter(is_test), args.test_out)
-    print(f"{len(users) - n_test} shoppers -> {args.train_out}, {n_test} shoppers -> {args.test_out}")
+    events, report = read_event_input(args)
+    print(report.summary())
+    train, test = split_events_by_shopper(events, args.test_fraction, args.seed)
+    write_events(train, args.train_out)
+    write_events(test, args.test_out)
+    n_train = len(_shopper_ids(train))
+    n_test = len(_shopper_ids(test))
+    print(f"{n_train} shoppers -> {args.train_out}, {n_test} shoppers -> {args.test_out}")
     return 0
 
 
@@ -263,24 +264,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from seqanom_core.detector import make_detector
     from seqanom_core.ingest import write_events
     from seqanom_core.metrics import detection_report
+    from seqanom_core.sequences import split_events_by_shopper
     from simulation.inject import inject_anomalies
     from simulation.synth import SynthConfig, synthesize_events
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     events = synthesize_events(SynthConfig(n_shoppers=args.shoppers, n_sites=1, seed=args.seed))
-    users = np.unique(events.column("user_id").to_numpy(zero_copy_only=False))
-    rng = np.random.default_rng(args.seed)
-    test_users = set(rng.choice(users, size=int(0.3 * len(users)), replace=False).tolist())
-    import pyarrow.compute as pc
-
-    is_test = pc.is_in(events.column("user_id"), value_set=__import__("pyarrow").array(sorted(test_users)))
-    train_ev, test_ev = events.filter(pc.invert(is_test)), events.filter(is_test)
+    train_ev, test_ev = split_events_by_shopper(events, 0.3, args.seed)
     test_ev, labels = inject_anomalies(test_ev, rate=0.2, seed=args.seed)
     write_events(train_ev, out / "train_events.csv.gz")
     write_events(test_ev, out / "test_events.csv.gz")
     labels.to_csv(out / "test_labels.csv", index=False)
-    print(f"synthetic data: {len(users) - len(test_users)} training shoppers, {len(test_users)} "
+    print(f"synthetic data: {len(_shopper_ids(train_ev))} training shoppers, {len(_shopper_ids(test_ev))} "
           f"test shoppers ({int(labels.is_anomalous.sum())} with injected anomalies) in {out}")
     det = make_detector(args.model, model=ModelConfig(kind=args.model),
                         train=TrainConfig(epochs=args.epochs, seed=args.seed), progress=not args.quiet)

@@ -27,7 +27,7 @@ from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError
 from seqanom_core.models import NextEventModel, build_model, resolve_device
 from seqanom_core.privacy import UNIT, AccountantState
 from seqanom_core.schema import BEHAVIORS
-from seqanom_core.scoring import DRIVER_TEXT, ScoreCalibrator, stat_names
+from seqanom_core.scoring import DRIVER_TEXT, ScoreCalibrator, shopper_statistics, stat_names
 from seqanom_core.sequences import (
     ITEM_NAMES,
     SequenceSet,
@@ -111,7 +111,7 @@ class SequenceDetector:
         )
         calib_events = score_events(self.model_, calib_seqs, self.device_, progress=self.progress)
         self.calibrator_ = ScoreCalibrator().fit(calib_events)
-        calib_scores, _ = self.calibrator_.score(self.calibrator_.statistics(calib_events))
+        calib_scores, _ = self.calibrator_.score(shopper_statistics(calib_events))
         self.threshold_ = calibrate_threshold(calib_scores, self.train.alert_rate)
         r = self.train_result_
         self.metadata_: dict[str, Any] = {
@@ -163,7 +163,7 @@ class SequenceDetector:
         if seqs.source != self.source_:
             raise ConfigError(f"model was trained on '{self.source_}' input, got '{seqs.source}'")
         ev = score_events(self.model_, seqs, self.device_, progress=self.progress)
-        stats = self.calibrator_.statistics(ev)
+        stats = shopper_statistics(ev)
         scores, which = self.calibrator_.score(stats)
         names = np.asarray(stat_names(), dtype=object)
         return ShopperScores(seqs.ids, scores, names[which], stats, ev, seqs)

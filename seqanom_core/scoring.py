@@ -89,10 +89,6 @@ class ScoreCalibrator:
         self.scale = np.maximum(np.maximum(mad, 0.5 * std), 1e-3)
         return self
 
-    def statistics(self, scores: EventScores) -> np.ndarray:
-        """Raw per-shopper statistics ``(n_shoppers, n_stats)``."""
-        return shopper_statistics(scores)
-
     def standardise(self, stats: np.ndarray) -> np.ndarray:
         """Standardised statistics ``(n_shoppers, n_stats)``."""
         if self.center is None or self.scale is None:

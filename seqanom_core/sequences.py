@@ -238,6 +238,19 @@ def split_shoppers(seqs: SequenceSet, fraction: float, seed: int) -> tuple[Seque
     return seqs.subset(np.sort(perm[n_b:])), seqs.subset(np.sort(perm[:n_b]))
 
 
+def split_events_by_shopper(
+    events: pa.Table, test_fraction: float, seed: int
+) -> tuple[pa.Table, pa.Table]:
+    """Split an events table into (train, test) by whole shoppers; a seeded ``test_fraction``."""
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test fraction must be in (0, 1), not {test_fraction}")
+    users = np.unique(events.column("user_id").to_numpy(zero_copy_only=False))
+    n_test = max(1, int(round(test_fraction * len(users))))
+    test = np.random.default_rng(seed).choice(users, size=n_test, replace=False)
+    is_test = pc.is_in(events.column("user_id"), value_set=pa.array(test.astype(str)))
+    return events.filter(pc.invert(is_test)), events.filter(is_test)
+
+
 def split_chronological(seqs: SequenceSet, fraction: float) -> tuple[SequenceSet, SequenceSet]:
     """Split every shopper's events at one global time cut: the last ``fraction`` of time is held out.
 

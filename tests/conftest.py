@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -23,14 +21,12 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def small_split() -> tuple[pa.Table, pa.Table, object]:
     """(clean training events, test events with injected anomalies, labels) from the generator."""
+    from seqanom_core.sequences import split_events_by_shopper
     from simulation.inject import inject_anomalies
     from simulation.synth import SynthConfig, synthesize_events
 
     events = synthesize_events(SynthConfig(n_shoppers=400, seed=3))
-    users = np.unique(events.column("user_id").to_numpy(zero_copy_only=False))
-    test = np.random.default_rng(3).choice(users, size=120, replace=False)
-    is_test = pc.is_in(events.column("user_id"), value_set=pa.array(test))
-    train, test_ev = events.filter(pc.invert(is_test)), events.filter(is_test)
+    train, test_ev = split_events_by_shopper(events, 0.3, seed=3)
     test_ev, labels = inject_anomalies(test_ev, rate=0.4, seed=3,
                                        kinds=["crawler", "bot_replay", "account_takeover",
                                               "cart_stuffing"])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -12,17 +10,16 @@ from seqanom_core.config import ModelConfig, TrainConfig
 from seqanom_core.detector import make_detector
 from seqanom_core.ingest import read_events
 from seqanom_core.metrics import auroc
+from seqanom_core.sequences import split_events_by_shopper
 
 
 def _taobao_split(shared_data):
     from simulation.inject import inject_anomalies
 
     events, _ = read_events(shared_data / "taobao_userbehavior_users_sample.csv.gz", "taobao")
-    users = np.unique(events.column("user_id").to_numpy(zero_copy_only=False))
-    test = np.random.default_rng(0).choice(users, size=int(0.3 * len(users)), replace=False)
-    is_test = pc.is_in(events.column("user_id"), value_set=pa.array(test))
-    test_ev, labels = inject_anomalies(events.filter(is_test), rate=0.3, seed=1)
-    return events.filter(pc.invert(is_test)), test_ev, labels
+    train, test = split_events_by_shopper(events, 0.3, seed=0)
+    test_ev, labels = inject_anomalies(test, rate=0.3, seed=1)
+    return train, test_ev, labels
 
 
 @pytest.mark.slow
