@@ -221,6 +221,26 @@ class SequenceDetector:
             rows.append(rec)
         return {"driver": driver, "driver_text": DRIVER_TEXT.get(channel, channel), "events": rows}
 
+    @classmethod
+    def from_parts(
+        cls, config: DetectorConfig, model: NextEventModel, calibrator: ScoreCalibrator,
+        threshold: float, metadata: dict[str, Any], *, device: str = "auto", progress: bool = True,
+    ) -> SequenceDetector:
+        """A fitted detector from a model trained elsewhere (e.g. a federated global model)."""
+        det_cls = DETECTORS.get(config.model.kind, cls)
+        det = det_cls(model=config.model, tokenizer=config.tokenizer, train=config.train,
+                      progress=progress)
+        det.source_ = config.source
+        det.device_ = resolve_device(device)
+        det.model_ = model.to(det.device_).eval()
+        det.calibrator_ = calibrator
+        det.threshold_ = float(threshold)
+        det.metadata_ = {"format_version": FORMAT_VERSION, **metadata, "threshold": float(threshold)}
+        priv = metadata.get("privacy", {})
+        det.train_result_ = TrainResult(dp=bool(priv.get("dp")), epsilon=priv.get("epsilon"),
+                                        delta=priv.get("delta"))
+        return det
+
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """Write weights (safetensors), config, calibration, metadata (+ accountant state) as files."""

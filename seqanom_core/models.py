@@ -8,12 +8,14 @@ of an item never viewed" is one surprising prediction, not two ordinary ones.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from opacus.layers import DPLSTM
 from torch import nn
 
 from seqanom_core.config import ModelConfig
+from seqanom_core.errors import ModelFileError
 from seqanom_core.sequences import CHANNELS
 
 
@@ -119,3 +121,38 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def model_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as named NumPy arrays (what a site sends and a server aggregates)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def check_arrays(reference: dict[str, tuple[int, ...]], arrays: dict[str, np.ndarray]) -> list[str]:
+    """Problems of ``arrays`` against reference shapes: missing/extra keys, shapes, NaN/Inf."""
+    problems = []
+    missing = sorted(set(reference) - set(arrays))
+    extra = sorted(set(arrays) - set(reference))
+    if missing:
+        problems.append(f"missing arrays {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    if extra:
+        problems.append(f"unexpected arrays {extra[:3]}{'...' if len(extra) > 3 else ''}")
+    for k, shape in reference.items():
+        a = arrays.get(k)
+        if a is None:
+            continue
+        if tuple(a.shape) != tuple(shape):
+            problems.append(f"{k}: shape {tuple(a.shape)} != {tuple(shape)}")
+        elif np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            problems.append(f"{k}: contains NaN or Inf")
+    return problems
+
+
+def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load named arrays into ``model`` after checking names, shapes and finiteness."""
+    ref = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = check_arrays(ref, arrays)
+    if problems:
+        raise ModelFileError("weights do not fit the model: " + "; ".join(problems))
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    model.load_state_dict(state, strict=True)

@@ -116,12 +116,22 @@ def train_model(
     *,
     accountant_state: AccountantState | None = None,
     progress: bool = True,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
-    """Train ``model`` in place on ``seqs`` for ``cfg.epochs`` (DP-SGD when ``cfg.dp`` is set)."""
+    """Train ``model`` in place on ``seqs`` for ``cfg.epochs`` (DP-SGD when ``cfg.dp`` is set).
+
+    ``proximal_mu > 0`` pulls the weights towards their values at the start of the call after
+    every step (FedProx's proximal term as a decoupled step: it touches no data, so it is
+    post-processing under DP).
+    """
     if len(seqs) == 0:
         raise ConfigError("no sequences to train on")
+    if proximal_mu < 0:
+        raise ConfigError(f"proximal mu must be >= 0, not {proximal_mu}")
     torch.manual_seed(cfg.seed)
     model.to(device).train()
+    anchor = ({n: p.detach().clone() for n, p in model.named_parameters()}
+              if proximal_mu > 0 else None)
     data = ShopperWindows(seqs, model.config.max_len, cfg.seed)
     batch_size = min(cfg.batch_size, len(seqs))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -175,6 +185,8 @@ def train_model(
                 loss = sequence_loss(train_module, inputs, targets)  # type: ignore[arg-type]
                 loss.backward()
                 optimizer.step()
+                if anchor is not None:
+                    _proximal_step(model, anchor, cfg.lr * proximal_mu)
                 result.steps += 1
                 losses.append(float(loss.detach()))
             result.epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
@@ -194,6 +206,13 @@ def train_model(
         log.info("privacy spent: epsilon %.3f at delta %.2e (cumulative)", result.epsilon, result.delta)
     model.eval()
     return result
+
+
+@torch.no_grad()
+def _proximal_step(model: NextEventModel, anchor: dict[str, torch.Tensor], rate: float) -> None:
+    """Move every parameter a fraction ``rate`` of the way back to ``anchor``."""
+    for name, p in model.named_parameters():
+        p.sub_(min(rate, 1.0) * (p - anchor[name]))
 
 
 @dataclass
@@ -260,3 +279,13 @@ def score_events(
             expected[dst], expected_prob[dst] = top_i[r, src], top_p[r, src]
             observed_prob[dst] = obs_p[r, src]
     return EventScores(offsets, nll, expected, expected_prob, observed_prob)
+
+
+def next_event_metrics(scores: EventScores) -> dict[str, float]:
+    """Mean next-event loss (all channels, per position) and top-1 event accuracy."""
+    n = len(scores.expected)
+    if n == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    total = sum(scores.nll[c].astype(np.float64) for c in CHANNELS)
+    hit = scores.observed_prob >= scores.expected_prob
+    return {"loss": float(np.mean(total)), "accuracy": float(np.mean(hit))}

@@ -1,0 +1,181 @@
+"""A site's privacy ledger: every DP-SGD release it made, its budget, and the epsilon spent.
+
+The ledger is what makes a site's budget cumulative across federated rounds and across runs:
+it holds the Opacus RDP accountant history of every training call the site ever made (one
+``(noise_multiplier, sample_rate, steps)`` entry per call), the delta fixed at its first use, and
+a human-readable entry per release (run, round, epsilon after). Before a round the site asks
+the ledger which noise keeps the *planned* rest of the run inside the budget, or whether it must
+decline; after the round it records what was spent. Epsilon always comes from Opacus' RDP
+accountant over the whole history; nothing here does privacy math of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
+from seqanom_core.privacy import UNIT, AccountantState, noise_for_budget
+
+log = logging.getLogger(__name__)
+
+LEDGER_VERSION = 1
+
+
+@dataclass
+class PrivacyLedger:
+    """Cumulative DP accounting of one site (shopper-level (epsilon, delta))."""
+
+    budget: float | None = None  # epsilon budget; None means no budget is enforced
+    state: AccountantState = field(default_factory=AccountantState)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    site: str = ""
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def delta(self) -> float | None:
+        """The delta all of this ledger's epsilons are stated at (fixed at first use)."""
+        return self.state.delta
+
+    def spent(self) -> float:
+        """Epsilon spent so far (0 with no history)."""
+        return self.state.epsilon()
+
+    def epsilon_after(self, sigma: float, sample_rate: float, steps: int, delta: float) -> float:
+        """Epsilon the ledger would show after one more release of ``steps`` DP-SGD steps."""
+        acc = self.state.accountant_obj()
+        acc.history.append((sigma, sample_rate, steps))
+        return float(acc.get_epsilon(delta))
+
+    def fix_delta(self, delta: float) -> float:
+        """Fix the ledger's delta on first use; later calls must agree (returns the delta)."""
+        if self.state.delta is None:
+            self.state.delta = delta
+        elif not math.isclose(self.state.delta, delta) and self.state.history:
+            raise ConfigError(f"delta {delta} differs from the ledger's delta {self.state.delta}")
+        return float(self.state.delta)
+
+    def plan_noise(
+        self, sample_rate: float, steps_per_round: int, rounds_left: int, *,
+        max_noise: float = 50.0,
+    ) -> float:
+        """Noise multiplier that spends the remaining budget evenly over ``rounds_left`` rounds.
+
+        Raises PrivacyBudgetExceeded when no noise up to ``max_noise`` fits (the site must decline).
+        """
+        if self.budget is None:
+            raise ConfigError("planning noise needs a privacy budget")
+        if self.state.delta is None:
+            raise ConfigError("fix the ledger's delta before planning noise")
+        sigma = noise_for_budget(self.state, self.budget, self.state.delta, sample_rate,
+                                 steps_per_round * max(rounds_left, 1))
+        if sigma > max_noise:
+            raise PrivacyBudgetExceeded(
+                f"budget {self.budget} would need noise {sigma:.1f} > {max_noise} for the "
+                f"{rounds_left} rounds left (spent {self.spent():.3f})")
+        return sigma
+
+    def check_affordable(self, sigma: float, sample_rate: float, steps: int) -> float:
+        """Epsilon after the release; raises PrivacyBudgetExceeded if it would pass the budget."""
+        if self.state.delta is None:
+            raise ConfigError("fix the ledger's delta before training")
+        after = self.epsilon_after(sigma, sample_rate, steps, self.state.delta)
+        if self.budget is not None and after > self.budget * (1 + 1e-9):
+            raise PrivacyBudgetExceeded(
+                f"this round would bring epsilon to {after:.3f}, over the budget {self.budget} "
+                f"(spent {self.spent():.3f})")
+        return after
+
+    # ----------------------------------------------------------------- updates
+    def record(self, state: AccountantState, **meta: Any) -> None:
+        """Replace the accountant state by ``state`` (which extends it) and log the release."""
+        old_steps, new_steps = _steps_by_mechanism(self.state), _steps_by_mechanism(state)
+        if any(new_steps.get(k, 0) < n for k, n in old_steps.items()):
+            raise ConfigError("new accountant history does not extend the ledger's history")
+        new = [[s, q, n - old_steps.get((s, q), 0)] for (s, q), n in new_steps.items()
+               if n > old_steps.get((s, q), 0)]
+        self.state = AccountantState(history=list(state.history), delta=state.delta)
+        eps = self.spent()
+        if self.budget is not None and eps > self.budget * (1 + 1e-9):
+            raise PrivacyBudgetExceeded(f"epsilon {eps:.3f} exceeds the budget {self.budget}")
+        self.entries.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "releases": new, "epsilon_after": eps, **meta})
+
+    # ----------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"version": LEDGER_VERSION, "site": self.site, "unit": UNIT, "budget": self.budget,
+                "epsilon_spent": self.spent(), "accountant": self.state.to_dict(),
+                "entries": self.entries}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrivacyLedger:
+        """Rebuild from ``to_dict`` output."""
+        if data.get("version") != LEDGER_VERSION:
+            raise ConfigError(f"unsupported ledger version {data.get('version')!r}")
+        return cls(budget=data.get("budget"), state=AccountantState.from_dict(data["accountant"]),
+                   entries=list(data.get("entries", [])), site=data.get("site", ""))
+
+    def to_json(self) -> str:
+        """The ledger as a JSON string."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> PrivacyLedger:
+        """Rebuild from ``to_json`` output."""
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        """Write the ledger atomically (a crash never leaves half a ledger)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrivacyLedger:
+        """Read a ledger written by ``save``."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path}: cannot read privacy ledger: {err}") from err
+
+    @classmethod
+    def open(cls, path: str | Path | None, *, budget: float | None, site: str = "") -> PrivacyLedger:
+        """Load the ledger at ``path`` if it exists, else start an empty one; set the budget.
+
+        A budget lowered below what is already spent makes every later training call decline.
+        """
+        if path is not None and Path(path).is_file():
+            ledger = cls.load(path)
+        else:
+            ledger = cls(site=site)
+        if budget is not None:
+            ledger.budget = budget
+        ledger.site = ledger.site or site
+        return ledger
+
+
+def _steps_by_mechanism(state: AccountantState) -> dict[tuple[float, float], int]:
+    """Total steps per (noise multiplier, sample rate); Opacus merges consecutive equal entries."""
+    out: dict[tuple[float, float], int] = {}
+    for s, q, n in state.history:
+        out[(float(s), float(q))] = out.get((float(s), float(q)), 0) + int(n)
+    return out
+
+
+def _total_steps(ledger: PrivacyLedger) -> int:
+    return sum(int(n) for _, _, n in ledger.state.history)
+
+
+def more_recent(a: PrivacyLedger | None, b: PrivacyLedger | None) -> PrivacyLedger | None:
+    """Of two copies of one site's ledger, the one with the longer history (never forget spend)."""
+    if a is None or b is None:
+        return a or b
+    return a if _total_steps(a) >= _total_steps(b) else b

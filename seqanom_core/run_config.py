@@ -1,0 +1,168 @@
+"""Typed federation settings, built from a flat kebab-case run config in one function.
+
+The same dict comes from Flower's run config (``[tool.flwr.app.config]`` in pyproject.toml,
+``flwr run --run-config``) or from ``seqanom simulate``. Unknown keys are rejected with the list
+of known ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
+from seqanom_core.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Server-side settings of a federated run."""
+
+    num_rounds: int = 5
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    round_timeout: float = 900.0
+    proximal_mu: float = 0.01  # FedProx only
+    server_lr: float = 0.05  # FedAdam's eta
+    trim_beta: float = 0.2  # FedTrimmedAvg's fraction cut at each end
+    krum_byzantine: int = 0  # Krum's assumed number of malicious sites
+    alert_rate: float = 0.05
+    calibration_noise: float = 0.5  # std (counts) of the noise on each calibration histogram bin
+    checkpoint_dir: str = "runs/flwr/checkpoints"
+    final_model_dir: str = ""  # default: CHECKPOINT_DIR/final
+    resume: bool = False
+    data_dir: str = ""  # simulation: site k reads DATA_DIR/site-k/
+    ledger_dir: str = ""  # simulation: site k keeps LEDGER_DIR/site-k.json
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        if self.num_rounds < 1:
+            raise ConfigError(f"num-rounds must be >= 1, not {self.num_rounds}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train must be in (0, 1], not {self.fraction_train}")
+        if self.min_sites < 1:
+            raise ConfigError(f"min-sites must be >= 1, not {self.min_sites}")
+        if not 0 <= self.trim_beta < 0.5:
+            raise ConfigError(f"trim-beta must be in [0, 0.5), not {self.trim_beta}")
+        if not 0 < self.alert_rate < 1:
+            raise ConfigError(f"alert-rate must be in (0, 1), not {self.alert_rate}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a federated run needs: tokeniser, model, local training, DP, federation."""
+
+    tokenizer: TokenizerConfig
+    model: ModelConfig
+    train: TrainConfig  # one round of local training (epochs = local epochs)
+    federation: FederationConfig
+    validation_fraction: float = 0.2
+    budget: float | None = None  # per-site epsilon budget (None without DP)
+    max_noise: float = 50.0  # a site declines rather than train with more noise than this
+
+
+# kebab-case key -> (section, field)
+_KEYS: dict[str, tuple[str, str]] = {
+    "num-rounds": ("federation", "num_rounds"),
+    "strategy": ("federation", "strategy"),
+    "fraction-train": ("federation", "fraction_train"),
+    "min-sites": ("federation", "min_sites"),
+    "round-timeout": ("federation", "round_timeout"),
+    "proximal-mu": ("federation", "proximal_mu"),
+    "server-lr": ("federation", "server_lr"),
+    "trim-beta": ("federation", "trim_beta"),
+    "krum-byzantine": ("federation", "krum_byzantine"),
+    "alert-rate": ("federation", "alert_rate"),
+    "calibration-noise": ("federation", "calibration_noise"),
+    "checkpoint-dir": ("federation", "checkpoint_dir"),
+    "final-model-dir": ("federation", "final_model_dir"),
+    "resume": ("federation", "resume"),
+    "data-dir": ("federation", "data_dir"),
+    "ledger-dir": ("federation", "ledger_dir"),
+    "model": ("model", "kind"),
+    "d-model": ("model", "d_model"),
+    "n-layers": ("model", "n_layers"),
+    "n-heads": ("model", "n_heads"),
+    "dropout": ("model", "dropout"),
+    "max-len": ("model", "max_len"),
+    "category-buckets": ("tokenizer", "category_buckets"),
+    "gap-buckets": ("tokenizer", "gap_buckets"),
+    "session-gap-s": ("tokenizer", "session_gap_s"),
+    "local-epochs": ("train", "epochs"),
+    "batch-size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "seed": ("train", "seed"),
+    "device": ("train", "device"),
+    "validation-fraction": ("run", "validation_fraction"),
+    "max-noise": ("run", "max_noise"),
+    "dp": ("dp", "enabled"),
+    "epsilon": ("dp", "epsilon"),
+    "delta": ("dp", "delta"),
+    "noise-multiplier": ("dp", "noise_multiplier"),
+    "max-grad-norm": ("dp", "max_grad_norm"),
+}
+
+
+def _cast(value: Any, like: Any, key: str) -> Any:
+    """Cast a run-config value to the type of the field's default."""
+    try:
+        if isinstance(like, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if isinstance(like, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"run config {key}: cannot use {value!r} ({err})") from err
+
+
+def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
+    """Typed settings from a flat kebab-case run config; unknown keys raise ConfigError."""
+    unknown = sorted(set(run_config) - set(_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown run config keys {unknown}; known: {', '.join(sorted(_KEYS))}")
+    sections: dict[str, dict[str, Any]] = {s: {} for s in
+                                           ("federation", "model", "tokenizer", "train", "run", "dp")}
+    defaults = {"federation": FederationConfig(), "model": ModelConfig(),
+                "tokenizer": TokenizerConfig(), "train": TrainConfig(epochs=1)}
+    dp_defaults = {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
+                   "max_grad_norm": 1.0}
+    run_defaults = {"validation_fraction": 0.2, "max_noise": 50.0}
+    for key, value in run_config.items():
+        section, name = _KEYS[key]
+        if section in defaults:
+            like = getattr(defaults[section], name)
+        else:
+            like = (dp_defaults if section == "dp" else run_defaults)[name]
+        sections[section][name] = _cast(value, like, key)
+    dp_in = {**dp_defaults, **sections["dp"]}
+    dp = None
+    if dp_in["enabled"]:
+        noise = dp_in["noise_multiplier"] or None
+        dp = DPConfig(epsilon=None if noise else dp_in["epsilon"], noise_multiplier=noise,
+                      delta=dp_in["delta"] or None, max_grad_norm=dp_in["max_grad_norm"])
+    run = {**run_defaults, **sections["run"]}
+    if not 0 < run["validation_fraction"] < 1:
+        raise ConfigError(f"validation-fraction must be in (0, 1), not {run['validation_fraction']}")
+    try:
+        model = dataclasses.replace(ModelConfig(), **sections["model"])
+        tok = dataclasses.replace(TokenizerConfig(), **sections["tokenizer"])
+        train = dataclasses.replace(TrainConfig(epochs=1), **sections["train"], dp=dp)
+        fed = dataclasses.replace(FederationConfig(), **sections["federation"])
+    except TypeError as err:
+        raise ConfigError(f"invalid run config: {err}") from err
+    return RunSettings(tokenizer=tok, model=model, train=train, federation=fed,
+                       validation_fraction=run["validation_fraction"],
+                       budget=dp_in["epsilon"] if dp else None, max_noise=run["max_noise"])

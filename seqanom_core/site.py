@@ -1,0 +1,201 @@
+"""What a merchant site does in a federated round, as plain library calls (no Flower here).
+
+A site holds its shoppers in three disjoint parts: training shoppers (DP-SGD), validation
+shoppers (held out: next-event loss, calibration summaries) and, where labels exist (the
+simulation), labelled test shoppers. ``train_round`` runs one round of local training under the
+site's privacy ledger; ``evaluate_round`` measures the global model on the site's held-out
+shoppers; ``score_summary`` releases the noisy score histogram used for the federated threshold.
+Only model arrays and scalars leave these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from seqanom_core.calibration_summary import score_histogram, stat_histograms
+from seqanom_core.config import DPConfig, TokenizerConfig
+from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceeded
+from seqanom_core.metrics import auprc, auroc
+from seqanom_core.models import build_model, load_arrays, model_arrays, resolve_device
+from seqanom_core.privacy import default_delta
+from seqanom_core.privacy_ledger import PrivacyLedger
+from seqanom_core.run_config import RunSettings
+from seqanom_core.scoring import ScoreCalibrator, shopper_statistics
+from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers, vocab_sizes
+from seqanom_core.thresholds import calibrate_threshold
+from seqanom_core.training import next_event_metrics, score_events, train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteData:
+    """A site's shoppers: training, validation and (optionally) labelled test sequences."""
+
+    name: str
+    train: SequenceSet
+    valid: SequenceSet
+    test: SequenceSet | None = None
+    test_labels: np.ndarray | None = None  # (n_test,) 0/1 aligned with ``test``
+
+
+@dataclass(frozen=True)
+class SitePaths:
+    """Where a site's files are (from the node config in deployment, the run dir in simulation)."""
+
+    name: str
+    data: Path
+    fmt: str = "auto"
+    test: Path | None = None
+    labels: Path | None = None
+    ledger: Path | None = None
+
+
+_CACHE: dict[tuple, SiteData] = {}
+
+
+def _read(path: Path, fmt: str) -> Any:
+    from seqanom_core.ingest import read_events
+
+    if fmt == "auto":
+        fmt = "seqanom"
+    table, report = read_events(path, fmt)
+    if sum(report.rejected.values()):
+        log.warning("%s", report.summary())
+    return table
+
+
+def load_site(paths: SitePaths, tok: TokenizerConfig, validation_fraction: float,
+              seed: int) -> SiteData:
+    """Read and tokenise a site's data once per process (cached by path and modification time)."""
+    if not paths.data.is_file():
+        raise DataFileError(f"{paths.data}: site {paths.name!r} has no data file there")
+    key = (str(paths.data), paths.data.stat().st_mtime, str(paths.test), str(paths.labels),
+           tok, validation_fraction, seed)
+    if key in _CACHE:
+        return _CACHE[key]
+    seqs = build_sequences(_read(paths.data, paths.fmt), tok)
+    if len(seqs) < 4:
+        raise ConfigError(f"{paths.data}: site {paths.name!r} has only {len(seqs)} shoppers")
+    train, valid = split_shoppers(seqs, validation_fraction, seed)
+    site = SiteData(paths.name, train, valid)
+    if paths.test is not None and paths.test.is_file():
+        site.test = build_sequences(_read(paths.test, paths.fmt), tok)
+        if paths.labels is not None and paths.labels.is_file():
+            labels = pd.read_csv(paths.labels, dtype={"user_id": str})
+            lab = dict(zip(labels["user_id"], labels["is_anomalous"].astype(int), strict=True))
+            missing = [u for u in site.test.ids if u not in lab]
+            if missing:
+                raise DataFileError(f"{paths.labels}: no label for {len(missing)} test shoppers "
+                                    f"(e.g. {missing[0]!r})")
+            site.test_labels = np.array([lab[u] for u in site.test.ids], dtype=np.int64)
+    log.info("site %s: %d train, %d validation, %d test shoppers", paths.name, len(train),
+             len(valid), 0 if site.test is None else len(site.test))
+    _CACHE[key] = site
+    return site
+
+
+def _model(settings: RunSettings, source: str, arrays: dict[str, np.ndarray]) -> Any:
+    model = build_model(settings.model, vocab_sizes(settings.tokenizer, source))
+    load_arrays(model, arrays)
+    return model
+
+
+@dataclass
+class RoundOutcome:
+    """Result of one local training round (arrays is None when the site declined)."""
+
+    arrays: dict[str, np.ndarray] | None
+    metrics: dict[str, float]
+    ledger: PrivacyLedger | None
+    declined_reason: str = ""
+
+
+def train_round(
+    site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray], *,
+    ledger: PrivacyLedger | None, server_round: int, rounds_left: int, proximal_mu: float = 0.0,
+    run_id: str = "",
+) -> RoundOutcome:
+    """One round of local training from the global ``arrays``, within the site's budget."""
+    cfg = dataclasses.replace(settings.train, seed=settings.train.seed * 100003 + server_round)
+    device = resolve_device(cfg.device)
+    model = _model(settings, site.train.source, arrays)
+    n = len(site.train)
+    batch = min(cfg.batch_size, n)
+    n_batches = -(-n // batch)  # len(loader) of the training call
+    metrics: dict[str, float] = {"num-examples": float(n), "declined": 0.0}
+    if cfg.dp is not None:
+        if ledger is None:
+            raise ConfigError("DP training needs a privacy ledger")
+        delta = ledger.fix_delta(cfg.dp.delta or ledger.delta or default_delta(n))
+        q, steps = 1.0 / n_batches, cfg.epochs * n_batches
+        try:
+            if cfg.dp.noise_multiplier is not None:
+                sigma = cfg.dp.noise_multiplier
+            else:
+                sigma = ledger.plan_noise(q, steps, rounds_left, max_noise=settings.max_noise)
+            ledger.check_affordable(sigma, q, steps)
+        except PrivacyBudgetExceeded as err:
+            log.warning("site %s declines round %d: %s", site.name, server_round, err)
+            return RoundOutcome(None, {"num-examples": 0.0, "declined": 1.0,
+                                       "epsilon": ledger.spent(), "delta": delta,
+                                       "budget": ledger.budget or 0.0}, ledger, str(err))
+        cfg = dataclasses.replace(cfg, dp=DPConfig(noise_multiplier=sigma, delta=delta,
+                                                   max_grad_norm=cfg.dp.max_grad_norm))
+    result = train_model(model, site.train, cfg, device,
+                         accountant_state=ledger.state if (ledger and cfg.dp) else None,
+                         progress=False, proximal_mu=proximal_mu)
+    metrics["train-loss"] = float(result.epoch_losses[-1])
+    if result.accountant_state is not None and ledger is not None:
+        ledger.record(result.accountant_state, run=run_id, round=server_round,
+                      noise_multiplier=result.noise_multiplier, steps=result.steps)
+        metrics.update({"epsilon": ledger.spent(), "delta": float(ledger.delta or 0.0),
+                        "noise-multiplier": float(result.noise_multiplier or 0.0),
+                        "budget": float(ledger.budget or 0.0)})
+    return RoundOutcome(model_arrays(model), metrics, ledger)
+
+
+@dataclass
+class Evaluation:
+    """A site's measurements of a global model: scalars and calibration histograms."""
+
+    metrics: dict[str, float]
+    stat_histograms: np.ndarray  # (n_stats, n_bins), noisy
+
+
+def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray], *,
+                   noise_std: float, seed: int) -> Evaluation:
+    """Next-event loss/accuracy on validation shoppers, local AUROC/AUPRC where labelled."""
+    device = resolve_device(settings.train.device)
+    model = _model(settings, site.valid.source, arrays)
+    ev = score_events(model, site.valid, device, progress=False)
+    stats = shopper_statistics(ev)
+    metrics = {"num-examples": float(len(site.valid)), **next_event_metrics(ev)}
+    local = ScoreCalibrator().fit(ev)
+    valid_scores, _ = local.score(stats)
+    metrics["site-threshold"] = calibrate_threshold(valid_scores, settings.federation.alert_rate)
+    if site.test is not None and site.test_labels is not None:
+        t_scores, _ = local.score(shopper_statistics(score_events(model, site.test, device,
+                                                                  progress=False)))
+        metrics["auroc"] = auroc(site.test_labels, t_scores)
+        metrics["auprc"] = auprc(site.test_labels, t_scores)
+        metrics["num-test"] = float(len(site.test))
+        metrics["alert-rate-test"] = float(np.mean(t_scores > metrics["site-threshold"]))
+    return Evaluation(metrics, stat_histograms(stats, noise_std, seed))
+
+
+def score_summary(site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray],
+                  calibrator: ScoreCalibrator, *, noise_std: float, seed: int) -> np.ndarray:
+    """Noisy histogram of the validation shoppers' scores under the federated calibration."""
+    device = resolve_device(settings.train.device)
+    model = _model(settings, site.valid.source, arrays)
+    scores, _ = calibrator.score(shopper_statistics(score_events(model, site.valid, device,
+                                                                 progress=False)))
+    return score_histogram(scores, noise_std, seed)

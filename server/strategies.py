@@ -1,0 +1,39 @@
+"""The aggregation strategy named in the run config, built from Flower's own strategies."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
+
+from seqanom_core import messages as K
+from seqanom_core.errors import ConfigError
+from seqanom_core.run_config import FederationConfig
+
+
+def build_strategy(fed: FederationConfig) -> Strategy:
+    """FedAvg, FedProx, FedAdam, FedMedian, FedTrimmedAvg or Krum with the run's settings."""
+    common = dict(fraction_train=fed.fraction_train, fraction_evaluate=1.0,
+                  min_train_nodes=fed.min_sites, min_evaluate_nodes=fed.min_sites,
+                  min_available_nodes=fed.min_sites, arrayrecord_key=K.ARRAYS,
+                  configrecord_key=K.CONFIG)
+    name = fed.strategy
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedprox":
+        return FedProx(**common, proximal_mu=fed.proximal_mu)
+    if name == "fedadam":
+        return FedAdam(**common, eta=fed.server_lr)
+    if name == "fedmedian":
+        return FedMedian(**common)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=fed.trim_beta)
+    if name == "krum":
+        return Krum(**common, num_malicious_nodes=fed.krum_byzantine)
+    raise ConfigError(f"unknown strategy {name!r}")

@@ -1,0 +1,81 @@
+"""Run the seqanom ServerApp and ClientApps on Flower's simulation engine (Ray), in this process.
+
+Each site's files are written under ``RUN_DIR/sites/site-<k>/`` (train.parquet, test.parquet,
+labels.csv); the ClientApp of virtual SuperNode k (``partition-id`` k) reads them from there.
+The run config is written as a Flower app config (``RUN_DIR/flwr-app/pyproject.toml``) so that
+server and every site get the same typed settings, exactly as with ``flwr run``.
+
+Flower 1.41 offers two ways to start a simulation: ``flwr run`` against a SuperLink (documented
+in the README) and the in-process engine used here, which needs no background SuperLink and
+ends with this process. The engine's entry point with a run config is Flower's
+``_run_simulation`` (what ``flwr-simulation`` itself calls); ``run_simulation`` has no run config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from seqanom_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_app_config(app_dir: Path, run_config: dict[str, Any]) -> Path:
+    """A minimal Flower app directory whose ``[tool.flwr.app.config]`` is ``run_config``."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["[project]", 'name = "seqanom-simulation"', 'version = "0.1.0"', "",
+             "[tool.flwr.app]", 'publisher = "seqanom"', "",
+             "[tool.flwr.app.components]", 'serverapp = "server.app:app"',
+             'clientapp = "client.app:app"', "", "[tool.flwr.app.config]"]
+    lines += [f'"{k}" = {_toml_value(v)}' for k, v in run_config.items()]
+    path = app_dir / "pyproject.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
+                   cpus_per_site: float = 1.0, gpus_per_site: float = 0.0) -> float:
+    """Run the federation for ``n_sites`` virtual sites; returns wall seconds. Raises on failure."""
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supercore.telemetry import EventType
+
+    if n_sites < 1:
+        raise ConfigError(f"need at least one site, not {n_sites}")
+    app_dir = run_dir / "flwr-app"
+    write_app_config(app_dir, run_config)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    run = Run.create_empty(run_id=int(time.time() * 1000) % (2**62))
+    run.primary_task_id = 1
+    run.federation_id = NOOP_FEDERATION_ID
+    TaskIdentity.task_id, TaskIdentity.run_id = 1, run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=dict(run_config))
+    backend = {"client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
+               "init_args": {"include_dashboard": False, "num_cpus": max(1, os.cpu_count() or 1)}}
+    t0 = time.time()
+    result = _run_simulation(
+        num_supernodes=n_sites, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app_attr="client.app:app", server_app_attr="server.app:app",
+        backend_name="ray", backend_config=backend, server_app_context=context,
+        app_dir=str(app_dir), run=run, is_app=True,
+    )
+    del result  # a ServerApp exception has already been raised by _run_simulation
+    return time.time() - t0
