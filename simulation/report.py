@@ -1,0 +1,229 @@
+"""Markdown report, figures and metrics.json of a simulated federation run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from seqanom_core.metrics import recall_per_kind
+from simulation.baselines import aligned_labels, evaluate_scores
+from simulation.figures import (
+    nested,
+    number,
+    plot_curves,
+    plot_epsilon,
+    plot_recall_per_kind,
+    plot_rounds,
+)
+
+logger = logging.getLogger(__name__)
+
+REPORT, METRICS, FIGURES = "report.md", "metrics.json", "figures"
+
+
+def plain_json(obj: Any) -> Any:
+    """``obj`` with numpy values, tuples and paths made plain JSON (NaN/inf become null)."""
+    if isinstance(obj, dict):
+        return {str(k): plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [plain_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain_json(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, pd.DataFrame):
+        return plain_json(obj.to_dict(orient="records"))
+    return str(obj)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    """Integers as is, floats to ``digits`` decimals (tiny ones in 3 significant digits), text as
+    is; missing or non-finite as an em dash."""
+    if x is None or isinstance(x, (bool, np.bool_)):
+        return "—" if x is None else str(x)
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    v = number(x)
+    if v is None:
+        return "—" if isinstance(x, (float, np.floating)) else str(x)
+    return f"{v:.3g}" if 0 < abs(v) < 10 ** -digits else f"{v:.{digits}f}"
+
+
+def _as_given(x: Any) -> str:
+    """A privacy number exactly as given (never rounded); a per-site dict points to the statement."""
+    if x is None:
+        return "—"
+    if isinstance(x, dict):
+        return "per site, see Privacy"
+    return str(plain_json(x))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Markdown table lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _recall(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: pd.DataFrame, thresholds: dict
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Recall per kind per method, and the rule used (threshold or top-k) per method."""
+    recall, rule = {}, {}
+    for name, (ids, scores) in curves.items():
+        y, kinds = aligned_labels(np.asarray(ids), labels)
+        s = np.asarray(scores, dtype=np.float64)
+        t = number(thresholds.get(name)) if isinstance(thresholds, dict) else None
+        if t is not None:
+            flagged = s > t
+            rule[name] = f"score > threshold {t:.4g}"
+        else:
+            k = int(y.sum())
+            flagged = np.zeros(s.size, dtype=bool)
+            flagged[np.argsort(-s, kind="stable")[:k]] = True
+            rule[name] = f"top-k, k = {k} anomalous shoppers"
+        recall[name] = recall_per_kind(kinds, flagged)
+    return recall, rule
+
+
+def _privacy_lines(privacy: Any) -> list[str]:
+    """The privacy statement exactly as given (no number is computed or rounded here)."""
+    if not privacy:
+        return ["No privacy statement was given for this run: no (ε, δ) is claimed."]
+    if not isinstance(privacy, dict):
+        return [str(privacy)]
+    lines = []
+    for key, value in privacy.items():
+        if isinstance(value, dict):
+            lines += [f"- **{key}**:", "", *_table(["", str(key)], [[str(k), str(v)]
+                                                                    for k, v in value.items()]), ""]
+        else:
+            lines.append(f"- **{key}**: {value}")
+    return lines
+
+
+def _partition_lines(partition: Any) -> list[str]:
+    """Partition summary (list of per-site dicts, or a dict with ``sites``) as Markdown."""
+    lines: list[str] = []
+    sites = partition
+    if isinstance(partition, dict):
+        lines += [f"- **{k}**: {v}" for k, v in partition.items() if k != "sites"]
+        sites = partition.get("sites", [])
+    if isinstance(sites, list) and sites:
+        rows = []
+        for s in sites:
+            s = s if isinstance(s, dict) else {}
+            mix = s.get("behavior_mix") or {}
+            mix_text = ", ".join(f"{b} {_fmt(100 * v, 1) if number(v) is not None else '—'}%"
+                                 for b, v in mix.items()) or "—"
+            rows.append([str(s.get("site", "—")), _fmt(s.get("shoppers")),
+                         _fmt(s.get("events")), mix_text, _fmt(s.get("category_tv"))])
+        lines += ([""] if lines else []) + _table(
+            ["site", "shoppers", "events", "behaviour mix", "category TV vs pooled"], rows)
+    return lines
+
+
+def _rounds_lines(rounds: list[dict]) -> list[str]:
+    """One table row per round of the server log."""
+    rows = []
+    for i, r in enumerate(rounds):
+        sites = nested(r, "sites") or {}
+        declined = [s for s, v in sites.items() if isinstance(v, dict) and v.get("declined")]
+        rejected = r.get("rejected") or []
+        rej = ", ".join(f"{x.get('site', '?')} ({x.get('reason', '?')})" if isinstance(x, dict)
+                        else str(x) for x in rejected)
+        rows.append([_fmt(r.get("round", i + 1)), _fmt(nested(r, "train", "loss")),
+                     _fmt(nested(r, "evaluate", "loss")), _fmt(nested(r, "evaluate", "auroc")),
+                     str(len(sites) - len(declined)), ", ".join(declined) or "—",
+                     rej or "—", _fmt(r.get("seconds"), 1)])
+    return _table(["round", "train loss", "eval loss", "eval AUROC", "sites trained",
+                   "declined", "rejected updates", "seconds"], rows)
+
+
+def write_report(
+    run_dir: Path,
+    metrics: dict,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    labels: pd.DataFrame,
+    rounds: list[dict],
+) -> Path:
+    """Write ``report.md``, ``figures/*.png`` and ``metrics.json`` into ``run_dir``; return the report.
+
+    Method AUROC/AUPRC are computed here from ``curves`` and ``labels``; epsilon and delta per
+    method come from ``metrics["methods"][name]`` when given. ``metrics.json`` is ``metrics``
+    plus an ``evaluation`` key with those computed numbers (unless ``metrics`` has one).
+    """
+    run_dir = Path(run_dir)
+    fig_dir = run_dir / FIGURES
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    rounds = [r for r in (rounds or []) if isinstance(r, dict)]
+    evaluation = {name: evaluate_scores(ids, scores, labels) for name, (ids, scores) in curves.items()}
+    thresholds = metrics.get("thresholds") or {}
+    recall, rule = _recall(curves, labels, thresholds)
+    labelled = {name: (aligned_labels(np.asarray(ids), labels)[0], np.asarray(scores, float))
+                for name, (ids, scores) in curves.items()}
+
+    figures: list[tuple[Path | None, str]] = [
+        (plot_rounds(rounds, fig_dir / "rounds.png"),
+         "Per-round federated training loss, evaluate loss, and evaluate AUROC/AUPRC "
+         "(as reported by the server)."),
+        (plot_curves(labelled, fig_dir / "roc.png", "roc"),
+         "ROC curves of all methods on the same test shoppers."),
+        (plot_curves(labelled, fig_dir / "pr.png", "pr"),
+         "Precision-recall curves of all methods on the same test shoppers."),
+        (plot_epsilon(rounds, fig_dir / "epsilon.png"),
+         "Cumulative ε spent per site after each round, as each site reported it "
+         "(x: the site declined to train that round)."),
+        (plot_recall_per_kind(recall, fig_dir / "recall_per_kind.png"),
+         "Recall per anomaly kind. Flagging rule per method: "
+         + "; ".join(f"{n}: {r}" for n, r in rule.items()) + "."),
+    ]
+
+    methods_meta = metrics.get("methods") or {}
+    summary_rows = []
+    for name, ev in evaluation.items():
+        meta = methods_meta.get(name) if isinstance(methods_meta.get(name), dict) else {}
+        summary_rows.append([name, _fmt(ev["auroc"]), _fmt(ev["auprc"]),
+                             _as_given(meta.get("epsilon")), _as_given(meta.get("delta"))])
+    kinds = sorted({k for ev in evaluation.values() for k in ev["auroc_per_kind"]})
+    kind_rows = [[name, *(_fmt(ev["auroc_per_kind"].get(k)) for k in kinds)]
+                 for name, ev in evaluation.items()]
+
+    lines = [f"# seqanom simulation report: {metrics.get('name', run_dir.name)}", ""]
+    if curves:
+        n = next(iter(evaluation.values()))
+        lines += [f"Test shoppers: {n['n']} ({n['n_anomalous']} with injected anomalies).", "",
+                  "## Summary", "", *_table(["method", "AUROC", "AUPRC", "ε", "δ"], summary_rows),
+                  "", "### AUROC per anomaly kind", "", *_table(["method", *kinds], kind_rows), ""]
+    else:
+        lines += ["No method scores were given.", ""]
+    lines += ["## Privacy", "", *_privacy_lines(metrics.get("privacy")), ""]
+    if metrics.get("partition"):
+        lines += ["## Partition", "", *_partition_lines(metrics["partition"]), ""]
+    if rounds:
+        lines += ["## Rounds", "", *_rounds_lines(rounds), ""]
+    lines += ["## Figures", ""]
+    for path, caption in figures:
+        if path is not None:
+            lines += [f"![{path.stem}]({FIGURES}/{path.name})", "", f"*{caption}*", ""]
+
+    report = run_dir / REPORT
+    report.write_text("\n".join(lines))
+    out = dict(metrics)
+    out.setdefault("evaluation", {name: {**ev, "recall_per_kind": recall[name],
+                                         "recall_rule": rule[name]}
+                                  for name, ev in evaluation.items()})
+    (run_dir / METRICS).write_text(json.dumps(plain_json(out), indent=2, allow_nan=False))
+    logger.info("wrote %s (%d figures)", report, sum(p is not None for p, _ in figures))
+    return report

@@ -1,0 +1,105 @@
+"""Tests of the simulation report writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulation.report import plain_json, write_report
+
+KINDS = ["crawler", "click_farm", "shuffle"]
+
+
+@pytest.fixture()
+def scored() -> tuple[dict, pd.DataFrame]:
+    """Three methods' scores on 60 shoppers, 15 anomalous of three kinds."""
+    rng = np.random.default_rng(0)
+    ids = np.array([f"u{i:03d}" for i in range(60)])
+    y = np.zeros(60, dtype=int)
+    y[:15] = 1
+    labels = pd.DataFrame({"user_id": ids, "is_anomalous": y,
+                           "kind": [KINDS[i % 3] if i < 15 else "" for i in range(60)]})
+    curves = {
+        "federated": (ids, y * 1.5 + rng.normal(size=60)),
+        "centralised": (ids[::-1], (y * 3.0 + rng.normal(size=60))[::-1]),
+        "isolation-forest": (ids, rng.normal(size=60)),
+    }
+    return curves, labels
+
+
+def _rounds() -> list[dict]:
+    return [
+        {"round": 1, "train": {"loss": 3.1}, "evaluate": {"loss": 2.9, "accuracy": 0.31,
+                                                          "auroc": 0.7, "auprc": 0.5},
+         "sites": {"site-0": {"epsilon": 1.2, "declined": False, "train_loss": 3.0},
+                   "site-1": {"epsilon": 0.9, "declined": False}},
+         "rejected": [{"site": "site-2", "reason": "NaN"}], "seconds": 12.5},
+        {"round": 2, "train": {"loss": 2.5}, "evaluate": {"loss": 2.4},
+         "sites": {"site-0": {"epsilon": 1.2, "declined": True},
+                   "site-1": {"epsilon": 1.4, "declined": False}},
+         "seconds": np.float64(11.0)},
+    ]
+
+
+def test_report_and_figures(tmp_path: Path, scored: tuple) -> None:
+    curves, labels = scored
+    privacy = {"unit": "one shopper at one site", "epsilon": {"site-0": 1.2, "site-1": 1.4},
+               "delta": 1e-5, "accountant": "RDP", "rounds": 2}
+    metrics = {
+        "privacy": privacy,
+        "thresholds": {"federated": np.float32(0.5)},
+        "methods": {"federated": {"epsilon": 1.4, "delta": 1e-5}},
+        "partition": [{"site": "site-0", "shoppers": 30, "events": 900,
+                       "behavior_mix": {"view": 0.9, "cart": 0.1}, "category_tv": 0.2}],
+        "array": np.arange(3),
+    }
+    report = write_report(tmp_path / "run", metrics, curves, labels, _rounds())
+    assert report == tmp_path / "run" / "report.md"
+    text = report.read_text()
+    figs = {p.name for p in (tmp_path / "run" / "figures").glob("*.png")}
+    assert figs == {"rounds.png", "roc.png", "pr.png", "epsilon.png", "recall_per_kind.png"}
+    for name in figs:
+        assert f"figures/{name}" in text
+        assert (tmp_path / "run" / "figures" / name).stat().st_size > 1000
+    for method in curves:
+        assert f"| {method} |" in text
+    assert "one shopper at one site" in text and "RDP" in text and "1e-05" in text
+    assert "| site-1 | 1.4 |" in text  # epsilon per site exactly as given
+    assert "| federated | " in text and "| 1.4 | 1e-05 |" in text
+    assert "site-2 (NaN)" in text
+    assert "score > threshold 0.5" in text and "top-k, k = 15" in text
+    data = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert data["array"] == [0, 1, 2]
+    assert data["privacy"]["epsilon"] == {"site-0": 1.2, "site-1": 1.4}
+    assert data["evaluation"]["centralised"]["auroc"] > data["evaluation"]["isolation-forest"]["auroc"]
+    assert set(data["evaluation"]["federated"]["recall_per_kind"]) == set(KINDS)
+
+
+def test_robust_to_missing_keys(tmp_path: Path, scored: tuple) -> None:
+    curves, labels = scored
+    rounds = [{"round": 1}, {"evaluate": {"accuracy": 0.2}}, {"sites": {"a": {}}}, "junk"]
+    report = write_report(tmp_path, {"note": float("nan")}, curves, labels, rounds)
+    text = report.read_text()
+    assert "No privacy statement" in text
+    assert "## Partition" not in text
+    figs = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert figs == {"roc.png", "pr.png", "recall_per_kind.png"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["note"] is None
+
+
+def test_no_curves_no_rounds(tmp_path: Path) -> None:
+    labels = pd.DataFrame({"user_id": [], "is_anomalous": [], "kind": []})
+    report = write_report(tmp_path, {}, {}, labels, [])
+    assert "No method scores" in report.read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"evaluation": {}}
+
+
+def test_plain_json() -> None:
+    out = plain_json({"a": np.float32(1.5), "b": (np.int64(2), np.inf), 3: np.bool_(True),
+                      "p": Path("x")})
+    assert out == {"a": 1.5, "b": [2, None], "3": True, "p": "x"}
+    json.dumps(out, allow_nan=False)
