@@ -1,9 +1,10 @@
-# Two entry points a new user needs: `make demo` (main job) and `make test` (the suite).
+# Two entry points a new user needs: `make simulate` (main job) and `make test` (the suite).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-all lint bench clean
+
+.PHONY: setup simulate demo test test-all lint bench clean
 
 # Create the virtualenv. --system-site-packages lets an already installed torch (for example a
 # site's CUDA build) be used as is; only when no torch imports is the local CPU torch 2.13.0
@@ -15,6 +16,9 @@ $(BIN)/seqanom: pyproject.toml
 	@touch $@
 
 setup: $(BIN)/seqanom
+
+simulate: setup
+	$(BIN)/seqanom simulate --out runs/simulate
 
 demo: setup
 	$(BIN)/seqanom demo --out runs/demo

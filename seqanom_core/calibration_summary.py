@@ -51,19 +51,20 @@ def score_histogram(scores: np.ndarray, noise_std: float, seed: int) -> np.ndarr
     return noisy_histogram(scores, SCORE_EDGES, noise_std, np.random.default_rng(seed))
 
 
-def _cdf(counts: np.ndarray) -> np.ndarray:
+def _cdf(counts: np.ndarray, total: float | None = None) -> np.ndarray:
     """Monotone CDF of a noisy histogram: cumulative sums of the raw counts (zero-mean noise
-    cancels in sums; clipping each bin at 0 would add a positive bias in every empty bin)."""
-    total = float(np.sum(counts))
+    cancels in sums; clipping each bin at 0 would add a positive bias in every empty bin).
+    ``total`` is the known number of shoppers (default: the noisy sum of the counts)."""
+    total = float(np.sum(counts)) if total is None else float(total)
     if total <= 0:
         raise ConfigError("pooled histogram is empty: no site sent usable calibration counts")
     cdf = np.clip(np.cumsum(counts) / total, 0.0, 1.0)
     return np.maximum.accumulate(cdf)
 
 
-def _quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
+def _quantile(counts: np.ndarray, edges: np.ndarray, q: float, total: float | None) -> float:
     """Quantile ``q`` of a noisy histogram, linear within the bin."""
-    cdf = _cdf(counts)
+    cdf = _cdf(counts, total)
     i = int(np.searchsorted(cdf, q, side="left"))
     i = min(i, len(cdf) - 1)
     prev = cdf[i - 1] if i > 0 else 0.0
@@ -71,14 +72,16 @@ def _quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
     return float(edges[i] + frac * (edges[i + 1] - edges[i]))
 
 
-def calibrator_from_histograms(hist: np.ndarray) -> ScoreCalibrator:
-    """A ScoreCalibrator from pooled per-statistic histograms (same scale rule as ``fit``)."""
+def calibrator_from_histograms(hist: np.ndarray, total: float | None = None) -> ScoreCalibrator:
+    """A ScoreCalibrator from pooled per-statistic histograms (same scale rule as ``fit``).
+
+    ``total``: the number of shoppers behind the histograms, when known."""
     centers, scales = [], []
     mids = (STAT_EDGES[:-1] + STAT_EDGES[1:]) / 2
     for h in np.asarray(hist, dtype=np.float64):
-        med = _quantile(h, STAT_EDGES, 0.5)
-        mad = (_quantile(h, STAT_EDGES, 0.75) - _quantile(h, STAT_EDGES, 0.25)) / 2 * 1.4826
-        p = np.diff(np.concatenate([[0.0], _cdf(h)]))  # bin probabilities, non-negative
+        med = _quantile(h, STAT_EDGES, 0.5, total)
+        mad = (_quantile(h, STAT_EDGES, 0.75, total) - _quantile(h, STAT_EDGES, 0.25, total)) / 2 * 1.4826
+        p = np.diff(np.concatenate([[0.0], _cdf(h, total)]))  # bin probabilities, non-negative
         mean = float((p * mids).sum())
         std = float(np.sqrt((p * (mids - mean) ** 2).sum()))
         centers.append(med)
@@ -86,8 +89,9 @@ def calibrator_from_histograms(hist: np.ndarray) -> ScoreCalibrator:
     return ScoreCalibrator(np.asarray(centers), np.asarray(scales))
 
 
-def threshold_from_histogram(hist: np.ndarray, alert_rate: float) -> float:
+def threshold_from_histogram(hist: np.ndarray, alert_rate: float,
+                             total: float | None = None) -> float:
     """Score threshold flagging about ``alert_rate`` of the pooled shoppers."""
     if not 0 < alert_rate < 1:
         raise ConfigError(f"alert rate must be in (0, 1), not {alert_rate}")
-    return _quantile(np.asarray(hist, dtype=np.float64), SCORE_EDGES, 1.0 - alert_rate)
+    return _quantile(np.asarray(hist, dtype=np.float64), SCORE_EDGES, 1.0 - alert_rate, total)

@@ -169,7 +169,8 @@ class FederatedRun:
             rec.sites.setdefault(_site(msg), {}).update(
                 {f"eval-{k}": v for k, v in _metrics(msg).items()})
         hist = sum(from_array_record(m.content[K.HISTOGRAMS])[K.STAT_HIST] for m in replies)
-        calibrator = calibrator_from_histograms(np.asarray(hist))
+        n_valid = sum(_metrics(m).get("num-examples", 0.0) for m in replies)
+        calibrator = calibrator_from_histograms(np.asarray(hist), n_valid or None)
         # second query: score histograms under the federated calibration
         content = {K.ARRAYS: arrays, K.CONFIG: ConfigRecord({
             K.SERVER_ROUND: r, K.CALIBRATOR: json.dumps(calibrator.to_dict())})}
@@ -181,7 +182,9 @@ class FederatedRun:
         if not answers:
             raise RuntimeError(f"round {r}: no site returned a score summary")
         score_hist = sum(from_array_record(m.content[K.HISTOGRAMS])[K.SCORE_HIST] for m in answers)
-        threshold = threshold_from_histogram(np.asarray(score_hist), self.fed.alert_rate)
+        n_scored = sum(_metrics(m).get("num-examples", 0.0) for m in answers)
+        threshold = threshold_from_histogram(np.asarray(score_hist), self.fed.alert_rate,
+                                             n_scored or None)
         return calibrator, threshold
 
     def _metadata(self, r: int, rec: RoundRecord) -> dict[str, Any]:

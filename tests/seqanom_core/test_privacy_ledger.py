@@ -1,0 +1,49 @@
+"""The site's privacy ledger: planning within budget, declining, persistence, merged histories."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqanom_core.errors import PrivacyBudgetExceeded
+from seqanom_core.privacy import AccountantState
+from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
+
+
+def _spend(ledger: PrivacyLedger, sigma: float, q: float, steps: int, rnd: int) -> None:
+    acc = ledger.state.accountant_obj()
+    for _ in range(steps):  # what Opacus does: one step() per optimizer step (merged entries)
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    ledger.record(AccountantState(history=list(acc.history), delta=ledger.delta), round=rnd)
+
+
+def test_planned_noise_keeps_the_whole_run_within_budget():
+    ledger = PrivacyLedger(budget=4.0)
+    ledger.fix_delta(1e-5)
+    q, steps = 0.1, 20
+    for r in range(5):
+        sigma = ledger.plan_noise(q, steps, rounds_left=5 - r)
+        ledger.check_affordable(sigma, q, steps)
+        _spend(ledger, sigma, q, steps, r)
+    assert 3.5 < ledger.spent() <= 4.0
+    assert [e["round"] for e in ledger.entries] == [0, 1, 2, 3, 4]
+
+
+def test_a_release_over_budget_is_refused():
+    ledger = PrivacyLedger(budget=1.0)
+    ledger.fix_delta(1e-5)
+    with pytest.raises(PrivacyBudgetExceeded):
+        ledger.check_affordable(0.5, 0.5, 100)
+    assert ledger.spent() == 0.0
+
+
+def test_ledger_round_trips_and_the_longer_copy_wins(tmp_path):
+    ledger = PrivacyLedger(budget=8.0, site="a")
+    ledger.fix_delta(1e-5)
+    _spend(ledger, 1.0, 0.1, 10, 1)
+    ledger.save(tmp_path / "l.json")
+    again = PrivacyLedger.open(tmp_path / "l.json", budget=8.0)
+    assert again.spent() == pytest.approx(ledger.spent())
+    _spend(again, 1.0, 0.1, 10, 2)
+    assert more_recent(ledger, again) is again and more_recent(None, ledger) is ledger
+    with pytest.raises(Exception, match="does not extend"):
+        ledger.record(AccountantState(history=[], delta=1e-5))

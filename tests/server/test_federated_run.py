@@ -1,0 +1,120 @@
+"""ServerApp round loop + ClientApp handlers in process: checkpoints, budgets, NaN, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fedtools import InProcessGrid, tiny_run_config
+from flwr.app import Array, ArrayRecord
+
+from client.app import app as client_app
+from seqanom_core import messages as K
+from seqanom_core.detector import SequenceDetector
+from seqanom_core.privacy_ledger import PrivacyLedger
+from seqanom_core.run_config import settings_from_run_config
+from server.checkpoints import list_checkpoints
+from server.federated_run import FederatedRun
+from server.strategies import build_strategy
+
+NODES = {101: {"partition-id": 0}, 102: {"partition-id": 1}, 103: {"partition-id": 2}}
+
+
+def _run(cfg: dict, nodes=None, tamper=None):
+    grid = InProcessGrid(client_app, nodes or NODES, cfg, tamper=tamper)
+    s = settings_from_run_config(cfg)
+    run = FederatedRun(grid, build_strategy(s.federation), s, "test",
+                       Path(cfg["final-model-dir"]))
+    return run, run.run(), grid
+
+
+def test_rounds_write_checkpoints_ledgers_and_a_scorable_model(tmp_path, site_dirs):
+    cfg = tiny_run_config(tmp_path, site_dirs)
+    run, records, grid = _run(cfg)
+    assert [r.round for r in records] == [1, 2]
+    ckpts = list_checkpoints(tmp_path / "ckpt")
+    assert [r for r, _ in ckpts] == [1, 2]
+    rec = json.loads((ckpts[-1][1] / "round.json").read_text())
+    assert set(rec["sites"]) == {"site-0", "site-1", "site-2"}
+    assert all(0 < s["epsilon"] <= 8.0 for s in rec["sites"].values())
+    assert rec["threshold"] is not None and np.isfinite(rec["threshold"])
+    # every checkpoint and the final model load as model directories and score shoppers
+    det = SequenceDetector.load(tmp_path / "model", progress=False)
+    assert det.metadata_["privacy"]["dp"] and det.metadata_["privacy"]["epsilon"] <= 8.0
+    SequenceDetector.load(ckpts[0][1], progress=False)
+    lines = (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["round"] == 2
+    for k in range(3):
+        ledger = PrivacyLedger.load(tmp_path / "ledgers" / f"site-{k}.json")
+        assert len(ledger.entries) == 2 and ledger.spent() <= 8.0
+    # nothing but arrays, histograms, the site name and whitelisted scalars left the sites
+    for reply in grid.sent:
+        assert set(reply.content.keys()) <= {K.ARRAYS, K.METRICS, K.HISTOGRAMS, K.SITE}
+        if K.METRICS in reply.content:
+            assert set(reply.content[K.METRICS].keys()) <= K.SITE_METRICS
+
+
+def test_nan_update_is_rejected_and_does_not_poison_the_model(tmp_path, site_dirs):
+    def poison(nid, reply):
+        if nid == 102 and K.ARRAYS in reply.content:
+            arrays = {k: np.full(v.shape, np.nan, dtype=np.float32) if v.dtype.kind == "f" else v
+                      for k, v in ((k, a.numpy()) for k, a in reply.content[K.ARRAYS].items())}
+            reply.content[K.ARRAYS] = ArrayRecord({k: Array.from_numpy_ndarray(v)
+                                                   for k, v in arrays.items()})
+        return reply
+
+    run, records, _ = _run(tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1}), tamper=poison)
+    assert [r["site"] for r in records[0].rejected] == ["site-1"]
+    assert "NaN" in records[0].rejected[0]["reason"]
+    assert all(np.isfinite(v).all() for v in run.arrays.values() if v.dtype.kind == "f")
+
+
+def test_site_over_budget_declines_and_the_run_goes_on(tmp_path, site_dirs):
+    nodes = dict(NODES)
+    # noise 1.0 on these tiny sites costs epsilon ~5.4 in round 1 and ~7.5 after round 2
+    nodes[103] = {"partition-id": 2, "privacy-budget": 6.0}
+    cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 3, "noise-multiplier": 1.0,
+                                                  "epsilon": 50.0})
+    _, records, _ = _run(cfg, nodes)
+    assert len(records) == 3
+    declined = [r.sites["site-2"]["declined"] for r in records]
+    assert declined[0] is False and declined[-1] is True
+    assert all(not r.sites["site-0"]["declined"] for r in records)
+    spent = PrivacyLedger.load(tmp_path / "ledgers" / "site-2.json").spent()
+    assert 0 < spent <= 6.0
+    # restarting the site (new run, same ledger file) continues its ledger: it declines at once
+    cfg2 = dict(cfg, **{"checkpoint-dir": str(tmp_path / "ckpt2"), "num-rounds": 1})
+    _, records2, _ = _run(cfg2, nodes)
+    assert records2[0].sites["site-2"]["declined"] is True
+    assert PrivacyLedger.load(tmp_path / "ledgers" / "site-2.json").spent() == pytest.approx(spent)
+
+
+def test_resume_continues_after_the_latest_checkpoint(tmp_path, site_dirs):
+    cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1, "dp": False})
+    _run(cfg)
+    resumed, records, grid = _run(dict(cfg, **{"num-rounds": 2, "resume": True}))
+    assert [r.round for r in records] == [1, 2]
+    train_rounds = {int(m.content[K.METRICS]["num-examples"] > 0) for m in grid.sent}
+    assert train_rounds == {1}
+    assert [r for r, _ in list_checkpoints(tmp_path / "ckpt")] == [1, 2]
+
+
+def test_round_without_usable_replies_fails_loudly(tmp_path, site_dirs):
+    def break_all(nid, reply):
+        if K.ARRAYS in reply.content and K.HISTOGRAMS not in reply.content:
+            reply.content[K.ARRAYS] = ArrayRecord({"bogus": Array.from_numpy_ndarray(np.zeros(3))})
+        return reply
+
+    with pytest.raises(RuntimeError, match="no usable training replies"):
+        _run(tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1}), tamper=break_all)
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"])
+def test_every_strategy_completes_a_round(tmp_path, site_dirs, strategy):
+    cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1, "dp": False,
+                                                  "strategy": strategy})
+    run, records, _ = _run(cfg)
+    assert records[0].train and not records[0].rejected
+    assert all(np.isfinite(v).all() for v in run.arrays.values() if v.dtype.kind == "f")
