@@ -1,7 +1,7 @@
 """The seqanom ClientApp: one per merchant site (a thin adapter over ``seqanom_core.site``).
 
 Node config (deployment, ``flower-supernode --node-config``): ``data-path`` (the site's events),
-``format`` (default: by the project's own format), ``ledger-path`` (privacy ledger file),
+``format`` (default ``seqanom``, the project's own format), ``ledger-path`` (privacy ledger file),
 ``privacy-budget`` (epsilon budget of this site, overrides the run's ``epsilon``), ``device``
 ("auto", "cpu", "cuda"), ``site-name``, and optionally ``test-path``/``labels-path`` (labelled
 shoppers for AUROC). In simulation the site is ``partition-id``: its files are under the run
@@ -44,7 +44,7 @@ def site_setup(context: Context) -> tuple[SitePaths, RunSettings]:
     if "data-path" in node:
         name = str(node.get("site-name", Path(str(node["data-path"])).stem))
         opt = {k: Path(str(node[k])) for k in ("test-path", "labels-path", "ledger-path") if k in node}
-        paths = SitePaths(name, Path(str(node["data-path"])), str(node.get("format", "auto")),
+        paths = SitePaths(name, Path(str(node["data-path"])), str(node.get("format", "seqanom")),
                           opt.get("test-path"), opt.get("labels-path"), opt.get("ledger-path"))
     elif "partition-id" in node and fed.data_dir:
         name = f"site-{int(node['partition-id'])}"
@@ -68,8 +68,8 @@ def _restore_ledger(context: Context, paths: SitePaths, budget: float | None) ->
     in_state = None
     if _LEDGER_STATE in context.state:
         in_state = PrivacyLedger.from_json(str(context.state[_LEDGER_STATE]["json"]))
-    on_disk = PrivacyLedger.load(paths.ledger) if paths.ledger and paths.ledger.is_file() else None
-    ledger = more_recent(in_state, on_disk) or PrivacyLedger(site=paths.name)
+    on_disk = PrivacyLedger.open(paths.ledger, budget=budget, site=paths.name)
+    ledger = more_recent(in_state, on_disk) or on_disk
     ledger.budget = budget
     ledger.site = ledger.site or paths.name
     return ledger

@@ -277,23 +277,19 @@ class SequenceDetector:
             meta = json.loads((d / METADATA).read_text())
         except (ValueError, KeyError) as err:
             raise ModelFileError(f"{d}: unreadable model files: {err}") from err
-        det_cls = DETECTORS.get(cfg.model.kind, cls)
-        det = det_cls(model=cfg.model, tokenizer=cfg.tokenizer,
-                      train=dataclasses.replace(cfg.train, device=device), progress=progress)
-        det.source_ = cfg.source
-        det.device_ = resolve_device(device)
         model: NextEventModel = build_model(cfg.model, vocab)
         try:
             load_model(model, str(d / WEIGHTS), strict=True)
         except (RuntimeError, OSError, ValueError) as err:
             raise ModelFileError(f"{d / WEIGHTS}: weights do not fit the configured model: {err}") from err
-        det.model_ = model.to(det.device_).eval()
         try:
-            det.calibrator_ = ScoreCalibrator.from_dict(cal)
+            calibrator = ScoreCalibrator.from_dict(cal)
         except (ValueError, KeyError) as err:
             raise ModelFileError(f"{d / CALIBRATION}: {err}") from err
-        det.threshold_ = float(cal["threshold"])
-        det.metadata_ = meta
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+        det = cls.from_parts(cfg, model, calibrator, float(cal["threshold"]), meta, device=device,
+                             progress=progress)
+        det.metadata_ = meta  # as saved
         acc = AccountantState.load(d / ACCOUNTANT) if (d / ACCOUNTANT).is_file() else None
         det.train_result_ = TrainResult(
             epoch_losses=meta.get("epoch_losses", []), steps=meta.get("steps", 0),

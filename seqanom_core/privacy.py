@@ -37,6 +37,12 @@ class AccountantState:
         acc.history = [tuple(h) for h in self.history]  # type: ignore[misc]
         return acc
 
+    def epsilon_after(self, sigma: float, sample_rate: float, steps: int, delta: float) -> float:
+        """Epsilon at ``delta`` after one more release of ``steps`` DP-SGD steps."""
+        acc = self.accountant_obj()
+        acc.history.append((sigma, sample_rate, steps))
+        return float(acc.get_epsilon(delta))
+
     def epsilon(self, delta: float | None = None) -> float:
         """Cumulative epsilon at ``delta`` (default: the state's delta); 0 with no history."""
         d = self.delta if delta is None else delta
@@ -61,10 +67,7 @@ class AccountantState:
 
     def save(self, path: str | Path) -> None:
         """Write the state as JSON (atomically)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> AccountantState:
@@ -73,6 +76,14 @@ class AccountantState:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as err:
             raise ConfigError(f"{path}: cannot read accountant state: {err}") from err
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON via a temporary file and a rename (a crash never leaves half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def default_delta(n_examples: int) -> float:
@@ -94,9 +105,7 @@ def noise_for_budget(
         )
 
     def total(sigma: float) -> float:
-        acc = prior.accountant_obj()
-        acc.history.append((sigma, sample_rate, steps))
-        return float(acc.get_epsilon(delta))
+        return prior.epsilon_after(sigma, sample_rate, steps, delta)
 
     lo, hi = 0.3, 1.0
     while total(hi) > target_epsilon:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
-from seqanom_core.privacy import UNIT, AccountantState, noise_for_budget
+from seqanom_core.privacy import UNIT, AccountantState, noise_for_budget, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,6 @@ class PrivacyLedger:
     def spent(self) -> float:
         """Epsilon spent so far (0 with no history)."""
         return self.state.epsilon()
-
-    def epsilon_after(self, sigma: float, sample_rate: float, steps: int, delta: float) -> float:
-        """Epsilon the ledger would show after one more release of ``steps`` DP-SGD steps."""
-        acc = self.state.accountant_obj()
-        acc.history.append((sigma, sample_rate, steps))
-        return float(acc.get_epsilon(delta))
 
     def fix_delta(self, delta: float) -> float:
         """Fix the ledger's delta on first use; later calls must agree (returns the delta)."""
@@ -84,7 +78,7 @@ class PrivacyLedger:
         """Epsilon after the release; raises PrivacyBudgetExceeded if it would pass the budget."""
         if self.state.delta is None:
             raise ConfigError("fix the ledger's delta before training")
-        after = self.epsilon_after(sigma, sample_rate, steps, self.state.delta)
+        after = self.state.epsilon_after(sigma, sample_rate, steps, self.state.delta)
         if self.budget is not None and after > self.budget * (1 + 1e-9):
             raise PrivacyBudgetExceeded(
                 f"this round would bring epsilon to {after:.3f}, over the budget {self.budget} "
@@ -132,11 +126,8 @@ class PrivacyLedger:
 
     def save(self, path: str | Path) -> None:
         """Write the ledger atomically (a crash never leaves half a ledger)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> PrivacyLedger:

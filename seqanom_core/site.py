@@ -30,7 +30,12 @@ from seqanom_core.run_config import RunSettings
 from seqanom_core.scoring import ScoreCalibrator, shopper_statistics
 from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers, vocab_sizes
 from seqanom_core.thresholds import calibrate_threshold
-from seqanom_core.training import next_event_metrics, score_events, train_model
+from seqanom_core.training import (
+    next_event_metrics,
+    poisson_schedule,
+    score_events,
+    train_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ class SitePaths:
 
     name: str
     data: Path
-    fmt: str = "auto"
+    fmt: str = "seqanom"  # format name of the data files
     test: Path | None = None
     labels: Path | None = None
     ledger: Path | None = None
@@ -64,8 +69,6 @@ _CACHE: dict[tuple, SiteData] = {}
 def _read(path: Path, fmt: str) -> Any:
     from seqanom_core.ingest import read_events
 
-    if fmt == "auto":
-        fmt = "seqanom"
     table, report = read_events(path, fmt)
     if sum(report.rejected.values()):
         log.warning("%s", report.summary())
@@ -128,14 +131,12 @@ def train_round(
     device = resolve_device(cfg.device)
     model = _model(settings, site.train.source, arrays)
     n = len(site.train)
-    batch = min(cfg.batch_size, n)
-    n_batches = -(-n // batch)  # len(loader) of the training call
     metrics: dict[str, float] = {"num-examples": float(n), "declined": 0.0}
     if cfg.dp is not None:
         if ledger is None:
             raise ConfigError("DP training needs a privacy ledger")
         delta = ledger.fix_delta(cfg.dp.delta or ledger.delta or default_delta(n))
-        q, steps = 1.0 / n_batches, cfg.epochs * n_batches
+        q, steps = poisson_schedule(n, cfg.batch_size, cfg.epochs)
         try:
             if cfg.dp.noise_multiplier is not None:
                 sigma = cfg.dp.noise_multiplier

@@ -95,6 +95,17 @@ def sequence_loss(
     return (per_pos.sum(1) / n_valid).mean()
 
 
+def poisson_schedule(n_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample rate, steps) of a training call: what Opacus' Poisson loader does and what is accounted.
+
+    The loader has ``ceil(n / min(batch, n))`` batches; Opacus samples each example with
+    ``q = 1 / len(loader)`` and takes ``len(loader)`` steps per epoch.
+    """
+    batch = min(batch_size, n_examples)
+    n_batches = -(-n_examples // batch)
+    return 1.0 / n_batches, epochs * n_batches
+
+
 @dataclass
 class TrainResult:
     """What a training call did: losses per epoch, and the privacy spent when DP was on."""
@@ -147,10 +158,9 @@ def train_model(
         delta = cfg.dp.delta or prior.delta or default_delta(len(seqs))
         if prior.delta is not None and prior.history and not math.isclose(prior.delta, delta):
             raise ConfigError(f"delta {delta} differs from the restored ledger's delta {prior.delta}")
-        # Opacus' Poisson loader samples each shopper with q = 1 / len(loader) per step and takes
-        # len(loader) steps per epoch: account exactly that schedule.
-        sample_rate = 1.0 / len(loader)
-        steps = cfg.epochs * len(loader)
+        sample_rate, steps = poisson_schedule(len(seqs), cfg.batch_size, cfg.epochs)
+        if steps != cfg.epochs * len(loader):
+            raise RuntimeError(f"planned {steps} steps, the loader takes {cfg.epochs * len(loader)}")
         sigma = cfg.dp.noise_multiplier
         if sigma is None:
             assert cfg.dp.epsilon is not None

@@ -13,7 +13,7 @@ import numpy as np
 
 from seqanom_core.config import DetectorConfig
 from seqanom_core.detector import SequenceDetector
-from seqanom_core.models import build_model, load_arrays, model_arrays
+from seqanom_core.models import build_model, load_arrays
 from seqanom_core.run_config import RunSettings
 from seqanom_core.scoring import ScoreCalibrator
 from seqanom_core.sequences import vocab_sizes
@@ -61,10 +61,3 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
         if m and (p / ROUND_FILE).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
-
-
-def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Global arrays and the round record of a checkpoint."""
-    det = SequenceDetector.load(path, device="cpu", progress=False)
-    record = json.loads((path / ROUND_FILE).read_text())
-    return model_arrays(det.model_), record

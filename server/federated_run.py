@@ -27,11 +27,13 @@ from flwr.serverapp.strategy import Strategy
 from client.records import from_array_record, to_array_record
 from seqanom_core import messages as K
 from seqanom_core.calibration_summary import calibrator_from_histograms, threshold_from_histogram
+from seqanom_core.detector import SequenceDetector
 from seqanom_core.models import build_model, check_arrays, model_arrays
 from seqanom_core.privacy import UNIT
 from seqanom_core.run_config import RunSettings
+from seqanom_core.scoring import ScoreCalibrator
 from seqanom_core.sequences import vocab_sizes
-from server.checkpoints import list_checkpoints, load_checkpoint, save_model_dir, write_checkpoint
+from server.checkpoints import list_checkpoints, save_model_dir, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +80,18 @@ class FederatedRun:
         self.site_delta: dict[str, float] = {}
 
     # ----------------------------------------------------------------- resume
-    def _resume(self) -> int:
-        """Load the latest checkpoint when resuming; returns the last completed round (0: none)."""
+    def _resume(self) -> tuple[int, ScoreCalibrator | None, float | None]:
+        """Load the latest checkpoint when resuming: (last completed round (0: none), its
+        calibrator, its threshold)."""
         found = list_checkpoints(self.root)
         if not self.fed.resume or not found:
             if found and not self.fed.resume:
                 log.warning("%s already holds checkpoints; they will be overwritten (set "
                             "resume=true to continue instead)", self.root)
-            return 0
+            return 0, None, None
         last, path = found[-1]
-        self.arrays, _ = load_checkpoint(path)
+        det = SequenceDetector.load(path, device="cpu", progress=False)
+        self.arrays = model_arrays(det.model_)
         for _, p in found:
             rec = json.loads((p / "round.json").read_text())
             self.records.append(RoundRecord(**{k: rec[k] for k in asdict(RoundRecord(0))}))
@@ -96,7 +100,7 @@ class FederatedRun:
                     self.site_epsilon[name] = s["epsilon"]
                     self.site_delta[name] = s.get("delta", 0.0)
         log.info("resuming from %s (round %d of %d)", path, last, self.fed.num_rounds)
-        return last
+        return last, det.calibrator_, det.threshold_
 
     # ----------------------------------------------------------------- one round
     def _usable(self, replies: Iterable[Message], rec: RoundRecord) -> list[Message]:
@@ -215,18 +219,12 @@ class FederatedRun:
     # ----------------------------------------------------------------- main
     def run(self) -> list[RoundRecord]:
         """All rounds (continuing after the latest checkpoint when resuming)."""
-        start = self._resume()
+        start, calibrator, threshold = self._resume()
         if start >= self.fed.num_rounds:
             log.info("all %d rounds already done", self.fed.num_rounds)
         log_path = self.root / "metrics.jsonl"
         self.root.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in self.records))
-        calibrator = threshold = None
-        if start:
-            from seqanom_core.detector import SequenceDetector
-            det = SequenceDetector.load(list_checkpoints(self.root)[-1][1], device="cpu",
-                                        progress=False)
-            calibrator, threshold = det.calibrator_, det.threshold_
         for r in range(start + 1, self.fed.num_rounds + 1):
             t0 = time.time()
             rec = RoundRecord(round=r)

@@ -73,15 +73,17 @@ def _load(cfg: SimulationConfig) -> pa.Table:
     return events
 
 
-def prepare_sites(cfg: SimulationConfig, events: pa.Table) -> tuple[list[pa.Table], pd.DataFrame,
-                                                                    list[dict]]:
-    """Partition, split each site into train/test shoppers, inject into test, write site files."""
+def prepare_sites(cfg: SimulationConfig, events: pa.Table
+                  ) -> tuple[list[pa.Table], list[pa.Table], pd.DataFrame, list[dict]]:
+    """Partition, split each site into train/test shoppers, inject into test, write site files.
+
+    Returns (train tables, test tables, pooled labels, partition summary)."""
     scheme = cfg.partition
     if scheme == "natural" and "site" not in events.column_names:
         raise ConfigError(f"--partition natural needs a 'site' column; {cfg.data} has none "
                           "(use --partition iid or dirichlet)")
     parts = partition_events(events, cfg.sites, scheme, alpha=cfg.alpha, seed=cfg.seed)
-    trains, labels = [], []
+    trains, tests, labels = [], [], []
     for k, part in enumerate(parts):
         train, test = split_events_by_shopper(part, cfg.test_fraction, cfg.seed + k)
         test, lab = inject_anomalies(test, rate=cfg.anomaly_rate, seed=cfg.seed + 1000 + k)
@@ -91,8 +93,9 @@ def prepare_sites(cfg: SimulationConfig, events: pa.Table) -> tuple[list[pa.Tabl
         write_events(test, d / "test.parquet")
         lab.to_csv(d / "labels.csv", index=False)
         trains.append(train)
+        tests.append(test)
         labels.append(lab.assign(site=f"site-{k}"))
-    return trains, pd.concat(labels, ignore_index=True), partition_summary(parts)
+    return trains, tests, pd.concat(labels, ignore_index=True), partition_summary(parts)
 
 
 def run_config(cfg: SimulationConfig) -> dict[str, Any]:
@@ -109,20 +112,14 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
     }
 
 
-def _test_events(cfg: SimulationConfig) -> pa.Table:
-    tables = [read_events(p / "test.parquet", "seqanom")[0]
-              for p in sorted((cfg.out / "sites").iterdir())]
-    return pa.concat_tables(tables, promote_options="default")
-
-
 def simulate(cfg: SimulationConfig) -> dict[str, Any]:
     """Run the whole simulation; returns the metrics written to ``RUN_DIR/metrics.json``."""
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
     events = _load(cfg)
-    trains, labels, partition = prepare_sites(cfg, events)
+    trains, tests, labels, partition = prepare_sites(cfg, events)
     labels.to_csv(cfg.out / "test_labels.csv", index=False)
-    test = _test_events(cfg)
+    test = pa.concat_tables(tests, promote_options="default")
     fed_seconds = run_federation(cfg.out, run_config(cfg), cfg.sites)
     det = SequenceDetector.load(cfg.out / "model", progress=False)
     scored = det.score_shoppers(test)
