@@ -95,6 +95,20 @@ def sequence_loss(
     return (per_pos.sum(1) / n_valid).mean()
 
 
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    """Learning-rate multiplier at ``step`` of ``total`` steps ("constant" or "cosine").
+
+    "cosine": linear warm-up over the first 5% of steps, then cosine decay to 10% of the peak.
+    """
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    warm = max(1, int(0.05 * total))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclass
 class TrainResult:
     """What a training call did: losses per epoch, and the privacy spent when DP was on."""
@@ -162,15 +176,19 @@ def train_model(
     total = cfg.epochs * len(loader)
     bar = tqdm(total=total, desc=f"train {model.config.kind}", disable=not progress or None,
                leave=False)
+    step = -1
     try:
         for epoch in range(cfg.epochs):
             data.epoch = epoch
             losses = []
             for batch in loader:
                 bar.update(1)
+                step += 1
                 if batch.shape[0] == 0:  # Poisson sampling can draw an empty batch: nothing released
                     continue
                 inputs, targets = _split_batch(batch.to(device))
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(step, total, cfg.lr_schedule)
                 optimizer.zero_grad(set_to_none=True)
                 loss = sequence_loss(train_module, inputs, targets)  # type: ignore[arg-type]
                 loss.backward()
