@@ -187,6 +187,8 @@ class SequenceDetector:
         if channel == "end":
             contrib = np.zeros(b - a)
             contrib[-1] = ev.nll["event"][b - 1]
+        elif channel == "order":
+            contrib = ev.nll["event"][a:b].astype(np.float64)
         elif channel == "total":
             contrib = sum(v[a:b] for v in ev.nll.values()).astype(np.float64)
         else:
