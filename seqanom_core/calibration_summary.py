@@ -23,7 +23,7 @@ import numpy as np
 from seqanom_core.errors import ConfigError
 from seqanom_core.scoring import ScoreCalibrator
 
-STAT_EDGES = np.linspace(0.0, 24.0, 97)  # nats; 0.25 wide; values outside are clipped in
+STAT_EDGES = np.linspace(-8.0, 24.0, 129)  # nats (order statistic: a difference, can be < 0); 0.25 wide; values outside are clipped in
 SCORE_EDGES = np.linspace(-5.0, 25.0, 121)  # standardised scores; 0.25 wide
 
 
@@ -82,6 +82,12 @@ def calibrator_from_histograms(hist: np.ndarray, total: float | None = None) -> 
         med = _quantile(h, STAT_EDGES, 0.5, total)
         mad = (_quantile(h, STAT_EDGES, 0.75, total) - _quantile(h, STAT_EDGES, 0.25, total)) / 2 * 1.4826
         p = np.diff(np.concatenate([[0.0], _cdf(h, total)]))  # bin probabilities, non-negative
+        # noise in empty bins far from the data would dominate the variance: keep the bins
+        # between the 0.5% and 99.5% quantiles
+        lo = int(np.searchsorted(STAT_EDGES, _quantile(h, STAT_EDGES, 0.005, total), side="right")) - 1
+        hi = int(np.searchsorted(STAT_EDGES, _quantile(h, STAT_EDGES, 0.995, total), side="left"))
+        p = np.where((np.arange(len(p)) >= lo) & (np.arange(len(p)) < hi), p, 0.0)
+        p = p / max(p.sum(), 1e-12)
         mean = float((p * mids).sum())
         std = float(np.sqrt((p * (mids - mean) ** 2).sum()))
         centers.append(med)

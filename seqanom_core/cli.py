@@ -116,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = ModelConfig(kind=args.model, d_model=args.d_model, n_layers=args.layers,
                         max_len=args.max_len)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        lr_schedule=args.lr_schedule,
                         alert_rate=args.alert_rate, seed=args.seed, device=args.device, dp=dp)
     seqs, _, report = load_input(args, tok)
     print(report.summary())
@@ -348,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64,
                    help="(expected) batch size; with --dp, shoppers are Poisson-sampled")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate")
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                   help="cosine: 5%% linear warm-up, then cosine decay to 10%% of --lr")
     p.add_argument("--alert-rate", type=float, default=0.05,
                    help="target fraction of normal shoppers flagged (threshold calibration)")
     p.add_argument("--max-len", type=int, default=128, help="window length seen by the model")

@@ -66,13 +66,22 @@ class TrainConfig:
 
     epochs: int = 8
     batch_size: int = 64  # expected batch size (Poisson sampling under DP)
-    lr: float = 3e-3
+    lr: float = 1e-2  # peak learning rate
+    lr_schedule: str = "cosine"  # or "constant"; cosine: 5% linear warm-up, then decay to 10%
     weight_decay: float = 0.0
     calibration_fraction: float = 0.2  # shoppers held out of training to calibrate scores
     alert_rate: float = 0.05  # target fraction of normal shoppers flagged
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     dp: DPConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"not {self.lr_schedule!r}")
+
+
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
 @dataclass(frozen=True)

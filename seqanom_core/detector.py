@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 from safetensors.torch import load_model, save_model
 
 from seqanom_core.config import DetectorConfig, ModelConfig, TokenizerConfig, TrainConfig
@@ -104,6 +105,7 @@ class SequenceDetector:
         self.source_ = seqs.source
         train_seqs, calib_seqs = split_shoppers(seqs, self.train.calibration_fraction, self.train.seed)
         self.device_ = resolve_device(self.train.device)
+        torch.manual_seed(self.train.seed)  # the initial weights too: same seed, same model
         self.model_ = build_model(self.model, vocab_sizes(self.tokenizer, seqs.source))
         self.train_result_: TrainResult = train_model(
             self.model_, train_seqs, self.train, self.device_,
@@ -187,6 +189,8 @@ class SequenceDetector:
         if channel == "end":
             contrib = np.zeros(b - a)
             contrib[-1] = ev.nll["event"][b - 1]
+        elif channel == "order":
+            contrib = ev.nll["event"][a:b].astype(np.float64)
         elif channel == "total":
             contrib = sum(v[a:b] for v in ev.nll.values()).astype(np.float64)
         else:

@@ -2,7 +2,8 @@
 
 Averaging per-event surprise over a whole history dilutes a short anomalous burst, and the raw
 log-likelihoods of different heads are not comparable. So each shopper gets several statistics
-per channel (whole-history mean, worst window, end-of-sequence surprise), each statistic is
+per channel (whole-history mean, worst window, end-of-sequence surprise, and how much less
+likely the shopper's own order is than the same events in random order), each statistic is
 standardised against held-out normal shoppers (robust location/scale), and the shopper's score
 is the largest standardised statistic: "how far out is this shopper on the axis where they are
 furthest out". The statistic that gave the maximum is the explanation's "driver".
@@ -27,6 +28,7 @@ DRIVER_TEXT = {
     "item": "the item order (new vs repeated items, funnel order)",
     "total": "overall surprise of the events",
     "end": "where the sequence ends",
+    "order": "the order of the events (unlikely even compared with the same events shuffled)",
 }
 
 
@@ -39,7 +41,7 @@ def position_nll(scores: EventScores) -> dict[str, np.ndarray]:
 
 def stat_names() -> list[str]:
     """Names of the per-shopper statistics, in column order."""
-    return [f"{c}:{k}" for c in STAT_CHANNELS for k in STAT_KINDS] + ["end:nll"]
+    return [f"{c}:{k}" for c in STAT_CHANNELS for k in STAT_KINDS] + ["end:nll", "order:event"]
 
 
 def _window_max_mean(values: np.ndarray, offsets: np.ndarray, window: int) -> np.ndarray:
@@ -70,6 +72,12 @@ def shopper_statistics(scores: EventScores, window: int = WINDOW) -> np.ndarray:
         cols.append(np.bincount(seq_of, weights=v, minlength=len(lengths)) / denom)
         cols.append(_window_max_mean(v, offsets, window))
     cols.append(nll["event"][offsets[1:] - 1].astype(np.float64))
+    # order: mean event NLL minus that of the same events reordered at random (0 when not scored)
+    if scores.shuffled_nll is None:
+        cols.append(np.zeros(len(lengths)))
+    else:
+        excess = (nll["event"] - scores.shuffled_nll).astype(np.float64)
+        cols.append(np.bincount(seq_of, weights=excess, minlength=len(lengths)) / lengths)
     return np.stack(cols, axis=1)
 
 

@@ -229,6 +229,19 @@ def sequences_from_tokens(ids: list[str], tokens: list[np.ndarray], tok: Tokeniz
     )
 
 
+def shuffle_within(seqs: SequenceSet, seed: int, keep: tuple[str, ...] = ("gap",)) -> SequenceSet:
+    """Each sequence's events in a seeded random order; channels in ``keep`` stay in place.
+
+    With the default, timing stays where it was and only what happened when is reordered: the
+    reference against which the order of a shopper's own events is judged.
+    """
+    seq_of = np.repeat(np.arange(len(seqs)), seqs.lengths)
+    order = np.lexsort((np.random.default_rng(seed).random(seqs.n_events), seq_of))
+    channels = {k: v if k in keep else v[order] for k, v in seqs.channels.items()}
+    return SequenceSet(ids=seqs.ids, offsets=seqs.offsets, channels=channels, source=seqs.source,
+                       timestamp=seqs.timestamp, session=seqs.session, rows=seqs.rows)
+
+
 def split_shoppers(seqs: SequenceSet, fraction: float, seed: int) -> tuple[SequenceSet, SequenceSet]:
     """Randomly split sequences into (1 - fraction, fraction) parts by shopper."""
     if not 0 < fraction < 1:

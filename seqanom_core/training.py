@@ -17,7 +17,16 @@ from seqanom_core.config import TrainConfig
 from seqanom_core.errors import ConfigError
 from seqanom_core.models import NextEventModel
 from seqanom_core.privacy import AccountantState, default_delta, noise_for_budget
-from seqanom_core.sequences import BOS, CHANNELS, END, GAP_PAD, ITEM_PAD, PAD, SequenceSet
+from seqanom_core.sequences import (
+    BOS,
+    CHANNELS,
+    END,
+    GAP_PAD,
+    ITEM_PAD,
+    PAD,
+    SequenceSet,
+    shuffle_within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +115,20 @@ def poisson_schedule(n_examples: int, batch_size: int, epochs: int) -> tuple[flo
     return 1.0 / n_batches, epochs * n_batches
 
 
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    """Learning-rate multiplier at ``step`` of ``total`` steps ("constant" or "cosine").
+
+    "cosine": linear warm-up over the first 5% of steps, then cosine decay to 10% of the peak.
+    """
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    warm = max(1, int(0.05 * total))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclass
 class TrainResult:
     """What a training call did: losses per epoch, and the privacy spent when DP was on."""
@@ -182,15 +205,19 @@ def train_model(
     total = cfg.epochs * len(loader)
     bar = tqdm(total=total, desc=f"train {model.config.kind}", disable=not progress or None,
                leave=False)
+    step = -1
     try:
         for epoch in range(cfg.epochs):
             data.epoch = epoch
             losses = []
             for batch in loader:
                 bar.update(1)
+                step += 1
                 if batch.shape[0] == 0:  # Poisson sampling can draw an empty batch: nothing released
                     continue
                 inputs, targets = _split_batch(batch.to(device))
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(step, total, cfg.lr_schedule)
                 optimizer.zero_grad(set_to_none=True)
                 loss = sequence_loss(train_module, inputs, targets)  # type: ignore[arg-type]
                 loss.backward()
@@ -237,14 +264,31 @@ class EventScores:
     expected: np.ndarray  # (n_pos,) most likely event token at each position
     expected_prob: np.ndarray  # (n_pos,) its probability
     observed_prob: np.ndarray  # (n_pos,) probability of the observed event token
+    # (n_pos,) event-channel NLL when each sequence's events are randomly reordered (timing kept),
+    # averaged over the reorderings; None when scored without them
+    shuffled_nll: np.ndarray | None = None
+
+
+ORDER_REFERENCES = 2  # random reorderings per sequence scored as the order reference
 
 
 @torch.no_grad()
 def score_events(
     model: NextEventModel, seqs: SequenceSet, device: torch.device, *, batch_size: int = 128,
-    progress: bool = True,
+    progress: bool = True, reorderings: int = ORDER_REFERENCES,
 ) -> EventScores:
-    """Negative log-likelihood of every event (and of each sequence's end) per channel."""
+    """Negative log-likelihood of every event (and of each sequence's end) per channel.
+
+    With ``reorderings`` > 0, also the event NLL of that many seeded random reorderings of each
+    sequence (``shuffled_nll``), the reference for how much a shopper's order itself tells.
+    """
+    shuffled = None
+    if reorderings > 0:
+        shuffled = np.mean([
+            score_events(model, shuffle_within(seqs, seed=k), device, batch_size=batch_size,
+                         progress=progress, reorderings=0).nll["event"]
+            for k in range(reorderings)
+        ], axis=0).astype(np.float32)
     model.to(device).eval()
     L = model.config.max_len
     half = L // 2
@@ -288,7 +332,7 @@ def score_events(
                 nll[c][dst] = parts_np[c][r, src]
             expected[dst], expected_prob[dst] = top_i[r, src], top_p[r, src]
             observed_prob[dst] = obs_p[r, src]
-    return EventScores(offsets, nll, expected, expected_prob, observed_prob)
+    return EventScores(offsets, nll, expected, expected_prob, observed_prob, shuffled)
 
 
 def next_event_metrics(scores: EventScores) -> dict[str, float]:

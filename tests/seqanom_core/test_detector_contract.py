@@ -98,3 +98,19 @@ def _tiny_table():
     n = 40
     return events_from_arrays([str(i % 20) for i in range(n)], ["i"] * n, ["c"] * n, [0] * n,
                               np.arange(n, dtype=float))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_seed_same_detector(kind, small_split):
+    train, test, _ = small_split
+
+    def fit(seed):
+        return make_detector(
+            kind, model=ModelConfig(kind=kind, d_model=16, n_heads=2, n_layers=1, max_len=32),
+            tokenizer=TokenizerConfig(category_buckets=8),
+            train=TrainConfig(epochs=1, batch_size=32, seed=seed), progress=False,
+        ).fit(train).decision_function(test)
+
+    first = fit(0)
+    assert np.array_equal(first, fit(0))  # initial weights, batches and dropout all seeded
+    assert not np.array_equal(first, fit(1))
