@@ -86,6 +86,12 @@ def current_rss_mb() -> float | None:
     return _proc_status_mb("VmRSS")
 
 
+def envelope(bench: str, params: dict, results: dict, wall_s: float | dict, **extra) -> dict:
+    """The JSON object every benchmark prints: name, machine, parameters, results, wall time."""
+    return {"bench": bench, "machine": machine_info(), "params": params, **extra,
+            "results": results, "wall_s": wall_s}
+
+
 def emit(result: dict, out: str | None) -> None:
     """Print a result as JSON on stdout and, when asked, write it to ``out``."""
     text = json.dumps(result, indent=2)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import current_rss_mb, emit, machine_info, peak_rss_mb, setup_logging
+from bench import current_rss_mb, emit, envelope, peak_rss_mb, setup_logging
 
 log = logging.getLogger("bench.ingest")
 
@@ -247,21 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     t0 = time.perf_counter()
     results = run(args.events, args.repeats, args.tmp_dir)
-    emit(
-        {
-            "bench": "ingest",
-            "machine": machine_info(),
-            "params": {
-                "events": args.events,
-                "repeats": args.repeats,
-                "warmup": 1,
-                "timing": "best of repeats, each reader in its own subprocess",
-            },
-            "results": results,
-            "wall_s": round(time.perf_counter() - t0, 1),
-        },
-        args.out,
-    )
+    params = {
+        "events": args.events,
+        "repeats": args.repeats,
+        "warmup": 1,
+        "timing": "best of repeats, each reader in its own subprocess",
+    }
+    emit(envelope("ingest", params, results, round(time.perf_counter() - t0, 1)), args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import statistics
 import time
 import warnings
 
-from bench import emit, machine_info, peak_rss_mb, setup_logging
+from bench import emit, envelope, peak_rss_mb, setup_logging
 
 log = logging.getLogger("bench.train_step")
 
@@ -177,26 +177,18 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     results = run(args.batch, args.length, args.steps, args.threads, kinds)
-    emit(
-        {
-            "bench": "train_step",
-            "machine": machine_info(),
-            "params": {
-                "batch": args.batch,
-                "length": args.length,
-                "steps": args.steps,
-                "warmup": WARMUP,
-                "threads": args.threads,
-                "kinds": list(kinds),
-                "noise_multiplier": 1.0,
-                "max_grad_norm": 1.0,
-                "timing": "median of timed steps, plain and DP alternating; step = zero_grad + loss + backward + AdamW step",
-            },
-            "results": results,
-            "wall_s": round(time.perf_counter() - t0, 1),
-        },
-        args.out,
-    )
+    params = {
+        "batch": args.batch,
+        "length": args.length,
+        "steps": args.steps,
+        "warmup": WARMUP,
+        "threads": args.threads,
+        "kinds": list(kinds),
+        "noise_multiplier": 1.0,
+        "max_grad_norm": 1.0,
+        "timing": "median of timed steps, plain and DP alternating; step = zero_grad + loss + backward + AdamW step",
+    }
+    emit(envelope("train_step", params, results, round(time.perf_counter() - t0, 1)), args.out)
 
 
 if __name__ == "__main__":

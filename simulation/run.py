@@ -144,15 +144,22 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
     return json.loads((cfg.out / "metrics.json").read_text())
 
 
+def centralised_configs(cfg: SimulationConfig) -> tuple[ModelConfig, TrainConfig, TrainConfig]:
+    """(model, plain training, training with the run's DP setting) of the centralised baselines:
+    the federation's model, trained for its total epochs (rounds x local epochs)."""
+    model = ModelConfig(kind=cfg.model, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                        max_len=cfg.max_len)
+    plain = TrainConfig(epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
+                        seed=cfg.seed)
+    dp = dataclasses.replace(plain, dp=DPConfig(epsilon=cfg.epsilon)) if cfg.dp else plain
+    return model, plain, dp
+
+
 def _baselines(cfg: SimulationConfig, trains: list[pa.Table], test: pa.Table,
                curves: dict[str, Any], thresholds: dict[str, float],
                methods: dict[str, dict[str, Any]]) -> None:
     """Centralised (plain and DP), each site alone (same DP setting), IsolationForest."""
-    model = ModelConfig(kind=cfg.model, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                        max_len=cfg.max_len)
-    epochs = cfg.rounds * cfg.local_epochs
-    plain = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed)
-    dp = dataclasses.replace(plain, dp=DPConfig(epsilon=cfg.epsilon)) if cfg.dp else plain
+    model, plain, dp = centralised_configs(cfg)
     pooled = pa.concat_tables(trains, promote_options="default")
     runs = [("centralised", pooled, plain)]
     if cfg.dp:
