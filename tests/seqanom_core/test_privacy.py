@@ -76,3 +76,21 @@ def test_dp_config_validation():
         DPConfig(epsilon=1.0, noise_multiplier=1.0)
     with pytest.raises(ConfigError):
         DPConfig(epsilon=-1.0)
+
+
+@pytest.mark.parametrize("history", [
+    [(0.87, 1 / 7, 7)],
+    [(0.87, 1 / 7, 7), (0.87, 1 / 7, 7), (1.3, 0.5, 2)],
+    [(2.0, 1.0, 3), (0.6, 0.01, 300)],
+])
+def test_memoised_epsilon_is_opacus_rdp_accountant_exactly(history):
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = list(history)
+    state = AccountantState(history=list(history), delta=1e-5)
+    assert state.epsilon() == acc.get_epsilon(1e-5)  # bit for bit, not approximately
+    assert state.epsilon() == state.epsilon()  # the memoised vectors are not mutated
+    acc.history.append((1.1, 0.25, 4))
+    assert state.epsilon_after(1.1, 0.25, 4, 1e-5) == acc.get_epsilon(1e-5)
+    assert state.history == list(history)
