@@ -117,10 +117,13 @@ def _own_peaks() -> dict:
     }
 
 
-def centralised_worker(cfg) -> dict:
+def centralised_worker(cfg, threads: int | None = None) -> dict:
     """Fit the centralised detector on the pooled training shoppers of all site files."""
     import pyarrow as pa
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from seqanom_core.detector import make_detector
     from seqanom_core.ingest import read_events
@@ -248,12 +251,13 @@ def phases(marks: dict[str, float], steps: dict[str, list[float]], rounds: list[
 # --------------------------------------------------------------------------- orchestration
 
 
-def _spawn(kind: str, cfg, work: Path, interval: float) -> dict:
+def _spawn(kind: str, cfg, work: Path, interval: float, threads: int | None = None) -> dict:
     """Run one worker in its own subprocess while sampling its process tree's memory."""
-
     result_path = work / f"{kind}-{cfg.sites}.json"
     cmd = [sys.executable, "-m", "bench.federation_bench", "--worker", kind,
            "--config", _config_to_json(cfg), "--result", str(result_path)]
+    if threads:
+        cmd += ["--central-threads", str(threads)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONWARNINGS", "ignore::UserWarning")  # Opacus says the same every step
@@ -297,7 +301,8 @@ def _left_behind(memory, worker_pid: int, grace_s: float = 15.0) -> list[dict]:
 
 
 def run(sites: list[int], shoppers: int, rounds: int, local_epochs: int, dp: bool = True,
-        tmp_dir: str | None = None, seed: int = 0, interval: float = 0.2) -> dict:
+        tmp_dir: str | None = None, seed: int = 0, interval: float = 0.2,
+        central_threads: int | None = None) -> dict:
     """For each site count: prepare the data, time centralised and federated training."""
     import psutil
 
@@ -312,7 +317,8 @@ def run(sites: list[int], shoppers: int, rounds: int, local_epochs: int, dp: boo
             for kind in WORKERS:
                 log.info("%d sites: %s training ...", n, kind)
                 res[f"load_avg_1m_before_{kind}"] = round(os.getloadavg()[0], 2)
-                res[kind] = _spawn(kind, cfg, work, interval)
+                res[kind] = _spawn(kind, cfg, work, interval,
+                                   central_threads if kind == "centralised" else None)
                 log.info("%d sites: %s %.1f s", n, kind, res[kind]["seconds"])
             fed, cent = res["federated"], res["centralised"]
             ray = fed["phases"]["ray_start_s"] or 0.0
@@ -363,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true",
                     help=f"smallest form: {QUICK}")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--central-threads", type=int, default=None,
+                    help="torch threads of centralised training (default: torch's, all cores)")
     ap.add_argument("--interval", type=float, default=0.2, help="memory sampling period (s)")
     ap.add_argument("--tmp-dir", default=None, help="where to write the site files and runs")
     ap.add_argument("--out", default=None, help="also write the JSON here")
@@ -374,8 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         os.dup2(2, 1)  # this process and everything it starts write to stderr only
         cfg = _config_from_json(args.config)
-        fn = centralised_worker if args.worker == "centralised" else federated_worker
-        Path(args.result).write_text(json.dumps(fn(cfg)))
+        res = centralised_worker(cfg, args.central_threads) if args.worker == "centralised" \
+            else federated_worker(cfg)
+        Path(args.result).write_text(json.dumps(res))
         return
     base = QUICK if args.quick else DEFAULTS
     params = {
@@ -387,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         "dp": args.dp,
         "seed": args.seed,
         "memory_sampling_interval_s": args.interval,
+        "central_threads": args.central_threads,
     }
     example = sim_config(Path("."), params["sites"][0], params["shoppers"], params["rounds"],
                          params["local_epochs"], args.dp, args.seed)
@@ -397,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
                         "read the pooled site training files + SequenceDetector.fit")
     t0 = time.perf_counter()
     results = run(params["sites"], params["shoppers"], params["rounds"], params["local_epochs"],
-                  args.dp, args.tmp_dir, args.seed, args.interval)
+                  args.dp, args.tmp_dir, args.seed, args.interval, args.central_threads)
     emit(envelope("federation", params, results, round(time.perf_counter() - t0, 1),
                   summary=summary(results)), args.out)
 

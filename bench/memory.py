@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 MIB = float(1 << 20)
-#: Names a process has only while it starts (Ray's worker launcher, then ``ray::<Actor>``).
-_TRANSIENT = ("?", "python", "setup_worker.py", "default_worker.py")
+#: Names that may still change (a process that was starting, or could not be read).
+_TRANSIENT = ("?", "python", "python3")
 
 
 @dataclass
@@ -44,8 +44,10 @@ class TreeMemory:
     def to_dict(self) -> dict:
         """JSON-ready summary (without the list of pids)."""
         by_name: dict[str, float] = {}
+        count: dict[str, int] = {}
         for s in self.seen.values():
             by_name[s.name] = max(by_name.get(s.name, 0.0), s.peak_rss_mb)
+            count[s.name] = count.get(s.name, 0) + 1
         return {
             "peak_rss_sum_mb": round(self.peak_rss_mb, 1),
             "peak_pss_sum_mb": None if self.peak_pss_mb is None else round(self.peak_pss_mb, 1),
@@ -54,6 +56,7 @@ class TreeMemory:
             "rss_at_peak_by_process_mb": {k: round(v, 1) for k, v in
                                           sorted(self.peak_by_process.items())},
             "peak_rss_per_process_kind_mb": {k: round(v, 1) for k, v in sorted(by_name.items())},
+            "processes_seen_per_kind": dict(sorted(count.items())),
             "max_processes": self.max_processes,
             "processes_seen": len(self.seen),
             "samples": self.samples,
@@ -61,16 +64,20 @@ class TreeMemory:
         }
 
 
-def process_role(proc) -> str:
-    """A short stable name for a process: Ray names its workers ``ray::<Actor>`` in the title."""
+def process_role(proc, root_pid: int | None = None) -> str:
+    """A short stable name: ``driver`` (the root), ``ray_worker`` (Ray's actors and idle workers,
+    whose titles change as they work), Ray's daemons by script name, else the process name."""
     import psutil
 
+    if proc.pid == root_pid:
+        return "driver"
     try:
         cmd, name = proc.cmdline(), proc.name()
     except psutil.Error:  # gone, or not ours to inspect
         return "?"
-    if cmd and cmd[0].startswith("ray::"):
-        return cmd[0].split()[0]
+    if cmd and (cmd[0].startswith("ray::") or any(
+            c.endswith(("setup_worker.py", "default_worker.py")) for c in cmd[:4])):
+        return "ray_worker"
     for part in cmd[:3]:
         base = part.rsplit("/", 1)[-1]
         if base in ("raylet", "gcs_server") or base.endswith(".py"):
@@ -126,12 +133,12 @@ class TreeMemorySampler:
                 rss = proc.memory_info().rss / MIB
                 pss = proc.memory_full_info().pss / MIB if with_pss else 0.0
                 if proc.pid not in r.seen:
-                    r.seen[proc.pid] = _Seen(process_role(proc), proc.create_time())
+                    r.seen[proc.pid] = _Seen(process_role(proc, self.pid), proc.create_time())
             except (psutil.Error, AttributeError):
                 continue
             seen = r.seen[proc.pid]
-            if seen.name in _TRANSIENT:  # Ray's workers take their title after starting
-                seen.name = process_role(proc)
+            if seen.name in _TRANSIENT:  # e.g. a Ray worker before its exec
+                seen.name = process_role(proc, self.pid)
             seen.peak_rss_mb = max(seen.peak_rss_mb, rss)
             total += rss
             pss_total += pss
