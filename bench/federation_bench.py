@@ -256,7 +256,7 @@ def _spawn(kind: str, cfg, work: Path, interval: float, threads: int | None = No
     result_path = work / f"{kind}-{cfg.sites}.json"
     cmd = [sys.executable, "-m", "bench.federation_bench", "--worker", kind,
            "--config", _config_to_json(cfg), "--result", str(result_path)]
-    if threads:
+    if threads is not None:
         cmd += ["--central-threads", str(threads)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
@@ -302,30 +302,48 @@ def _left_behind(memory, worker_pid: int, grace_s: float = 15.0) -> list[dict]:
 
 def run(sites: list[int], shoppers: int, rounds: int, local_epochs: int, dp: bool = True,
         tmp_dir: str | None = None, seed: int = 0, interval: float = 0.2,
-        central_threads: int | None = None) -> dict:
-    """For each site count: prepare the data, time centralised and federated training."""
+        central_threads: int = 1, bracket: bool = True) -> dict:
+    """For each site count: prepare the data, time centralised and federated training.
+
+    With ``bracket``, centralised training runs before *and* after the federation (it is the
+    cheaper run) and the ratio uses the mean of the two, so a change of background load during
+    the benchmark shows up as a spread instead of silently skewing the ratio.
+    """
     import psutil
 
     out: dict = {"load_avg_1m_start": round(os.getloadavg()[0], 2), "per_sites": {}}
+    order = [*WORKERS, "centralised"] if bracket else list(WORKERS)
     with tempfile.TemporaryDirectory(prefix="seqanom-federation-bench-", dir=tmp_dir) as d:
         work = Path(d)
         for n in sites:
             cfg = sim_config(work / f"sites-{n}", n, shoppers, rounds, local_epochs, dp, seed)
             log.info("%d sites: generating %d shoppers and writing the site files", n, shoppers)
-            data = prepare(cfg)
-            res: dict = {"data": data}
-            for kind in WORKERS:
+            res: dict = {"data": prepare(cfg)}
+            runs: dict[str, list[dict]] = {k: [] for k in WORKERS}
+            for kind in order:
                 log.info("%d sites: %s training ...", n, kind)
-                res[f"load_avg_1m_before_{kind}"] = round(os.getloadavg()[0], 2)
-                res[kind] = _spawn(kind, cfg, work, interval,
-                                   central_threads if kind == "centralised" else None)
-                log.info("%d sites: %s %.1f s", n, kind, res[kind]["seconds"])
-            fed, cent = res["federated"], res["centralised"]
+                load = round(os.getloadavg()[0], 2)
+                r = _spawn(kind, cfg, work, interval,
+                           central_threads if kind == "centralised" else None)
+                r["load_avg_1m_before"] = load
+                runs[kind].append(r)
+                log.info("%d sites: %s %.1f s", n, kind, r["seconds"])
+            fed, cent = runs["federated"][0], runs["centralised"][0]
+            res["centralised"], res["federated"] = cent, fed
+            if len(runs["centralised"]) > 1:
+                res["centralised_after"] = runs["centralised"][1]
+            cent_runs = [r["seconds"] for r in runs["centralised"]]
+            cent_s = statistics.mean(cent_runs)
             ray = fed["phases"]["ray_start_s"] or 0.0
-            res["ratio_federated_over_centralised"] = round(fed["seconds"] / cent["seconds"], 3)
-            res["ratio_without_ray_start"] = round((fed["seconds"] - ray) / cent["seconds"], 3)
+            res["centralised_runs_s"] = cent_runs
+            res["centralised_s"] = round(cent_s, 2)
+            res["centralised_peak_rss_mb"] = max(r["memory"]["vmhwm_mb"] for r in runs["centralised"])
+            res["ratio_federated_over_centralised"] = round(fed["seconds"] / cent_s, 3)
+            res["ratio_without_ray_start"] = round((fed["seconds"] - ray) / cent_s, 3)
+            res["ratio_range"] = [round(fed["seconds"] / max(cent_runs), 3),
+                                  round(fed["seconds"] / min(cent_runs), 3)]
             res["memory_ratio_federated_tree_over_centralised"] = round(
-                fed["tree_memory"]["peak_rss_sum_mb"] / cent["memory"]["vmhwm_mb"], 2)
+                fed["tree_memory"]["peak_rss_sum_mb"] / res["centralised_peak_rss_mb"], 2)
             out["per_sites"][str(n)] = res
     out["children_left"] = [{"pid": c.pid, "name": c.name()}
                             for c in psutil.Process().children(recursive=True)]
@@ -336,19 +354,26 @@ def summary(results: dict) -> dict:
     """The headline numbers per site count."""
     rows = {}
     for n, r in results["per_sites"].items():
-        fed, cent = r["federated"], r["centralised"]
+        fed = r["federated"]
+        ph = fed["phases"]
+        train_s = sum(ph["per_round_train_s"])
+        cents = [r["centralised"], r.get("centralised_after")]
         rows[n] = {
             "federated_s": fed["seconds"],
-            "centralised_s": cent["seconds"],
+            "centralised_s": r["centralised_s"],
+            "centralised_runs_s": r["centralised_runs_s"],
             "ratio": r["ratio_federated_over_centralised"],
+            "ratio_range": r["ratio_range"],
             "ratio_without_ray_start": r["ratio_without_ray_start"],
-            "ray_start_s": fed["phases"]["ray_start_s"],
+            "ray_start_s": ph["ray_start_s"],
+            "federated_local_training_s": round(train_s, 2),
+            "federated_evaluation_and_calibration_s": round(ph["rounds_s"] - train_s, 2),
             "federated_peak_rss_sum_mb": fed["tree_memory"]["peak_rss_sum_mb"],
             "federated_peak_pss_sum_mb": fed["tree_memory"]["peak_pss_sum_mb"],
             "federated_driver_ru_maxrss_mb": fed["driver_memory"]["ru_maxrss_mb"],
-            "centralised_peak_rss_mb": cent["memory"]["vmhwm_mb"],
-            "processes_left_behind": len(fed["processes_left_behind"])
-            + len(cent["processes_left_behind"]),
+            "centralised_peak_rss_mb": r["centralised_peak_rss_mb"],
+            "processes_left_behind": sum(len(c["processes_left_behind"])
+                                         for c in (fed, *cents) if c),
         }
     return rows
 
@@ -369,8 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true",
                     help=f"smallest form: {QUICK}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--central-threads", type=int, default=None,
-                    help="torch threads of centralised training (default: torch's, all cores)")
+    ap.add_argument("--central-threads", type=int, default=1,
+                    help="torch threads of centralised training: 1 (default) like each Ray "
+                         "actor; 0 = torch's default (all cores)")
     ap.add_argument("--interval", type=float, default=0.2, help="memory sampling period (s)")
     ap.add_argument("--tmp-dir", default=None, help="where to write the site files and runs")
     ap.add_argument("--out", default=None, help="also write the JSON here")
@@ -382,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         os.dup2(2, 1)  # this process and everything it starts write to stderr only
         cfg = _config_from_json(args.config)
-        res = centralised_worker(cfg, args.central_threads) if args.worker == "centralised" \
+        res = centralised_worker(cfg, args.central_threads or None) \
+            if args.worker == "centralised" \
             else federated_worker(cfg)
         Path(args.result).write_text(json.dumps(res))
         return
@@ -396,7 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         "dp": args.dp,
         "seed": args.seed,
         "memory_sampling_interval_s": args.interval,
-        "central_threads": args.central_threads,
+        "central_threads": args.central_threads or "torch default",
+        "centralised_runs": "one" if args.quick else "before and after the federation (mean)",
     }
     example = sim_config(Path("."), params["sites"][0], params["shoppers"], params["rounds"],
                          params["local_epochs"], args.dp, args.seed)
@@ -407,7 +435,8 @@ def main(argv: list[str] | None = None) -> None:
                         "read the pooled site training files + SequenceDetector.fit")
     t0 = time.perf_counter()
     results = run(params["sites"], params["shoppers"], params["rounds"], params["local_epochs"],
-                  args.dp, args.tmp_dir, args.seed, args.interval, args.central_threads)
+                  args.dp, args.tmp_dir, args.seed, args.interval, args.central_threads,
+                  bracket=not args.quick)
     emit(envelope("federation", params, results, round(time.perf_counter() - t0, 1),
                   summary=summary(results)), args.out)
 

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     federation = None
     if not args.skip_federation:
         federation = federation_bench.run(fed_params["sites"], fed_params["shoppers"],
-                                          fed_params["rounds"], fed_params["local_epochs"])
+                                          fed_params["rounds"], fed_params["local_epochs"],
+                                          bracket=not args.quick)
     t3 = time.perf_counter()
     r = ingest["ratios"]
     summary = {
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": train_step_bench.WARMUP,
             "threads": args.threads,
         },
-        "federation": None if args.skip_federation else {**fed_params, "dp": True},
+        "federation": None if args.skip_federation else {
+            **fed_params, "dp": True, "central_threads": 1, "centralised_runs": 1 if args.quick else 2},
     }
     results = {"ingest": ingest, "train_step": train, "federation": federation}
     wall = {
