@@ -1,4 +1,6 @@
-"""The ``seqanom`` command: train, score, inject, split, synth, demo.
+"""The ``seqanom`` command: train, score, inject, split, synth, demo, simulate, ledger, and the
+deployment commands of ``server/deploy_cli.py`` (credentials, superlink, connection) and
+``client/deploy_cli.py`` (supernode), which build Flower command lines without importing flwr.
 
 Only this module (and the other CLIs) print; the library logs. Any ``SeqanomError`` is shown as
 one line on stderr with exit status 2.
@@ -327,6 +329,44 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """Show a site's privacy ledger: epsilon spent per run and in total, delta, budget, and what
+    remains (a ledger written by the federation, or a 'train --ledger' accountant file)."""
+    from seqanom_core.privacy import AccountantState
+    from seqanom_core.privacy_ledger import PrivacyLedger
+
+    try:
+        data = json.loads(Path(args.path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{args.path}: cannot read privacy ledger: {err}") from err
+    if isinstance(data, dict) and "version" not in data and "history" in data:
+        ledger = PrivacyLedger(state=AccountantState.from_dict(data))  # seqanom train --ledger
+    else:
+        ledger = PrivacyLedger.load(args.path)
+    s = ledger.summary()
+    if args.json:
+        print(json.dumps({"path": str(args.path), **s}, indent=2))
+        return 0
+    delta = "not fixed yet (nothing spent)" if s["delta"] is None else f"{s['delta']:.1e}"
+    budget = "none" if s["budget"] is None else f"{s['budget']:.3f}"
+    remaining = "-" if s["remaining"] is None else f"{s['remaining']:.3f}"
+    print(f"privacy ledger {args.path}" + (f" (site {s['site']})" if s["site"] else ""))
+    print(f"  protects: {s['unit']}; accountant: {s['accountant']} over {s['steps']} DP-SGD steps")
+    print(f"  delta {delta}; budget {budget}; epsilon spent {s['epsilon_spent']:.3f}; "
+          f"remaining {remaining}")
+    if s["runs"]:
+        print(f"  {'run':24s} {'rounds':>9s} {'eps added':>10s} {'eps alone':>10s}  last release")
+        for r in s["runs"]:
+            rounds = ",".join(str(x) for x in r["rounds"]) or "-"
+            print(f"  {r['run'] or '(no run id)':24s} {rounds:>9s} {r['epsilon_added']:10.3f} "
+                  f"{r['epsilon_alone']:10.3f}  {r['last'] or '-'}")
+        print("  'eps added' is each run's increase of the cumulative epsilon (they sum to the "
+              "total); 'eps alone' accounts the run's releases by themselves.")
+    elif s["steps"]:
+        print("  (no per-run entries: an accountant file from 'seqanom train --ledger')")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (``--help`` on every command is complete)."""
@@ -432,6 +472,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("ledger", cmd_ledger, "show a site's privacy ledger (epsilon per run, total, budget)")
+    p.add_argument("path", metavar="LEDGER.json")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    # deployment: the central team's and the sites' commands (they build Flower command lines)
+    from client.deploy_cli import add_site_commands
+    from server.deploy_cli import add_central_commands
+
+    add_central_commands(add)
+    add_site_commands(add)
     return parser
 
 
