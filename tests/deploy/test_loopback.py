@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,12 +70,22 @@ class Processes:
     logs: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
+    t0: float = field(default_factory=time.monotonic)
+
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("w")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                start_new_session=True)
+        """Start ``argv`` in a new session; its output goes, time-stamped, to ``name``.log."""
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                cwd=REPO, start_new_session=True, text=True, errors="replace")
         self.procs[name] = proc
+        threading.Thread(target=self._copy, args=(proc, self.logs / f"{name}.log"),
+                         daemon=True).start()
         return proc
+
+    def _copy(self, proc: subprocess.Popen, path: Path) -> None:
+        with path.open("w") as log:
+            for line in proc.stdout:
+                log.write(f"{time.monotonic() - self.t0:9.3f} {line}")
+                log.flush()
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
@@ -135,6 +147,21 @@ def flwr(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
     except ValueError:
         pytest.fail(f"flwr {' '.join(args)}: exit {res.returncode}\n{res.stdout}\n{res.stderr}")
 
+
+
+_MSG = re.compile(r"^\s*([\d.]+) .*(Receiving|Sending): (\S+) message")
+
+
+def message_times(log: str) -> list[tuple[str, float, float]]:
+    """(message type, received at, reply sent at) for each message a SuperNode handled."""
+    out, pending = [], {}
+    for line in log.splitlines():
+        m = _MSG.match(line)
+        if m and m.group(2) == "Receiving":
+            pending[m.group(3)] = float(m.group(1))
+        elif m and m.group(3) in pending:
+            out.append((m.group(3), pending.pop(m.group(3)), float(m.group(1))))
+    return out
 
 @dataclass
 class Federation:
@@ -261,6 +288,15 @@ def trained(federation):
     assert status == "finished:completed", f"{run}\n{federation.procs.tails()}"
     rounds = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     federation.timings.update({f"round-{r['round']}": r["seconds"] for r in rounds})
+    # where the time goes: each message is one ClientApp process (start + work) at each site
+    msgs = [m for s in SITES for m in message_times(federation.procs.log(s))]
+    for kind in sorted({k for k, _, _ in msgs}):
+        took = [b - a for k, a, b in msgs if k == kind]
+        federation.timings[f"clientapp-{kind}-mean"] = sum(took) / len(took)
+    federation.timings["messages"] = len(msgs)
+    if msgs:
+        federation.timings["submit-to-first-message"] = min(a for _, a, _ in msgs) - (
+            t0 - federation.procs.t0)
     print("\nloopback timings (s):", json.dumps({k: round(v, 1) for k, v in
                                                  federation.timings.items()}))
     return run_id, ckpt
