@@ -183,6 +183,11 @@ def seqanom(*args: str) -> list[str]:
     return [sys.executable, "-m", "seqanom_core.cli", *args]
 
 
+def run_ok(argv: list[str], env: dict[str, str]) -> None:
+    res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"{argv}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, site_dirs):
     tmp = tmp_path_factory.mktemp("loopback")
@@ -196,15 +201,13 @@ def federation(tmp_path_factory, site_dirs):
     timings: dict[str, float] = {}
     try:
         t0 = time.monotonic()
-        subprocess.run(seqanom("credentials", "--out", str(creds), "--sites", *SITES, "rogue"),
-                       check=True, capture_output=True, env=base, timeout=120)
+        run_ok(seqanom("credentials", "--out", str(creds), "--sites", *SITES, "rogue"), base)
         port = free_port()
         procs.start("superlink", seqanom("superlink", "--credentials", str(creds),
                                          "--port", str(port), "--database", str(tmp / "link.db")),
                     dict(base, FLWR_HOME=str(tmp / "flwr-superlink")))
-        subprocess.run(seqanom("connection", "--name", "loop", "--address", f"127.0.0.1:{port}",
-                               "--root-certificates", str(creds / "ca.pem"), "--default"),
-                       check=True, capture_output=True, env=cli_env, timeout=120)
+        run_ok(seqanom("connection", "--name", "loop", "--address", f"127.0.0.1:{port}",
+                       "--root-certificates", str(creds / "ca.pem"), "--default"), cli_env)
         procs.wait_for("superlink", "Uvicorn running on https://", 120)
         timings["superlink-ready"] = time.monotonic() - t0
         # register the three sites' public keys (not the rogue's), concurrently
@@ -224,8 +227,7 @@ def federation(tmp_path_factory, site_dirs):
                 "--data", str(data / "train.parquet"), "--ledger", str(tmp / "ledgers" / f"{name}.json"),
                 "--privacy-budget", str(BUDGET), "--device", "cpu", "--site-name", name,
                 "--test-path", str(data / "test.parquet"), "--labels-path", str(data / "labels.csv"),
-                "--port", str(free_port()), "--flwr-home", str(tmp / f"flwr-{name}"),
-                "--max-retries", "0"), base)
+                "--port", str(free_port()), "--flwr-home", str(tmp / f"flwr-{name}")), base)
 
         for s in SITES:
             supernode(s, sites[s], "--root-certificates", str(creds / "ca.pem"),
@@ -233,8 +235,8 @@ def federation(tmp_path_factory, site_dirs):
         rejected = {
             "rogue": supernode("rogue", sites["site-a"], "--root-certificates",
                                str(creds / "ca.pem"), "--private-key",
-                               str(creds / "sites" / "rogue" / "rogue.key")),
-            "plaintext": supernode("plaintext", sites["site-a"], "--insecure"),
+                               str(creds / "sites" / "rogue" / "rogue.key"), "--max-retries", "0"),
+            "plaintext": supernode("plaintext", sites["site-a"], "--insecure", "--max-retries", "0"),
         }
         for s in SITES:
             procs.wait_for(s, "SuperNode ID:", 180)
