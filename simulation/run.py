@@ -62,6 +62,10 @@ class SimulationConfig:
     batch_size: int = 32
     baselines: bool = True
     seed: int = 0
+    privacy_mode: str = "local"  # or "local+central" (site-level DP), "local+secagg" (SecAgg+)
+    central_noise_multiplier: float = 1.0
+    central_clipping_norm: float = 1.0
+    central_epsilon: float = 10.0
 
 
 def _load(cfg: SimulationConfig) -> pa.Table:
@@ -99,8 +103,14 @@ def prepare_sites(cfg: SimulationConfig, events: pa.Table
 
 
 def run_config(cfg: SimulationConfig) -> dict[str, Any]:
-    """The Flower run config of the simulated federation."""
-    return {
+    """The Flower run config of the simulated federation (central DP samples every site)."""
+    privacy: dict[str, Any] = {"privacy-mode": cfg.privacy_mode}
+    if cfg.privacy_mode == "local+central":
+        privacy.update({"central-noise-multiplier": cfg.central_noise_multiplier,
+                        "central-clipping-norm": cfg.central_clipping_norm,
+                        "central-epsilon": cfg.central_epsilon,
+                        "central-sites-per-round": cfg.sites})
+    return {**privacy,
         "num-rounds": cfg.rounds, "strategy": cfg.strategy, "model": cfg.model,
         "local-epochs": cfg.local_epochs, "d-model": cfg.d_model, "n-layers": cfg.n_layers,
         "max-len": cfg.max_len, "batch-size": cfg.batch_size, "dp": cfg.dp,
@@ -126,9 +136,13 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {
         "federated": (scored.ids.astype(str), scored.scores)}
     thresholds = {"federated": det.threshold_}
+    privacy = det.metadata_["privacy"]
     methods: dict[str, dict[str, Any]] = {"federated": {
-        "epsilon": det.metadata_["privacy"].get("epsilon"),
-        "delta": det.metadata_["privacy"].get("delta"), "seconds": round(fed_seconds, 1)}}
+        "epsilon": privacy.get("epsilon"), "delta": privacy.get("delta"),
+        "seconds": round(fed_seconds, 1)}}
+    for g in privacy.get("guarantees", []):
+        if g.get("level") == "site":
+            methods["federated"].update({"site_epsilon": g["epsilon"], "site_delta": g["delta"]})
     if cfg.baselines:
         _baselines(cfg, trains, test, curves, thresholds, methods)
     rounds = [json.loads(line) for line in
@@ -136,7 +150,8 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
     metrics = {
         "config": {k: str(v) if isinstance(v, Path) else v
                    for k, v in dataclasses.asdict(cfg).items()},
-        "privacy": det.metadata_["privacy"] | {"unit": UNIT if cfg.dp else None},
+        "privacy": privacy | {"unit": UNIT if cfg.dp else None},
+        "stop_reason": det.metadata_.get("stop_reason") or None,
         "partition": partition, "thresholds": thresholds, "methods": methods,
         "seconds": round(time.time() - t0, 1),
     }
