@@ -86,6 +86,16 @@ def _epsilon_of(accountant: Any, event: Any) -> float:
     return float(probe.get_privacy_spent().epsilon)
 
 
+def restore_accountant(accountant: Any, state: dict[str, Any], where: Any) -> None:
+    """Continue a run's accounting from a checkpoint's state (a raised budget is allowed)."""
+    state = {**state, "config": {**state["config"], "max_epsilon": accountant.config.max_epsilon}}
+    try:
+        accountant.load_state_dict(state)
+    except ValueError as err:
+        raise ConfigError(f"{where}: the central-DP settings differ from the checkpoint's "
+                          f"(delta and sites per round must stay the same): {err}") from err
+
+
 def wrap_strategy(strategy: Strategy, privacy: PrivacySettings,
                   accountant: Any) -> DifferentialPrivacyServerSideFixedClipping:
     """``strategy`` (FedAvg or FedProx averaging by SITE_WEIGHT) under Flower's central DP."""

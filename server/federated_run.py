@@ -59,9 +59,11 @@ def _site(msg: Message) -> str:
 
 
 def _metrics(msg: Message) -> dict[str, float]:
+    """The site's scalar metrics (without the aggregation weight the server itself sets)."""
     if K.METRICS not in msg.content:
         return {}
-    return {k: float(v) for k, v in msg.content[K.METRICS].items()}  # type: ignore[arg-type]
+    return {k: float(v) for k, v in msg.content[K.METRICS].items()  # type: ignore[arg-type]
+            if k != central_dp.SITE_WEIGHT}
 
 
 @dataclass
@@ -128,7 +130,7 @@ class FederatedRun:
             if state is None:
                 raise ConfigError(f"{path}: no central-DP accountant state to resume from (the "
                                   "run was not in privacy-mode 'local+central')")
-            self.central.accountant.load_state_dict(state)
+            central_dp.restore_accountant(self.central.accountant, state, path)
         log.info("resuming from %s (round %d of %d)", path, last, self.fed.num_rounds)
         return last, det.calibrator_, det.threshold_
 
@@ -211,7 +213,8 @@ class FederatedRun:
         if self.central is not None:  # train metrics of the sites that trained, not of null updates
             metrics = self.central.strategy.train_metrics_aggr_fn(
                 [m.content for m in usable], "num-examples")
-        rec.train = {k: float(v) for k, v in (metrics or {}).items()}  # type: ignore[arg-type]
+        rec.train = {k: float(v) for k, v in (metrics or {}).items()  # type: ignore[arg-type]
+                     if k != central_dp.SITE_WEIGHT}
         return True
 
     def _train_secagg(self, r: int, rec: RoundRecord) -> bool:
@@ -251,7 +254,8 @@ class FederatedRun:
         if self.central is not None:
             central_dp.weight_evaluations(replies)
         agg = self.strategy.aggregate_evaluate(r, replies)
-        rec.evaluate = {k: float(v) for k, v in (agg or {}).items()}  # type: ignore[arg-type]
+        rec.evaluate = {k: float(v) for k, v in (agg or {}).items()  # type: ignore[arg-type]
+                        if k != central_dp.SITE_WEIGHT}
         for msg in replies:
             rec.sites.setdefault(_site(msg), {}).update(
                 {f"eval-{k}": v for k, v in _metrics(msg).items()})

@@ -107,6 +107,12 @@ def test_central_budget_exhaustion_is_a_planned_stop(tmp_path, site_dirs, caplog
     # nothing was sent for round 2: each site trained once
     for k in range(2):
         assert len(PrivacyLedger.load(tmp_path / "ledgers" / f"site-{k}.json").entries) == 1
+    # resuming with a raised budget continues Flower's accounting from the checkpoint
+    cfg2 = dict(cfg, **{"resume": True, "num-rounds": 2, "central-epsilon": 3.5})
+    server_main(InProcessGrid(client_app, nodes, cfg2), Context(
+        run_id=8, node_id=0, node_config={}, state=RecordDict(), run_config=cfg2))
+    site_level = _round_json(tmp_path / "ckpt")["privacy"]["guarantees"][1]
+    assert site_level["releases"] == 2 and site_level["epsilon"] == pytest.approx(3.189, abs=1e-3)
 
 
 def test_central_config_is_checked_before_anything_is_sent(tmp_path, site_dirs):
