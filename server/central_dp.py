@@ -151,4 +151,6 @@ def guarantee(privacy: PrivacySettings, accountant: Any) -> dict[str, Any]:
             "clipping_norm": privacy.central_clipping_norm,
             "sites_per_round": privacy.central_sites_per_round,
             "clipping": "server-side fixed clipping of each site's update "
-                        "(Flower DifferentialPrivacyServerSideFixedClipping)"}
+                        "(Flower DifferentialPrivacyServerSideFixedClipping)",
+            "covers": "the global model weights; not the sites' scalar metrics or calibration "
+                      "histograms"}

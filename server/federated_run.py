@@ -182,7 +182,7 @@ class FederatedRun:
     def _train(self, r: int, rec: RoundRecord) -> bool:
         """Training step of round ``r``; False on a planned stop (``self.stop_reason``)."""
         if self.secagg is not None:
-            return self._train_secagg(r, rec)
+            return self._train_secagg(self.secagg, r, rec)
         cfg = ConfigRecord({K.ROUNDS_LEFT: self.fed.num_rounds - r + 1, K.RUN_ID: self.run_id})
         try:
             msgs = list(self.strategy.configure_train(r, to_array_record(self.arrays), cfg,
@@ -217,10 +217,9 @@ class FederatedRun:
                      if k != central_dp.SITE_WEIGHT}
         return True
 
-    def _train_secagg(self, r: int, rec: RoundRecord) -> bool:
+    def _train_secagg(self, secagg: SecAggTraining, r: int, rec: RoundRecord) -> bool:
         """Training step of round ``r`` through SecAgg+: the server only sees the sum."""
-        assert self.secagg is not None
-        out = self.secagg.train(r, self.arrays)
+        out = secagg.train(r, self.arrays)
         for name, m in out.sites.items():
             self._record_site(rec, name, m)
         if out.all_declined and self._all_declined(r, rec):
