@@ -209,3 +209,17 @@ def test_audit_catches_per_shopper_values_and_ids_in_arrays(tmp_path, audit_site
 
 def first_name(policy: ReplyPolicy) -> str:
     return next(iter(policy.param_shapes))
+
+
+def test_a_site_error_reaches_the_server_without_ids_or_paths(tmp_path, audit_sites):
+    """Flower sends an exception's text to the server; a data error may quote an id or a path,
+    so the ClientApp replaces it by the error type (the full error stays in the site's log)."""
+    secret = "shopper-u98765"
+    missing = tmp_path / f"{secret}.parquet"
+    cfg = tiny_run_config(tmp_path, audit_sites, **{"num-rounds": 1, "dp": False})
+    nodes = {101: {"data-path": str(missing), "site-name": "site-x"}}
+    with pytest.raises(client_module.SiteError) as info:
+        _run(cfg, nodes)
+    assert secret not in str(info.value) and str(missing) not in str(info.value)
+    assert "train failed at the site" in str(info.value)
+    assert secret in str(info.value.__cause__)  # kept for the site's own log
