@@ -7,8 +7,10 @@ stack) to the inner legacy ClientApp of ``client/secagg.py``; everything else is
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,12 +26,34 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 
+class SiteError(RuntimeError):
+    """What the server learns of a failure at a site: the handler and the error type only."""
+
+
+def _contained(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Errors stay at the site: Flower sends an exception's text to the server as the error
+    reason, and a data error may quote a shopper id or a file path. The full error goes to the
+    site's own log (and as the cause in its traceback); the reply names the error type only."""
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:
+            log.error("%s failed at this site: %s: %s", handler.__name__, type(err).__name__, err)
+            raise SiteError(f"{handler.__name__} failed at the site with {type(err).__name__}; "
+                            "the details are in the site's log") from err
+
+    return wrapped
+
+
 def _reply(msg: Message, content: RecordDict, site: str) -> Message:
     content[K.SITE] = ConfigRecord({"name": site})
     return Message(content=content, reply_to=msg)
 
 
 @app.train()
+@_contained
 def train(msg: Message, context: Context) -> Message:
     """Local DP training of the global model for one round; declines when over budget.
 
@@ -46,6 +70,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_contained
 def evaluate(msg: Message, context: Context) -> Message:
     """Validation loss/accuracy (+ AUROC/AUPRC where labelled) and calibration histograms."""
     paths, settings = site_setup(context)
@@ -60,6 +85,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 @app.query(K.SCORE_SUMMARY)
+@_contained
 def query_score_summary(msg: Message, context: Context) -> Message:
     """Noisy histogram of validation scores under the federated calibration (for the threshold)."""
     paths, settings = site_setup(context)

@@ -23,7 +23,7 @@ from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
 from seqanom_core.run_config import RunSettings, settings_from_run_config
 from seqanom_core.site import RoundOutcome, SitePaths, load_site, train_round
 
-_NODE_KEYS = {"data-path", "format", "ledger-path", "privacy-budget", "device", "site-name",
+NODE_KEYS = {"data-path", "format", "ledger-path", "privacy-budget", "device", "site-name",
               "test-path", "labels-path", "partition-id", "num-partitions"}
 _LEDGER_STATE = "privacy-ledger"
 
@@ -31,9 +31,9 @@ _LEDGER_STATE = "privacy-ledger"
 def site_setup(context: Context) -> tuple[SitePaths, RunSettings]:
     """The site's files and the run's typed settings (node config overrides budget, device)."""
     node = dict(context.node_config)
-    unknown = sorted(set(node) - _NODE_KEYS)
+    unknown = sorted(set(node) - NODE_KEYS)
     if unknown:
-        raise ValueError(f"unknown node config keys {unknown}; known: {sorted(_NODE_KEYS)}")
+        raise ValueError(f"unknown node config keys {unknown}; known: {sorted(NODE_KEYS)}")
     settings = settings_from_run_config(dict(context.run_config))
     fed = settings.federation
     if "data-path" in node:

@@ -301,7 +301,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     into each site's test shoppers, train one global model with Flower (DP-SGD at every site),
     compare it with centralised, site-alone and IsolationForest baselines on the same test
     shoppers, and write RUN_DIR/report.md, figures, metrics.json, checkpoints and model/."""
-    from simulation.run import SimulationConfig, simulate
+    from simulation.run import SimulationConfig, prepare_flwr_run, simulate
 
     if args.data is None and args.format != "taobao":
         raise ConfigError("--format is only used with --data")
@@ -314,6 +314,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed, privacy_mode=args.privacy_mode,
         central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
         central_epsilon=args.central_epsilon)
+    if args.prepare_only:
+        path = prepare_flwr_run(cfg)
+        print(f"{cfg.sites} sites written under {cfg.out / 'sites'}; run config: {path}")
+        print("run them with Flower's simulation runtime (README, 'flwr run'):")
+        print("  flower-superlink --insecure --simulation --port 39591    # loopback only")
+        print(f"  flwr run . seqanom-sim --run-config {path} "
+              f"--federation-config 'num-supernodes={cfg.sites}' --stream")
+        return 0
     metrics = simulate(cfg)
     ev = metrics.get("evaluation", {})
     print(f"simulation finished in {metrics['seconds']:.0f} s; report: {cfg.out / 'report.md'}")
@@ -452,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--central-epsilon", type=float, default=10.0,
                    help="local+central: site-level budget; the run stops before passing it")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write the sites and RUN_DIR/run-config.toml, for 'flwr run'")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")
     p.add_argument("--seed", type=int, default=0)
     return parser

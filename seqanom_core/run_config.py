@@ -210,6 +210,18 @@ def _cast(value: Any, like: Any, key: str) -> Any:
         raise ConfigError(f"run config {key}: cannot use {value!r} ({err})") from err
 
 
+def default_run_config() -> dict[str, Any]:
+    """Every run config key with its default value (what ``flwr run`` lets a user override)."""
+    defaults = {"federation": FederationConfig(), "model": ModelConfig(),
+                "tokenizer": TokenizerConfig(), "train": TrainConfig(epochs=1),
+                "privacy": PrivacySettings()}
+    flat = {"dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
+                   "max_grad_norm": 1.0},
+            "run": {"validation_fraction": 0.2, "max_noise": 50.0}}
+    return {key: getattr(defaults[section], name) if section in defaults else flat[section][name]
+            for key, (section, name) in _KEYS.items()}
+
+
 def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
     """Typed settings from a flat kebab-case run config; unknown keys raise ConfigError."""
     unknown = sorted(set(run_config) - set(_KEYS))
@@ -217,26 +229,17 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
         raise ConfigError(f"unknown run config keys {unknown}; known: {', '.join(sorted(_KEYS))}")
     sections: dict[str, dict[str, Any]] = {
         s: {} for s in ("federation", "model", "tokenizer", "train", "run", "dp", "privacy")}
-    defaults = {"federation": FederationConfig(), "model": ModelConfig(),
-                "tokenizer": TokenizerConfig(), "train": TrainConfig(epochs=1),
-                "privacy": PrivacySettings()}
-    dp_defaults = {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
-                   "max_grad_norm": 1.0}
-    run_defaults = {"validation_fraction": 0.2, "max_noise": 50.0}
+    like = default_run_config()
     for key, value in run_config.items():
         section, name = _KEYS[key]
-        if section in defaults:
-            like = getattr(defaults[section], name)
-        else:
-            like = (dp_defaults if section == "dp" else run_defaults)[name]
-        sections[section][name] = _cast(value, like, key)
-    dp_in = {**dp_defaults, **sections["dp"]}
+        sections[section][name] = _cast(value, like[key], key)
+    dp_in = {**{name: like[k] for k, (sec, name) in _KEYS.items() if sec == "dp"}, **sections["dp"]}
     dp = None
     if dp_in["enabled"]:
         noise = dp_in["noise_multiplier"] or None
         dp = DPConfig(epsilon=None if noise else dp_in["epsilon"], noise_multiplier=noise,
                       delta=dp_in["delta"] or None, max_grad_norm=dp_in["max_grad_norm"])
-    run = {**run_defaults, **sections["run"]}
+    run = {**{name: like[k] for k, (sec, name) in _KEYS.items() if sec == "run"}, **sections["run"]}
     if not 0 < run["validation_fraction"] < 1:
         raise ConfigError(f"validation-fraction must be in (0, 1), not {run['validation_fraction']}")
     try:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
@@ -45,7 +46,13 @@ from seqanom_core.run_config import RunSettings
 from seqanom_core.scoring import ScoreCalibrator
 from seqanom_core.sequences import vocab_sizes
 from server import central_dp
-from server.checkpoints import list_checkpoints, save_model_dir, write_checkpoint
+from server.checkpoints import (
+    list_checkpoints,
+    restore_strategy_state,
+    save_model_dir,
+    strategy_state,
+    write_checkpoint,
+)
 from server.guarantees import privacy_statement
 from server.secagg import SecAggTraining
 
@@ -90,6 +97,7 @@ class FederatedRun:
         self.fed = settings.federation
         self.root = Path(self.fed.checkpoint_dir)
         self.final_model_dir = final_model_dir or self.root / "final"
+        torch.manual_seed(settings.train.seed)  # the initial global model: same seed, same run
         model = build_model(settings.model, vocab_sizes(settings.tokenizer, "events"))
         self.arrays = model_arrays(model)
         self.shapes = {k: tuple(v.shape) for k, v in self.arrays.items()}
@@ -117,6 +125,8 @@ class FederatedRun:
         last, path = found[-1]
         det = SequenceDetector.load(path, device="cpu", progress=False)
         self.arrays = model_arrays(det.model_)
+        if restore_strategy_state(self.strategy, path):
+            log.info("restored the server optimiser state of round %d", last)
         for _, p in found:
             rec = json.loads((p / "round.json").read_text())
             self.records.append(RoundRecord(**{k: rec[k] for k in asdict(RoundRecord(0))
@@ -317,7 +327,7 @@ class FederatedRun:
             if self.central is not None:
                 rec.central_accountant = self.central.accountant.state_dict()
             write_checkpoint(self.root, r, self.settings, self.arrays, calibrator, threshold,
-                             self._metadata(r, rec), asdict(rec))
+                             self._metadata(r, rec), asdict(rec), strategy_state(self.strategy))
             with log_path.open("a") as f:
                 f.write(json.dumps(asdict(rec)) + "\n")
             self.records.append(rec)

@@ -28,7 +28,7 @@ from seqanom_core.ingest import read_events, write_events
 from seqanom_core.privacy import UNIT
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
-from simulation.federation import run_federation
+from simulation.federation import run_federation, toml_lines
 from simulation.inject import inject_anomalies
 from simulation.partition import partition_events, partition_summary
 from simulation.report import write_report
@@ -120,6 +120,18 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
         "checkpoint-dir": str((cfg.out / "checkpoints").resolve()),
         "final-model-dir": str((cfg.out / "model").resolve()),
     }
+
+
+def prepare_flwr_run(cfg: SimulationConfig) -> Path:
+    """Write the sites (as ``simulate`` does) and ``RUN_DIR/run-config.toml`` for ``flwr run``.
+
+    No federation and no baselines run; returns the run config file's path."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _, _, labels, _ = prepare_sites(cfg, _load(cfg))
+    labels.to_csv(cfg.out / "test_labels.csv", index=False)
+    path = cfg.out / "run-config.toml"
+    path.write_text("\n".join(toml_lines(run_config(cfg))) + "\n")
+    return path
 
 
 def simulate(cfg: SimulationConfig) -> dict[str, Any]:
