@@ -303,7 +303,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     into each site's test shoppers, train one global model with Flower (DP-SGD at every site),
     compare it with centralised, site-alone and IsolationForest baselines on the same test
     shoppers, and write RUN_DIR/report.md, figures, metrics.json, checkpoints and model/."""
-    from simulation.run import SimulationConfig, simulate
+    from simulation.run import SimulationConfig, prepare_flwr_run, simulate
 
     if args.data is None and args.format != "taobao":
         raise ConfigError("--format is only used with --data")
@@ -313,7 +313,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         partition=args.partition or ("natural" if args.data is None else "iid"),
         alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, model=args.model,
         strategy=args.strategy, dp=args.dp, epsilon=args.epsilon, baselines=not args.no_baselines,
-        seed=args.seed)
+        seed=args.seed, privacy_mode=args.privacy_mode,
+        central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
+        central_epsilon=args.central_epsilon)
+    if args.prepare_only:
+        path = prepare_flwr_run(cfg)
+        print(f"{cfg.sites} sites written under {cfg.out / 'sites'}; run config: {path}")
+        print("run them with Flower's simulation runtime (README, 'flwr run'):")
+        print("  flower-superlink --insecure --simulation --port 39591    # loopback only")
+        print(f"  flwr run . seqanom-sim --run-config {path} "
+              f"--federation-config 'num-supernodes={cfg.sites}' --stream")
+        return 0
     metrics = simulate(cfg)
     ev = metrics.get("evaluation", {})
     print(f"simulation finished in {metrics['seconds']:.0f} s; report: {cfg.out / 'report.md'}")
@@ -322,9 +332,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         eps_txt = f", epsilon {eps:.2f}" if isinstance(eps, (int, float)) else ""
         print(f"  {name:24s} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}{eps_txt}")
     priv = metrics.get("privacy", {})
-    if priv.get("dp"):
-        print(f"privacy: ({priv['epsilon']:.2f}, {priv['delta']:.1e})-DP for {priv['unit']}, "
-              f"per site over {priv['rounds']} rounds (Opacus RDP accountant)")
+    print(f"privacy mode: {priv.get('mode', 'local')}")
+    for g in priv.get("guarantees", []):
+        scope = "worst site" if g["level"] == "shopper" else "whole federation"
+        print(f"  ({g['epsilon']:.2f}, {g['delta']:.1e})-DP for {g['protects']} ({scope}), "
+              f"over {priv['rounds']} rounds; accounted by {g['accounted_by'].split(':')[0]}")
+    if not priv.get("guarantees"):
+        print("  no differential privacy (no epsilon is claimed)")
+    saw = priv.get("server_saw_individual_updates", True)
+    print("  the server saw each site's update" if saw else
+          "  the server saw only the sum of the sites' updates (SecAgg+)")
+    if metrics.get("stop_reason"):
+        print(f"stopped early (planned): {metrics['stop_reason']}")
     print(f"global model: {cfg.out / 'model'} (seqanom score --model accepts it)")
     return 0
 
@@ -469,7 +488,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=True,
                    help="DP-SGD at every site (one shopper = one example)")
     p.add_argument("--epsilon", type=float, default=8.0, help="per-site privacy budget")
+    p.add_argument("--privacy-mode", choices=["local", "local+central", "local+secagg"],
+                   default="local",
+                   help="local: DP-SGD at every site; local+central: plus site-level DP "
+                        "(Flower's central-DP wrapper and accountant); local+secagg: plus "
+                        "secure aggregation (Flower SecAgg+: the server sees only the sum)")
+    p.add_argument("--central-noise", type=float, default=1.0,
+                   help="local+central: noise multiplier of the site-level Gaussian mechanism")
+    p.add_argument("--central-clip", type=float, default=1.0,
+                   help="local+central: L2 norm each site's update is clipped to")
+    p.add_argument("--central-epsilon", type=float, default=10.0,
+                   help="local+central: site-level budget; the run stops before passing it")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write the sites and RUN_DIR/run-config.toml, for 'flwr run'")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")
     p.add_argument("--seed", type=int, default=0)
 
