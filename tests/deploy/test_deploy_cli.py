@@ -125,19 +125,3 @@ def test_connection_is_written_to_flwr_home(tmp_path, monkeypatch, capsys):
     assert cfg["prod"] == {"address": "link:9093",
                            "root-certificates": str((tmp_path / "c" / "ca.pem").resolve())}
     assert cli.main(["connection", "--address", "link:9093"]) == 2
-
-
-def test_every_run_config_key_is_declared_for_flwr_run():
-    """`flwr run --run-config` rejects keys missing from [tool.flwr.app.config]."""
-    from pathlib import Path
-
-    from seqanom_core.run_config import _KEYS, settings_from_run_config
-
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    declared = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
-    assert set(declared) == set(_KEYS)
-    settings_from_run_config(declared)
