@@ -1,4 +1,6 @@
-"""The ``seqanom`` command: train, score, inject, split, synth, demo.
+"""The ``seqanom`` command: train, score, inject, split, synth, demo, simulate, ledger, and the
+deployment commands of ``server/deploy_cli.py`` (credentials, superlink, connection) and
+``client/deploy_cli.py`` (supernode), which build Flower command lines without importing flwr.
 
 Only this module (and the other CLIs) print; the library logs. Any ``SeqanomError`` is shown as
 one line on stderr with exit status 2.
@@ -301,7 +303,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     into each site's test shoppers, train one global model with Flower (DP-SGD at every site),
     compare it with centralised, site-alone and IsolationForest baselines on the same test
     shoppers, and write RUN_DIR/report.md, figures, metrics.json, checkpoints and model/."""
-    from simulation.run import SimulationConfig, simulate
+    from simulation.run import SimulationConfig, prepare_flwr_run, simulate
 
     if args.data is None and args.format != "taobao":
         raise ConfigError("--format is only used with --data")
@@ -311,7 +313,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         partition=args.partition or ("natural" if args.data is None else "iid"),
         alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, model=args.model,
         strategy=args.strategy, dp=args.dp, epsilon=args.epsilon, baselines=not args.no_baselines,
-        seed=args.seed)
+        seed=args.seed, privacy_mode=args.privacy_mode,
+        central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
+        central_epsilon=args.central_epsilon)
+    if args.prepare_only:
+        path = prepare_flwr_run(cfg)
+        print(f"{cfg.sites} sites written under {cfg.out / 'sites'}; run config: {path}")
+        print("run them with Flower's simulation runtime (README, 'flwr run'):")
+        print("  flower-superlink --insecure --simulation --port 39591    # loopback only")
+        print(f"  flwr run . seqanom-sim --run-config {path} "
+              f"--federation-config 'num-supernodes={cfg.sites}' --stream")
+        return 0
     metrics = simulate(cfg)
     ev = metrics.get("evaluation", {})
     print(f"simulation finished in {metrics['seconds']:.0f} s; report: {cfg.out / 'report.md'}")
@@ -320,10 +332,57 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         eps_txt = f", epsilon {eps:.2f}" if isinstance(eps, (int, float)) else ""
         print(f"  {name:24s} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}{eps_txt}")
     priv = metrics.get("privacy", {})
-    if priv.get("dp"):
-        print(f"privacy: ({priv['epsilon']:.2f}, {priv['delta']:.1e})-DP for {priv['unit']}, "
-              f"per site over {priv['rounds']} rounds (Opacus RDP accountant)")
+    print(f"privacy mode: {priv.get('mode', 'local')}")
+    for g in priv.get("guarantees", []):
+        scope = "worst site" if g["level"] == "shopper" else "whole federation"
+        print(f"  ({g['epsilon']:.2f}, {g['delta']:.1e})-DP for {g['protects']} ({scope}), "
+              f"over {priv['rounds']} rounds; accounted by {g['accounted_by'].split(':')[0]}")
+    if not priv.get("guarantees"):
+        print("  no differential privacy (no epsilon is claimed)")
+    saw = priv.get("server_saw_individual_updates", True)
+    print("  the server saw each site's update" if saw else
+          "  the server saw only the sum of the sites' updates (SecAgg+)")
+    if metrics.get("stop_reason"):
+        print(f"stopped early (planned): {metrics['stop_reason']}")
     print(f"global model: {cfg.out / 'model'} (seqanom score --model accepts it)")
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """Show a site's privacy ledger: epsilon spent per run and in total, delta, budget, and what
+    remains (a ledger written by the federation, or a 'train --ledger' accountant file)."""
+    from seqanom_core.privacy import AccountantState
+    from seqanom_core.privacy_ledger import PrivacyLedger
+
+    try:
+        data = json.loads(Path(args.path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{args.path}: cannot read privacy ledger: {err}") from err
+    if isinstance(data, dict) and "version" not in data and "history" in data:
+        ledger = PrivacyLedger(state=AccountantState.from_dict(data))  # seqanom train --ledger
+    else:
+        ledger = PrivacyLedger.load(args.path)
+    s = ledger.summary()
+    if args.json:
+        print(json.dumps({"path": str(args.path), **s}, indent=2))
+        return 0
+    delta = "not fixed yet (nothing spent)" if s["delta"] is None else f"{s['delta']:.1e}"
+    budget = "none" if s["budget"] is None else f"{s['budget']:.3f}"
+    remaining = "-" if s["remaining"] is None else f"{s['remaining']:.3f}"
+    print(f"privacy ledger {args.path}" + (f" (site {s['site']})" if s["site"] else ""))
+    print(f"  protects: {s['unit']}; accountant: {s['accountant']} over {s['steps']} DP-SGD steps")
+    print(f"  delta {delta}; budget {budget}; epsilon spent {s['epsilon_spent']:.3f}; "
+          f"remaining {remaining}")
+    if s["runs"]:
+        print(f"  {'run':24s} {'rounds':>9s} {'eps added':>10s} {'eps alone':>10s}  last release")
+        for r in s["runs"]:
+            rounds = ",".join(str(x) for x in r["rounds"]) or "-"
+            print(f"  {r['run'] or '(no run id)':24s} {rounds:>9s} {r['epsilon_added']:10.3f} "
+                  f"{r['epsilon_alone']:10.3f}  {r['last'] or '-'}")
+        print("  'eps added' is each run's increase of the cumulative epsilon (they sum to the "
+              "total); 'eps alone' accounts the run's releases by themselves.")
+    elif s["steps"]:
+        print("  (no per-run entries: an accountant file from 'seqanom train --ledger')")
     return 0
 
 
@@ -429,9 +488,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=True,
                    help="DP-SGD at every site (one shopper = one example)")
     p.add_argument("--epsilon", type=float, default=8.0, help="per-site privacy budget")
+    p.add_argument("--privacy-mode", choices=["local", "local+central", "local+secagg"],
+                   default="local",
+                   help="local: DP-SGD at every site; local+central: plus site-level DP "
+                        "(Flower's central-DP wrapper and accountant); local+secagg: plus "
+                        "secure aggregation (Flower SecAgg+: the server sees only the sum)")
+    p.add_argument("--central-noise", type=float, default=1.0,
+                   help="local+central: noise multiplier of the site-level Gaussian mechanism")
+    p.add_argument("--central-clip", type=float, default=1.0,
+                   help="local+central: L2 norm each site's update is clipped to")
+    p.add_argument("--central-epsilon", type=float, default=10.0,
+                   help="local+central: site-level budget; the run stops before passing it")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write the sites and RUN_DIR/run-config.toml, for 'flwr run'")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("ledger", cmd_ledger, "show a site's privacy ledger (epsilon per run, total, budget)")
+    p.add_argument("path", metavar="LEDGER.json")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    # deployment: the central team's and the sites' commands (they build Flower command lines)
+    from client.deploy_cli import add_site_commands
+    from server.deploy_cli import add_central_commands
+
+    add_central_commands(add)
+    add_site_commands(add)
     return parser
 
 

@@ -21,10 +21,13 @@ ROUNDS_LEFT = "rounds-left"
 RUN_ID = "run-id"
 PROXIMAL_MU = "proximal-mu"
 CALIBRATOR = "calibrator"  # JSON of the federated ScoreCalibrator (score-summary)
+ARRAY_NAMES = "array-names"  # JSON list: names of the arrays in a SecAgg+ (legacy) fit message
 
 # scalar metrics a site may send (site -> server)
 SITE_METRICS = frozenset({
     "num-examples", "declined", "train-loss", "epsilon", "delta", "noise-multiplier", "budget",
     "loss", "accuracy", "site-threshold", "auroc", "auprc", "num-test", "alert-rate-test",
+    "secagg-weight", "secagg-clipped",
 })
+SITE_NAME = "site"  # SecAgg+ (legacy) fit results carry the site's name among their metrics
 STAT_HIST, SCORE_HIST = "stat-histograms", "score-histogram"

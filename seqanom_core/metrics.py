@@ -1,4 +1,8 @@
-"""Detection metrics on labelled scores (labels: 1 = anomalous)."""
+"""Detection metrics on labelled scores (labels: 1 = anomalous).
+
+scikit-learn is imported inside the functions: a site without labels never pays for it (every
+federated message starts a fresh ClientApp process).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from seqanom_core.errors import ConfigError
 
@@ -23,12 +26,16 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
     y, s = _check(labels, scores)
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Average precision (area under the precision-recall curve); NaN without positives."""
+    from sklearn.metrics import average_precision_score
+
     y, s = _check(labels, scores)
     return float(average_precision_score(y, s)) if 0 < y.sum() else float("nan")
 
@@ -46,6 +53,8 @@ def precision_recall_f1(labels: np.ndarray, flagged: np.ndarray) -> dict[str, fl
 
 def best_f1(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Precision, recall and F1 at the threshold that maximises F1 (an oracle upper bound)."""
+    from sklearn.metrics import precision_recall_curve
+
     y, s = _check(labels, scores)
     if not y.sum():
         return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "threshold": float("nan")}

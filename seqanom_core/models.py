@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from opacus.layers import DPLSTM
 from torch import nn
 
 from seqanom_core.config import ModelConfig
@@ -76,6 +75,8 @@ class NextEventModel(nn.Module):
             )
             self.ln_f = nn.LayerNorm(d)
         else:
+            from opacus.layers import DPLSTM  # imported here: only the LSTM needs opacus
+
             self.lstm = DPLSTM(d, d, num_layers=config.n_layers, batch_first=True,
                                dropout=config.dropout if config.n_layers > 1 else 0.0)
             self.ln_f = nn.LayerNorm(d)

@@ -12,13 +12,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
+
+if TYPE_CHECKING:  # opacus is imported where it is used: a federated evaluate or
+    # scoring message then starts its process ~2 s of CPU faster (it never needs it)
+    from opacus.accountants import RDPAccountant
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class AccountantState:
 
     def accountant_obj(self) -> RDPAccountant:
         """An Opacus accountant holding this history."""
+        from opacus.accountants import RDPAccountant
+
         acc = RDPAccountant()
         acc.history = [tuple(h) for h in self.history]  # type: ignore[misc]
         return acc
@@ -87,6 +91,9 @@ def _rdp_per_step(sample_rate: float, sigma: float) -> np.ndarray:
     at q < 1); a site asks dozens of times per round (noise search, checks, ledger writes), and
     in simulation many sites share q and sigma.
     """
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     rdp = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=1,
                                    orders=RDPAccountant.DEFAULT_ALPHAS)
     rdp.flags.writeable = False
@@ -95,6 +102,9 @@ def _rdp_per_step(sample_rate: float, sigma: float) -> np.ndarray:
 
 def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     """``RDPAccountant(history).get_epsilon(delta)``, term for term, with memoised RDP vectors."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     rdp = sum([_rdp_per_step(float(q), float(s)) * n for s, q, n in history])
     eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp,
                                             delta=delta)

@@ -85,6 +85,43 @@ class PrivacyLedger:
                 f"(spent {self.spent():.3f})")
         return after
 
+    def remaining(self) -> float | None:
+        """Epsilon left under the budget (None without a budget; never negative)."""
+        return None if self.budget is None else max(self.budget - self.spent(), 0.0)
+
+    def by_run(self) -> list[dict[str, Any]]:
+        """Spend per run, in the order runs first trained: rounds, steps, time span,
+        ``epsilon_added`` (how much the run raised the cumulative epsilon; these add up to the
+        total) and ``epsilon_alone`` (the run's releases accounted on their own).
+
+        Entries written before run ids were recorded (or by ``seqanom train``) fall under run "".
+        """
+        runs: dict[str, dict[str, Any]] = {}
+        before = 0.0
+        for e in self.entries:
+            run = runs.setdefault(str(e.get("run", "")), {
+                "run": str(e.get("run", "")), "rounds": [], "steps": 0, "first": e.get("time"),
+                "last": e.get("time"), "epsilon_added": 0.0, "releases": []})
+            if "round" in e:
+                run["rounds"].append(e["round"])
+            run["releases"] += [tuple(r) for r in e.get("releases", [])]
+            run["steps"] += sum(int(r[2]) for r in e.get("releases", []))
+            run["last"] = e.get("time")
+            after = float(e.get("epsilon_after", before))
+            run["epsilon_added"] += after - before
+            before = after
+        out = []
+        for run in runs.values():
+            alone = AccountantState(history=run.pop("releases"), delta=self.delta)
+            out.append({**run, "epsilon_alone": alone.epsilon() if alone.history else 0.0})
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Everything ``seqanom ledger`` shows: site, unit, delta, budget, spent, remaining, runs."""
+        return {"site": self.site, "unit": UNIT, "accountant": "Opacus RDP",
+                "delta": self.delta, "budget": self.budget, "epsilon_spent": self.spent(),
+                "remaining": self.remaining(), "steps": _total_steps(self), "runs": self.by_run()}
+
     # ----------------------------------------------------------------- updates
     def record(self, state: AccountantState, **meta: Any) -> None:
         """Replace the accountant state by ``state`` (which extends it) and log the release."""

@@ -15,6 +15,9 @@ from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainCon
 from seqanom_core.errors import ConfigError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+PRIVACY_MODES = ("local", "local+central", "local+secagg")
+# Flower's central-DP accounting needs FedAvg's own aggregation; SecAgg+ only yields a (weighted) sum
+MODE_STRATEGIES = {"local+central": ("fedavg", "fedprox"), "local+secagg": ("fedavg", "fedprox")}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,72 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """Which guarantees a run adds on top of each site's local shopper-level DP.
+
+    ``local``: DP-SGD at every site only. ``local+central``: plus site-level DP from Flower's
+    central-DP wrapper (server-side fixed clipping of each site's update, Gaussian noise on the
+    average, Flower's RDP accountant, equal site weights). ``local+secagg``: plus Flower's SecAgg+,
+    so the server only sees the sum of the sites' (quantised, masked) updates.
+    """
+
+    mode: str = "local"
+    central_noise_multiplier: float = 1.0  # std of the noise on the average / (clip / sites)
+    central_clipping_norm: float = 1.0  # L2 norm each site's update is clipped to
+    central_sites_per_round: int = 2  # exactly this many sites are sampled every round
+    central_epsilon: float = 10.0  # site-level budget: the run stops before passing it
+    central_delta: float = 0.0  # 0: min(1e-5, 1 / (10 * sites per round))
+    secagg_num_shares: float = 1.0  # fraction of the round's sites each secret is shared with
+    secagg_reconstruction_threshold: float = 0.66  # fraction of shares needed to unmask
+    secagg_clipping_range: float = 8.0  # each (weighted) update entry is clipped to +-this
+    secagg_quantization_range: int = 4194304  # 2**22 integer levels over the clipping range
+    secagg_modulus_range: int = 4294967296  # 2**32: masks and sums are taken modulo this
+    secagg_max_weight: float = 1000.0  # a site's weight (training shoppers) is capped at this
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRIVACY_MODES:
+            raise ConfigError(f"privacy-mode must be one of {', '.join(PRIVACY_MODES)}, "
+                              f"not {self.mode!r}")
+        if self.central_noise_multiplier <= 0:
+            raise ConfigError("central-noise-multiplier must be positive (Flower's accountant "
+                              f"needs noise), not {self.central_noise_multiplier}")
+        if self.central_clipping_norm <= 0:
+            raise ConfigError(f"central-clipping-norm must be positive, not "
+                              f"{self.central_clipping_norm}")
+        if self.central_sites_per_round < 1:
+            raise ConfigError(f"central-sites-per-round must be >= 1, not "
+                              f"{self.central_sites_per_round}")
+        if self.central_epsilon <= 0:
+            raise ConfigError(f"central-epsilon must be positive, not {self.central_epsilon}")
+        if not 0 <= self.central_delta < 1:
+            raise ConfigError(f"central-delta must be in [0, 1), not {self.central_delta}")
+        if not 0 < self.secagg_num_shares <= 1:
+            raise ConfigError(f"secagg-num-shares is a fraction of the round's sites in (0, 1], "
+                              f"not {self.secagg_num_shares}")
+        if not 0 < self.secagg_reconstruction_threshold <= 1:
+            raise ConfigError("secagg-reconstruction-threshold is a fraction of the shares in "
+                              f"(0, 1], not {self.secagg_reconstruction_threshold}")
+        if self.secagg_clipping_range <= 0 or self.secagg_max_weight <= 0:
+            raise ConfigError("secagg-clipping-range and secagg-max-weight must be positive")
+        if (self.secagg_quantization_range < 2
+                or self.secagg_modulus_range <= self.secagg_quantization_range
+                or self.secagg_modulus_range & (self.secagg_modulus_range - 1)
+                or self.secagg_modulus_range > 2**32):
+            raise ConfigError("secagg-modulus-range must be a power of 2 of at most 2**32 and "
+                              "larger than secagg-quantization-range")
+
+    @property
+    def central(self) -> bool:
+        """Site-level central DP is on."""
+        return self.mode == "local+central"
+
+    @property
+    def secagg(self) -> bool:
+        """Secure aggregation (SecAgg+) is on."""
+        return self.mode == "local+secagg"
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything a federated run needs: tokeniser, model, local training, DP, federation."""
 
@@ -64,6 +133,7 @@ class RunSettings:
     validation_fraction: float = 0.2
     budget: float | None = None  # per-site epsilon budget (None without DP)
     max_noise: float = 50.0  # a site declines rather than train with more noise than this
+    privacy: PrivacySettings = PrivacySettings()
 
 
 # kebab-case key -> (section, field)
@@ -105,6 +175,18 @@ _KEYS: dict[str, tuple[str, str]] = {
     "delta": ("dp", "delta"),
     "noise-multiplier": ("dp", "noise_multiplier"),
     "max-grad-norm": ("dp", "max_grad_norm"),
+    "privacy-mode": ("privacy", "mode"),
+    "central-noise-multiplier": ("privacy", "central_noise_multiplier"),
+    "central-clipping-norm": ("privacy", "central_clipping_norm"),
+    "central-sites-per-round": ("privacy", "central_sites_per_round"),
+    "central-epsilon": ("privacy", "central_epsilon"),
+    "central-delta": ("privacy", "central_delta"),
+    "secagg-num-shares": ("privacy", "secagg_num_shares"),
+    "secagg-reconstruction-threshold": ("privacy", "secagg_reconstruction_threshold"),
+    "secagg-clipping-range": ("privacy", "secagg_clipping_range"),
+    "secagg-quantization-range": ("privacy", "secagg_quantization_range"),
+    "secagg-modulus-range": ("privacy", "secagg_modulus_range"),
+    "secagg-max-weight": ("privacy", "secagg_max_weight"),
 }
 
 
@@ -128,32 +210,36 @@ def _cast(value: Any, like: Any, key: str) -> Any:
         raise ConfigError(f"run config {key}: cannot use {value!r} ({err})") from err
 
 
+def default_run_config() -> dict[str, Any]:
+    """Every run config key with its default value (what ``flwr run`` lets a user override)."""
+    defaults = {"federation": FederationConfig(), "model": ModelConfig(),
+                "tokenizer": TokenizerConfig(), "train": TrainConfig(epochs=1),
+                "privacy": PrivacySettings()}
+    flat = {"dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
+                   "max_grad_norm": 1.0},
+            "run": {"validation_fraction": 0.2, "max_noise": 50.0}}
+    return {key: getattr(defaults[section], name) if section in defaults else flat[section][name]
+            for key, (section, name) in _KEYS.items()}
+
+
 def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
     """Typed settings from a flat kebab-case run config; unknown keys raise ConfigError."""
     unknown = sorted(set(run_config) - set(_KEYS))
     if unknown:
         raise ConfigError(f"unknown run config keys {unknown}; known: {', '.join(sorted(_KEYS))}")
-    sections: dict[str, dict[str, Any]] = {s: {} for s in
-                                           ("federation", "model", "tokenizer", "train", "run", "dp")}
-    defaults = {"federation": FederationConfig(), "model": ModelConfig(),
-                "tokenizer": TokenizerConfig(), "train": TrainConfig(epochs=1)}
-    dp_defaults = {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
-                   "max_grad_norm": 1.0}
-    run_defaults = {"validation_fraction": 0.2, "max_noise": 50.0}
+    sections: dict[str, dict[str, Any]] = {
+        s: {} for s in ("federation", "model", "tokenizer", "train", "run", "dp", "privacy")}
+    like = default_run_config()
     for key, value in run_config.items():
         section, name = _KEYS[key]
-        if section in defaults:
-            like = getattr(defaults[section], name)
-        else:
-            like = (dp_defaults if section == "dp" else run_defaults)[name]
-        sections[section][name] = _cast(value, like, key)
-    dp_in = {**dp_defaults, **sections["dp"]}
+        sections[section][name] = _cast(value, like[key], key)
+    dp_in = {**{name: like[k] for k, (sec, name) in _KEYS.items() if sec == "dp"}, **sections["dp"]}
     dp = None
     if dp_in["enabled"]:
         noise = dp_in["noise_multiplier"] or None
         dp = DPConfig(epsilon=None if noise else dp_in["epsilon"], noise_multiplier=noise,
                       delta=dp_in["delta"] or None, max_grad_norm=dp_in["max_grad_norm"])
-    run = {**run_defaults, **sections["run"]}
+    run = {**{name: like[k] for k, (sec, name) in _KEYS.items() if sec == "run"}, **sections["run"]}
     if not 0 < run["validation_fraction"] < 1:
         raise ConfigError(f"validation-fraction must be in (0, 1), not {run['validation_fraction']}")
     try:
@@ -161,8 +247,22 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
         tok = dataclasses.replace(TokenizerConfig(), **sections["tokenizer"])
         train = dataclasses.replace(TrainConfig(epochs=1), **sections["train"], dp=dp)
         fed = dataclasses.replace(FederationConfig(), **sections["federation"])
+        privacy = dataclasses.replace(PrivacySettings(), **sections["privacy"])
     except TypeError as err:
         raise ConfigError(f"invalid run config: {err}") from err
+    if privacy.mode != "local":
+        if dp is None:
+            raise ConfigError(f"privacy-mode {privacy.mode!r} adds to local DP: set dp = true")
+        allowed = MODE_STRATEGIES[privacy.mode]
+        if fed.strategy not in allowed:
+            raise ConfigError(f"privacy-mode {privacy.mode!r} works with strategy "
+                              f"{' or '.join(allowed)}, not {fed.strategy!r}")
+    if privacy.secagg and fed.min_sites < 2:
+        raise ConfigError("privacy-mode 'local+secagg' needs min-sites >= 2 (SecAgg+ sums the "
+                          "updates of at least two sites)")
+    if privacy.central and privacy.central_sites_per_round > fed.min_sites:
+        fed = dataclasses.replace(fed, min_sites=privacy.central_sites_per_round)
     return RunSettings(tokenizer=tok, model=model, train=train, federation=fed,
                        validation_fraction=run["validation_fraction"],
-                       budget=dp_in["epsilon"] if dp else None, max_noise=run["max_noise"])
+                       budget=dp_in["epsilon"] if dp else None, max_noise=run["max_noise"],
+                       privacy=privacy)

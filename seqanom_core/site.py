@@ -31,6 +31,7 @@ from seqanom_core.scoring import ScoreCalibrator, shopper_statistics
 from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers, vocab_sizes
 from seqanom_core.thresholds import calibrate_threshold
 from seqanom_core.training import (
+    lr_factor,
     next_event_metrics,
     poisson_schedule,
     score_events,
@@ -128,6 +129,10 @@ def train_round(
 ) -> RoundOutcome:
     """One round of local training from the global ``arrays``, within the site's budget."""
     cfg = dataclasses.replace(settings.train, seed=settings.train.seed * 100003 + server_round)
+    # the learning-rate schedule spans the whole run (round by round), not each round's steps
+    total_rounds = server_round - 1 + max(1, rounds_left)
+    cfg = dataclasses.replace(cfg, lr_schedule="constant", lr=cfg.lr * lr_factor(
+        server_round - 1, total_rounds, cfg.lr_schedule))
     device = resolve_device(cfg.device)
     model = _model(settings, site.train.source, arrays)
     n = len(site.train)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from seqanom_core.config import DetectorConfig
 from seqanom_core.detector import SequenceDetector
@@ -20,6 +21,8 @@ from seqanom_core.sequences import vocab_sizes
 
 log = logging.getLogger(__name__)
 ROUND_FILE = "round.json"
+STRATEGY_FILE = "strategy_state.safetensors"  # server optimiser moments (FedAdam & co.)
+_STRATEGY_ATTRS = ("m_t", "v_t")  # Flower's FedOpt family keeps its moments in these
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 
 
@@ -42,12 +45,21 @@ def save_model_dir(out: Path, settings: RunSettings, arrays: dict[str, np.ndarra
 
 def write_checkpoint(root: Path, server_round: int, settings: RunSettings,
                      arrays: dict[str, np.ndarray], calibrator: ScoreCalibrator, threshold: float,
-                     metadata: dict[str, Any], record: dict[str, Any]) -> Path:
+                     metadata: dict[str, Any], record: dict[str, Any],
+                     strategy_state: dict[str, np.ndarray] | None = None) -> Path:
     """``root/round-NNNN/``: model directory of the round's global model plus ``round.json``."""
     out = root / f"round-{server_round:04d}"
+    partial = root / f".{out.name}.partial"  # written in full, then renamed: a kill leaves no half checkpoint
     root.mkdir(parents=True, exist_ok=True)
-    save_model_dir(out, settings, arrays, calibrator, threshold, metadata)
-    (out / ROUND_FILE).write_text(json.dumps(record, indent=2, default=float))
+    shutil.rmtree(partial, ignore_errors=True)
+    save_model_dir(partial, settings, arrays, calibrator, threshold, metadata)
+    if strategy_state:
+        save_file({k: np.ascontiguousarray(v) for k, v in strategy_state.items()},
+                  str(partial / STRATEGY_FILE))
+    (partial / ROUND_FILE).write_text(json.dumps(record, indent=2, default=float))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
     return out
 
 
@@ -61,3 +73,35 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
         if m and (p / ROUND_FILE).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def _innermost(strategy: Any) -> Any:
+    """The strategy a wrapper (e.g. Flower's DP wrappers) delegates to, or the strategy itself."""
+    seen = 0
+    while getattr(strategy, "strategy", None) is not None and seen < 8:
+        strategy, seen = strategy.strategy, seen + 1
+    return strategy
+
+
+def strategy_state(strategy: Any) -> dict[str, np.ndarray]:
+    """The server optimiser's moments (``m_t/<name>``, ``v_t/<name>``); empty for stateless ones."""
+    inner = _innermost(strategy)
+    out: dict[str, np.ndarray] = {}
+    for attr in _STRATEGY_ATTRS:
+        for name, value in (getattr(inner, attr, None) or {}).items():
+            out[f"{attr}/{name}"] = np.asarray(value)
+    return out
+
+
+def restore_strategy_state(strategy: Any, checkpoint: Path) -> bool:
+    """Put a checkpoint's optimiser moments back into ``strategy``; False when it has none."""
+    path = checkpoint / STRATEGY_FILE
+    if not path.is_file():
+        return False
+    inner = _innermost(strategy)
+    loaded = load_file(str(path))
+    for attr in _STRATEGY_ATTRS:
+        part = {k.split("/", 1)[1]: v for k, v in loaded.items() if k.startswith(attr + "/")}
+        if part:
+            setattr(inner, attr, part)
+    return True

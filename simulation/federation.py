@@ -32,6 +32,11 @@ def _toml_value(v: Any) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def toml_lines(values: dict[str, Any]) -> list[str]:
+    """``"key" = value`` TOML lines of a flat run config."""
+    return [f'"{k}" = {_toml_value(v)}' for k, v in values.items()]
+
+
 def write_app_config(app_dir: Path, run_config: dict[str, Any]) -> Path:
     """A minimal Flower app directory whose ``[tool.flwr.app.config]`` is ``run_config``."""
     app_dir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +44,7 @@ def write_app_config(app_dir: Path, run_config: dict[str, Any]) -> Path:
              "[tool.flwr.app]", 'publisher = "seqanom"', "",
              "[tool.flwr.app.components]", 'serverapp = "server.app:app"',
              'clientapp = "client.app:app"', "", "[tool.flwr.app.config]"]
-    lines += [f'"{k}" = {_toml_value(v)}' for k, v in run_config.items()]
+    lines += toml_lines(run_config)
     path = app_dir / "pyproject.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -104,7 +104,23 @@ def _privacy_lines(privacy: Any) -> list[str]:
     if not isinstance(privacy, dict):
         return [str(privacy)]
     lines = []
+    guarantees = privacy.get("guarantees")
+    if isinstance(guarantees, list):
+        rows = [[str(g.get("level", "—")), str(g.get("protects", "—")), _as_given(g.get("epsilon")),
+                 _as_given(g.get("delta")), str(g.get("accounted_by", "—"))]
+                for g in guarantees if isinstance(g, dict)]
+        lines += ["Guarantees that held in this run:", ""]
+        lines += (_table(["level", "protects", "ε", "δ", "accounted by"], rows) if rows
+                  else ["- none: no (ε, δ) is claimed"])
+        saw = privacy.get("server_saw_individual_updates")
+        if saw is not None:
+            lines += ["", "The server " + ("saw each site's model update." if saw else
+                                           "saw only the sum of the sites' model updates "
+                                           "(secure aggregation).")]
+        lines += ["", "Details:", ""]
     for key, value in privacy.items():
+        if key == "guarantees":
+            continue
         if isinstance(value, dict):
             lines += [f"- **{key}**:", "", *_table(["", str(key)], [[str(k), str(v)]
                                                                     for k, v in value.items()]), ""]
@@ -208,6 +224,9 @@ def write_report(
                   "", "### AUROC per anomaly kind", "", *_table(["method", *kinds], kind_rows), ""]
     else:
         lines += ["No method scores were given.", ""]
+    if metrics.get("stop_reason"):
+        lines += [f"**Training stopped early (planned):** {metrics['stop_reason']}. The model is "
+                  "that of the last completed round.", ""]
     lines += ["## Privacy", "", *_privacy_lines(metrics.get("privacy")), ""]
     if metrics.get("partition"):
         lines += ["## Partition", "", *_partition_lines(metrics["partition"]), ""]

@@ -28,7 +28,7 @@ from seqanom_core.ingest import read_events, write_events
 from seqanom_core.privacy import UNIT
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
-from simulation.federation import run_federation
+from simulation.federation import run_federation, toml_lines
 from simulation.inject import inject_anomalies
 from simulation.partition import partition_events, partition_summary
 from simulation.report import write_report
@@ -62,6 +62,10 @@ class SimulationConfig:
     batch_size: int = 32
     baselines: bool = True
     seed: int = 0
+    privacy_mode: str = "local"  # or "local+central" (site-level DP), "local+secagg" (SecAgg+)
+    central_noise_multiplier: float = 1.0
+    central_clipping_norm: float = 1.0
+    central_epsilon: float = 10.0
 
 
 def _load(cfg: SimulationConfig) -> pa.Table:
@@ -99,8 +103,14 @@ def prepare_sites(cfg: SimulationConfig, events: pa.Table
 
 
 def run_config(cfg: SimulationConfig) -> dict[str, Any]:
-    """The Flower run config of the simulated federation."""
-    return {
+    """The Flower run config of the simulated federation (central DP samples every site)."""
+    privacy: dict[str, Any] = {"privacy-mode": cfg.privacy_mode}
+    if cfg.privacy_mode == "local+central":
+        privacy.update({"central-noise-multiplier": cfg.central_noise_multiplier,
+                        "central-clipping-norm": cfg.central_clipping_norm,
+                        "central-epsilon": cfg.central_epsilon,
+                        "central-sites-per-round": cfg.sites})
+    return {**privacy,
         "num-rounds": cfg.rounds, "strategy": cfg.strategy, "model": cfg.model,
         "local-epochs": cfg.local_epochs, "d-model": cfg.d_model, "n-layers": cfg.n_layers,
         "max-len": cfg.max_len, "batch-size": cfg.batch_size, "dp": cfg.dp,
@@ -110,6 +120,18 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
         "checkpoint-dir": str((cfg.out / "checkpoints").resolve()),
         "final-model-dir": str((cfg.out / "model").resolve()),
     }
+
+
+def prepare_flwr_run(cfg: SimulationConfig) -> Path:
+    """Write the sites (as ``simulate`` does) and ``RUN_DIR/run-config.toml`` for ``flwr run``.
+
+    No federation and no baselines run; returns the run config file's path."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _, _, labels, _ = prepare_sites(cfg, _load(cfg))
+    labels.to_csv(cfg.out / "test_labels.csv", index=False)
+    path = cfg.out / "run-config.toml"
+    path.write_text("\n".join(toml_lines(run_config(cfg))) + "\n")
+    return path
 
 
 def simulate(cfg: SimulationConfig) -> dict[str, Any]:
@@ -126,9 +148,13 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {
         "federated": (scored.ids.astype(str), scored.scores)}
     thresholds = {"federated": det.threshold_}
+    privacy = det.metadata_["privacy"]
     methods: dict[str, dict[str, Any]] = {"federated": {
-        "epsilon": det.metadata_["privacy"].get("epsilon"),
-        "delta": det.metadata_["privacy"].get("delta"), "seconds": round(fed_seconds, 1)}}
+        "epsilon": privacy.get("epsilon"), "delta": privacy.get("delta"),
+        "seconds": round(fed_seconds, 1)}}
+    for g in privacy.get("guarantees", []):
+        if g.get("level") == "site":
+            methods["federated"].update({"site_epsilon": g["epsilon"], "site_delta": g["delta"]})
     if cfg.baselines:
         _baselines(cfg, trains, test, curves, thresholds, methods)
     rounds = [json.loads(line) for line in
@@ -136,7 +162,8 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
     metrics = {
         "config": {k: str(v) if isinstance(v, Path) else v
                    for k, v in dataclasses.asdict(cfg).items()},
-        "privacy": det.metadata_["privacy"] | {"unit": UNIT if cfg.dp else None},
+        "privacy": privacy | {"unit": UNIT if cfg.dp else None},
+        "stop_reason": det.metadata_.get("stop_reason") or None,
         "partition": partition, "thresholds": thresholds, "methods": methods,
         "seconds": round(time.time() - t0, 1),
     }

@@ -47,3 +47,23 @@ def test_ledger_round_trips_and_the_longer_copy_wins(tmp_path):
     assert more_recent(ledger, again) is again and more_recent(None, ledger) is ledger
     with pytest.raises(Exception, match="does not extend"):
         ledger.record(AccountantState(history=[], delta=1e-5))
+
+
+def test_spend_is_broken_down_by_run():
+    ledger = PrivacyLedger(budget=8.0, site="a")
+    ledger.fix_delta(1e-5)
+    for run, rounds in (("r1", (1, 2)), ("r2", (1,))):
+        for rnd in rounds:
+            acc = ledger.state.accountant_obj()
+            for _ in range(10):
+                acc.step(noise_multiplier=1.0, sample_rate=0.1)
+            ledger.record(AccountantState(history=list(acc.history), delta=1e-5), run=run,
+                          round=rnd)
+    first, second = ledger.by_run()
+    assert (first["run"], first["rounds"], first["steps"]) == ("r1", [1, 2], 20)
+    assert (second["run"], second["rounds"], second["steps"]) == ("r2", [1], 10)
+    assert first["epsilon_added"] + second["epsilon_added"] == pytest.approx(ledger.spent())
+    assert first["epsilon_alone"] == pytest.approx(ledger.entries[1]["epsilon_after"])
+    assert 0 < second["epsilon_added"] < second["epsilon_alone"] < first["epsilon_alone"]
+    s = ledger.summary()
+    assert s["remaining"] == pytest.approx(8.0 - ledger.spent()) and s["steps"] == 30

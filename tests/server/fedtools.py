@@ -1,7 +1,12 @@
-"""An in-process Grid (ServerApp messages go straight to ClientApp calls) and a tiny run config."""
+"""An in-process Grid (ServerApp messages go straight to ClientApp calls) and a tiny run config.
+
+Each message is delivered as a copy, as over the wire: Flower's SecAgg+ workflow sends one
+content object to every site and its client mod edits what it receives.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -32,7 +37,7 @@ class InProcessGrid:
             nid = msg.metadata.dst_node_id
             msg.metadata.__dict__["_message_id"] = f"m{self._next}"
             self._next += 1
-            reply = self.app(msg, self.contexts[nid])
+            reply = self.app(copy.deepcopy(msg), self.contexts[nid])
             reply.metadata.__dict__["_src_node_id"] = nid
             if self.tamper is not None:
                 reply = self.tamper(nid, reply)

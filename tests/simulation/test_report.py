@@ -103,3 +103,21 @@ def test_plain_json() -> None:
                       "p": Path("x")})
     assert out == {"a": 1.5, "b": [2, None], "3": True, "p": "x"}
     json.dumps(out, allow_nan=False)
+
+
+def test_report_states_each_guarantee_and_a_planned_stop(tmp_path: Path, scored: tuple) -> None:
+    curves, labels = scored
+    privacy = {"mode": "local+central", "server_saw_individual_updates": False, "guarantees": [
+        {"level": "shopper", "protects": "one shopper at a site", "epsilon": 3.25,
+         "delta": 1e-5, "accounted_by": "Opacus RDP accountant per site"},
+        {"level": "site", "protects": "one site", "epsilon": 7.077, "delta": 1e-5,
+         "accounted_by": "Flower's RDP accountant"}]}
+    write_report(tmp_path, {"privacy": privacy, "stop_reason": "central privacy budget"},
+                 curves, labels, _rounds())
+    text = (tmp_path / "report.md").read_text()
+    assert "| shopper | one shopper at a site | 3.25 | 1e-05 | Opacus RDP accountant per site |" \
+        in text
+    assert "| site | one site | 7.077 | 1e-05 | Flower's RDP accountant |" in text
+    assert "saw only the sum" in text and "stopped early (planned):** central privacy budget" in text
+    assert json.loads((tmp_path / "metrics.json").read_text())["privacy"]["guarantees"][1][
+        "epsilon"] == 7.077

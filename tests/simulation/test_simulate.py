@@ -14,12 +14,8 @@ import pytest
 from seqanom_core.detector import SequenceDetector
 
 
-@pytest.mark.integration
-def test_simulate_cli_runs_a_federation_and_writes_the_report(tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "seqanom_core.cli", "-q", "simulate", "--shoppers", "240",
-           "--sites", "2", "--rounds", "2", "--local-epochs", "1", "--no-baselines",
-           "--out", str(out)]
+def _simulate(cmd: list[str]) -> str:
+    """Run ``seqanom simulate`` in its own process group (killed by pid on failure); its output."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True)
@@ -30,6 +26,16 @@ def test_simulate_cli_runs_a_federation_and_writes_the_report(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, output[-3000:]
+    return output
+
+
+@pytest.mark.integration
+def test_simulate_cli_runs_a_federation_and_writes_the_report(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "seqanom_core.cli", "-q", "simulate", "--shoppers", "240",
+           "--sites", "2", "--rounds", "2", "--local-epochs", "1", "--no-baselines",
+           "--out", str(out)]
+    output = _simulate(cmd)
     metrics = json.loads((out / "metrics.json").read_text())
     fed = metrics["evaluation"]["federated"]
     assert 0.5 < fed["auroc"] <= 1.0
@@ -41,3 +47,29 @@ def test_simulate_cli_runs_a_federation_and_writes_the_report(tmp_path):
     SequenceDetector.load(out / "checkpoints" / "round-0001", progress=False)
     assert sorted(p.name for p in (out / "ledgers").iterdir()) == ["site-0.json", "site-1.json"]
     assert "AUROC" in output and Path(out / "model").is_dir()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["local+central", "local+secagg"])
+def test_simulate_each_privacy_mode_reports_its_guarantees(tmp_path, mode):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "seqanom_core.cli", "-q", "simulate", "--shoppers", "150",
+           "--sites", "3", "--rounds", "1", "--local-epochs", "1", "--no-baselines",
+           "--privacy-mode", mode, "--central-noise", "1.0", "--central-epsilon", "10",
+           "--out", str(out)]
+    output = _simulate(cmd)
+    privacy = json.loads((out / "metrics.json").read_text())["privacy"]
+    assert privacy["mode"] == mode and privacy["rounds"] == 1
+    levels = {g["level"]: g for g in privacy["guarantees"]}
+    assert 0 < levels["shopper"]["epsilon"] <= 8.0 and "Opacus" in levels["shopper"]["accounted_by"]
+    if mode == "local+central":
+        assert levels["site"]["releases"] == 1 and "Flower" in levels["site"]["accounted_by"]
+        assert privacy["server_saw_individual_updates"] is True
+        assert "for one site" in output
+    else:
+        assert set(levels) == {"shopper"} and privacy["server_saw_individual_updates"] is False
+        assert "only the sum" in output
+    ckpt = json.loads((out / "checkpoints" / "round-0001" / "round.json").read_text())
+    assert ckpt["privacy"]["mode"] == mode
+    assert sorted(p.name for p in (out / "ledgers").iterdir()) == [f"site-{k}.json" for k in range(3)]
+    assert "Guarantees that held in this run" in (out / "report.md").read_text()

@@ -1,0 +1,129 @@
+"""The merchant site's deployment command: ``seqanom supernode``.
+
+It builds the ``flower-supernode`` command line for one site — TLS root certificate, the site's
+node-authentication private key, and the site's settings in ``--node-config`` (data path, format,
+ledger path, privacy budget, device, site name; see ``client/app.py``) — checks the files exist,
+and runs it in place of this process. Without a root certificate and a private key it refuses to
+start unless ``--insecure`` is given, and then prints a loud warning first. Nothing here imports
+flwr (the SuperNode does, in its own process).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from seqanom_core.errors import ConfigError
+from server.deploy_cli import flower_env, flower_executable, insecure_warning, launch
+
+
+def toml_string(value: str) -> str:
+    """A TOML string literal for ``--node-config`` (Flower's parser allows no escapes)."""
+    if '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    if "'" not in value:
+        return f"'{value}'"
+    raise ConfigError(f"{value!r}: a node config value cannot hold both quote kinds")
+
+
+def node_config(values: dict[str, str | float]) -> str:
+    """``key=value`` pairs for ``flower-supernode --node-config`` (strings quoted)."""
+    return " ".join(f"{k}={toml_string(v) if isinstance(v, str) else repr(float(v))}"
+                    for k, v in values.items())
+
+
+def _file(path: str, option: str) -> str:
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise ConfigError(f"{option} {path}: no such file")
+    return str(p)
+
+
+def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
+    """The site's node config from the command's options (absolute paths, files checked)."""
+    cfg: dict[str, str | float] = {"data-path": _file(args.data, "--data"),
+                                   "format": args.format}
+    ledger = Path(args.ledger).expanduser().resolve()
+    if ledger.is_dir():
+        raise ConfigError(f"--ledger {args.ledger}: is a directory (give a JSON file path)")
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    cfg["ledger-path"] = str(ledger)
+    if args.privacy_budget is not None:
+        if args.privacy_budget <= 0:
+            raise ConfigError(f"--privacy-budget must be > 0, not {args.privacy_budget}")
+        cfg["privacy-budget"] = float(args.privacy_budget)
+    cfg["device"] = args.device
+    cfg["site-name"] = args.site_name or Path(args.data).stem
+    if args.test_path:
+        cfg["test-path"] = _file(args.test_path, "--test-path")
+    if args.labels_path:
+        cfg["labels-path"] = _file(args.labels_path, "--labels-path")
+    return cfg
+
+
+def cmd_supernode(args: argparse.Namespace) -> int:
+    """Start this site's SuperNode: connects to the SuperLink over TLS, authenticates with the
+    site's private key, and runs the seqanom ClientApp on the site's own data for every message."""
+    exe = flower_executable("flower-supernode")
+    argv = [exe, "--superlink", args.superlink, "--port", str(args.port),
+            "--node-config", node_config(site_node_config(args))]
+    if args.max_retries is not None:
+        argv += ["--max-retries", str(args.max_retries)]
+    if args.insecure:
+        if args.root_certificates or args.private_key:
+            raise ConfigError("--insecure cannot be combined with --root-certificates or "
+                              "--private-key")
+        insecure_warning("flower-supernode --insecure",
+                         "the SuperLink is not verified: anyone on the path can read or "
+                         "replace the global model this site trains.")
+        argv.append("--insecure")
+    else:
+        if not (args.root_certificates and args.private_key):
+            raise ConfigError("a SuperNode needs --root-certificates CA.pem (to verify the "
+                              "SuperLink) and --private-key SITE.key (node authentication); "
+                              "on a test machine only, --insecure")
+        argv += ["--root-certificates", _file(args.root_certificates, "--root-certificates"),
+                 "--auth-supernode-private-key", _file(args.private_key, "--private-key")]
+    extra = {"OMP_NUM_THREADS": str(args.threads)}
+    if args.flwr_home:
+        home = Path(args.flwr_home).expanduser().resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        extra["FLWR_HOME"] = str(home)
+    return launch(argv, flower_env(exe, **extra), args.dry_run)
+
+
+def add_site_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``supernode`` with the seqanom parser's ``add``."""
+    p = add("supernode", cmd_supernode, "start this site's SuperNode (TLS, node authentication)")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                   help="the SuperLink's address, as in its certificate")
+    p.add_argument("--root-certificates", metavar="CA.pem",
+                   help="CA certificate that signed the SuperLink's certificate")
+    p.add_argument("--private-key", metavar="SITE.key",
+                   help="this site's node-authentication private key (OpenSSH ECDSA; its .pub "
+                        "must be registered with 'flwr supernode register')")
+    p.add_argument("--data", required=True, metavar="PATH", help="the site's training events")
+    p.add_argument("--format", default="seqanom", help="format of --data (see 'train --help')")
+    p.add_argument("--ledger", required=True, metavar="PATH",
+                   help="the site's privacy ledger (JSON; created on first use, then "
+                        "cumulative across rounds and runs)")
+    p.add_argument("--privacy-budget", type=float, metavar="EPSILON",
+                   help="the site's total epsilon budget (overrides the run's 'epsilon')")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--site-name", help="name in the server's logs (default: data file stem)")
+    p.add_argument("--test-path", metavar="PATH", help="optional labelled test shoppers")
+    p.add_argument("--labels-path", metavar="PATH", help="labels for --test-path")
+    p.add_argument("--port", type=int, default=9094,
+                   help="local port of the SuperNode's Runtime API (loopback; each SuperNode on "
+                        "one machine needs its own)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS for the ClientApp processes")
+    p.add_argument("--flwr-home", metavar="DIR",
+                   help="Flower's directory for this SuperNode (installed apps); give each "
+                        "SuperNode on one machine its own")
+    p.add_argument("--max-retries", type=int,
+                   help="give up after this many failed connection attempts (default: retry)")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS and no node authentication (test machines only; loud warning)")
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")

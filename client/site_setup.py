@@ -1,0 +1,92 @@
+"""What every handler of a site needs: its files, the run's settings, its ledger, a training round.
+
+Node config (deployment, ``flower-supernode --node-config``): ``data-path`` (the site's events),
+``format`` (default ``seqanom``, the project's own format), ``ledger-path`` (privacy ledger file),
+``privacy-budget`` (epsilon budget of this site, overrides the run's ``epsilon``), ``device``
+("auto", "cpu", "cuda"), ``site-name``, and optionally ``test-path``/``labels-path`` (labelled
+shoppers for AUROC). In simulation the site is ``partition-id``: its files are under the run
+config's ``data-dir``/site-<id>/ and its ledger is ``ledger-dir``/site-<id>.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+
+from seqanom_core import messages as K
+from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
+from seqanom_core.run_config import RunSettings, settings_from_run_config
+from seqanom_core.site import RoundOutcome, SitePaths, load_site, train_round
+
+NODE_KEYS = {"data-path", "format", "ledger-path", "privacy-budget", "device", "site-name",
+              "test-path", "labels-path", "partition-id", "num-partitions"}
+_LEDGER_STATE = "privacy-ledger"
+
+
+def site_setup(context: Context) -> tuple[SitePaths, RunSettings]:
+    """The site's files and the run's typed settings (node config overrides budget, device)."""
+    node = dict(context.node_config)
+    unknown = sorted(set(node) - NODE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown node config keys {unknown}; known: {sorted(NODE_KEYS)}")
+    settings = settings_from_run_config(dict(context.run_config))
+    fed = settings.federation
+    if "data-path" in node:
+        name = str(node.get("site-name", Path(str(node["data-path"])).stem))
+        opt = {k: Path(str(node[k])) for k in ("test-path", "labels-path", "ledger-path") if k in node}
+        paths = SitePaths(name, Path(str(node["data-path"])), str(node.get("format", "seqanom")),
+                          opt.get("test-path"), opt.get("labels-path"), opt.get("ledger-path"))
+    elif "partition-id" in node and fed.data_dir:
+        name = f"site-{int(node['partition-id'])}"
+        root = Path(fed.data_dir) / name
+        ledger = Path(fed.ledger_dir) / f"{name}.json" if fed.ledger_dir else None
+        paths = SitePaths(name, root / "train.parquet", "seqanom", root / "test.parquet",
+                          root / "labels.csv", ledger)
+    else:
+        raise ValueError("node config needs data-path (deployment), or partition-id with the "
+                         "run config's data-dir (simulation)")
+    if "privacy-budget" in node and settings.train.dp is not None:
+        settings = dataclasses.replace(settings, budget=float(node["privacy-budget"]))
+    if "device" in node:
+        settings = dataclasses.replace(
+            settings, train=dataclasses.replace(settings.train, device=str(node["device"])))
+    return paths, settings
+
+
+def _restore_ledger(context: Context, paths: SitePaths, budget: float | None) -> PrivacyLedger:
+    """The site's ledger: the longer of the run's state copy and the file (never forget spend)."""
+    in_state = None
+    if _LEDGER_STATE in context.state:
+        in_state = PrivacyLedger.from_json(str(context.state[_LEDGER_STATE]["json"]))
+    on_disk = PrivacyLedger.open(paths.ledger, budget=budget, site=paths.name)
+    ledger = more_recent(in_state, on_disk) or on_disk
+    ledger.budget = budget
+    ledger.site = ledger.site or paths.name
+    return ledger
+
+
+def _keep_ledger(context: Context, paths: SitePaths, ledger: PrivacyLedger) -> None:
+    context.state[_LEDGER_STATE] = ConfigRecord({"json": ledger.to_json()})
+    if paths.ledger is not None:
+        ledger.save(paths.ledger)
+
+
+def train_site(context: Context, arrays: dict[str, np.ndarray], cfg: Mapping[str, Any]
+               ) -> tuple[SitePaths, RunSettings, RoundOutcome]:
+    """One round of local (DP) training from the global ``arrays``, kept in the site's ledger."""
+    paths, settings = site_setup(context)
+    site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
+    ledger = _restore_ledger(context, paths, settings.budget) if settings.train.dp else None
+    out = train_round(
+        site, settings, arrays, ledger=ledger,
+        server_round=int(cfg[K.SERVER_ROUND]), rounds_left=int(cfg.get(K.ROUNDS_LEFT, 1)),
+        proximal_mu=float(cfg.get(K.PROXIMAL_MU, 0.0)), run_id=str(cfg.get(K.RUN_ID, "")),
+    )
+    if ledger is not None:
+        _keep_ledger(context, paths, ledger)
+    return paths, settings, out

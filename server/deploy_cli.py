@@ -1,0 +1,207 @@
+"""The central team's deployment commands: ``seqanom credentials``, ``superlink``, ``connection``.
+
+``superlink`` builds the ``flower-superlink`` command line (TLS on every API, SuperNode
+authentication on, no runtime dependency installation) from a credentials directory and runs it
+in place of this process (same pid, so stopping it stops the SuperLink). Without certificates it
+refuses to start unless ``--insecure`` is given, and then prints a loud warning first.
+``connection`` writes the named SuperLink connection that ``flwr run``, ``flwr ls`` and
+``flwr supernode register`` use (``$FLWR_HOME/config.toml``, default ``~/.flwr``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from seqanom_core.errors import ConfigError
+
+INSECURE_BANNER = """\
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!!  WARNING: INSECURE MODE ({what})
+!!  No TLS: model updates, metrics and run configs travel in plain text, and
+!!  {detail}
+!!  Use this only on an isolated test machine, never with real shopper data.
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+"""
+
+
+def flower_executable(name: str) -> str:
+    """Path of a Flower console script: beside this Python first (the venv), then on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigError(f"{name} not found beside {sys.executable} or on PATH; install the "
+                          "federation extra (pip install -e '.[federation]')")
+    return found
+
+
+def flower_env(exe: str, **extra: str) -> dict[str, str]:
+    """Environment for a Flower process: its bin directory first on PATH (SuperLink and SuperNode
+    start ``flower-superexec`` by name) and no runtime dependency installation (``uv sync``
+    would pull a CUDA torch)."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(exe).parent) + os.pathsep + env.get("PATH", "")
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.update(extra)
+    return env
+
+
+def launch(argv: list[str], env: dict[str, str], dry_run: bool) -> int:
+    """Print the command; unless ``dry_run``, replace this process by it."""
+    changed = {k: v for k, v in env.items() if os.environ.get(k) != v and k != "PATH"}
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(changed.items()))
+    print(f"{prefix} {shlex.join(argv)}".strip(), flush=True)
+    if dry_run:
+        return 0
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
+    return 1  # not reached
+
+
+def insecure_warning(what: str, detail: str) -> None:
+    """The loud warning printed before anything runs without TLS."""
+    print(INSECURE_BANNER.format(what=what, detail=detail), file=sys.stderr, flush=True)
+
+
+def _existing(path: str | Path, option: str) -> str:
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise ConfigError(f"{option} {path}: no such file")
+    return str(p)
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_credentials(args: argparse.Namespace) -> int:
+    """Create a private CA, the SuperLink's TLS certificate and one ECDSA key pair per site
+    (existing files are kept, so sites can be added later), then print how to register the
+    sites' public keys."""
+    from server.credentials import create_credentials
+
+    report = create_credentials(args.out, args.sites, hosts=args.host, days=args.days)
+    paths = report.paths
+    for p in report.created:
+        print(f"created {p}{'  (private, 0600)' if p.suffix == '.key' else ''}")
+    for p in report.kept:
+        print(f"kept    {p} (already there)")
+    print(f"\nSuperLink: seqanom superlink --credentials {paths.root} ...  (keep ca.key offline)")
+    print(f"Every site and the flwr CLI trust {paths.ca_cert}; each site gets only its own "
+          f"sites/<site>/ directory.")
+    print("Register each site's public key with the running SuperLink (connection "
+          f"'{args.connection}', see 'seqanom connection --help'):")
+    for site in args.sites:
+        print(f"  flwr supernode register {paths.site_public_key(site)} {args.connection} "
+              f"--name {site}")
+    return 0
+
+
+def cmd_superlink(args: argparse.Namespace) -> int:
+    """Start the SuperLink (Fleet, Control and Runtime APIs on --host:--port) with TLS and
+    SuperNode authentication; the seqanom ServerApp is then started by `flwr run`."""
+    exe = flower_executable("flower-superlink")
+    argv = [exe, "--host", args.host, "--port", str(args.port),
+            "--disable-runtime-dependency-installation"]
+    files = [args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile]
+    if args.credentials:
+        from server.credentials import CredentialPaths
+
+        paths = CredentialPaths(Path(args.credentials))
+        files = [f or str(d) for f, d in zip(files, (paths.ca_cert, paths.server_cert,
+                                                      paths.server_key), strict=True)]
+    if args.insecure:
+        if any([args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile, args.credentials]):
+            raise ConfigError("--insecure cannot be combined with certificates")
+        insecure_warning("flower-superlink --insecure",
+                         "SuperNode authentication is OFF: any process that reaches "
+                         f"{args.host}:{args.port} can join the federation or submit runs.")
+        argv.append("--insecure")
+    else:
+        if not all(files):
+            raise ConfigError("the SuperLink needs TLS: give --credentials DIR (from 'seqanom "
+                              "credentials') or --ssl-ca-certfile, --ssl-certfile and "
+                              "--ssl-keyfile (or, on a test machine only, --insecure)")
+        ca, cert, key = (_existing(f, o) for f, o in zip(
+            files, ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"), strict=True))
+        argv += ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key,
+                 "--enable-supernode-auth"]
+    if args.database:
+        Path(args.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        argv += ["--database", str(Path(args.database).expanduser().resolve())]
+    if args.log_file:
+        argv += ["--log-file", str(Path(args.log_file).expanduser().resolve())]
+    return launch(argv, flower_env(exe), args.dry_run)
+
+
+def cmd_connection(args: argparse.Namespace) -> int:
+    """Write a named SuperLink connection to Flower's configuration ($FLWR_HOME/config.toml,
+    default ~/.flwr/config.toml): the address and CA that `flwr run`, `flwr ls` and `flwr
+    supernode register` use."""
+    from flwr.cli.flower_config import (  # the central CLI may import Flower; the library never does
+        set_default_superlink_connection,
+        write_superlink_connection,
+    )
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.supercore.utils import get_flwr_home
+
+    if args.insecure == bool(args.root_certificates):
+        raise ConfigError("give --root-certificates CA.pem (or, on a test machine only, --insecure)")
+    if args.insecure:
+        insecure_warning("flwr CLI connection without TLS",
+                         "run submissions and SuperNode registrations are unauthenticated.")
+    ca = _existing(args.root_certificates, "--root-certificates") if args.root_certificates else None
+    write_superlink_connection(SuperLinkConnection(
+        name=args.name, address=args.address, root_certificates=ca,
+        insecure=True if args.insecure else None))
+    if args.default:
+        set_default_superlink_connection(args.name)
+    print(f"connection '{args.name}' -> {args.address} written to "
+          f"{get_flwr_home() / 'config.toml'}{' (default)' if args.default else ''}")
+    print(f"  flwr run . {args.name} --run-config 'num-rounds=5 checkpoint-dir=\"/abs/ckpt\"'")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def add_central_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register credentials / superlink / connection with the seqanom parser's ``add``."""
+    p = add("credentials", cmd_credentials, "create the CA, SuperLink certificate and site keys")
+    p.add_argument("--out", required=True, metavar="DIR", help="credentials directory")
+    p.add_argument("--sites", nargs="+", required=True, metavar="SITE",
+                   help="site names (one node-authentication key pair each)")
+    p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
+                   help="extra SuperLink host name or IP for the certificate (repeatable); "
+                        "localhost and 127.0.0.1 are always included")
+    p.add_argument("--days", type=int, default=365, help="certificate validity")
+    p.add_argument("--connection", default="seqanom",
+                   help="connection name used in the printed register commands")
+
+    p = add("superlink", cmd_superlink, "start the SuperLink with TLS and node authentication")
+    p.add_argument("--credentials", metavar="DIR",
+                   help="directory written by 'seqanom credentials' (ca.pem, superlink/server.*)")
+    p.add_argument("--ssl-ca-certfile", metavar="PEM", help="CA certificate (overrides DIR)")
+    p.add_argument("--ssl-certfile", metavar="PEM", help="server certificate (overrides DIR)")
+    p.add_argument("--ssl-keyfile", metavar="PEM", help="server private key (overrides DIR)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 to serve sites on other machines "
+                        "(its name must be in the certificate: credentials --host)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="port of the Fleet, Control and Runtime APIs (all HTTPS)")
+    p.add_argument("--database", metavar="PATH",
+                   help="SQLite state file, so registered sites and runs survive a restart "
+                        "(default: in memory)")
+    p.add_argument("--log-file", metavar="PATH", help="also write the SuperLink log here")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS and no node authentication (test machines only; loud warning)")
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
+
+    p = add("connection", cmd_connection, "write the flwr CLI's SuperLink connection")
+    p.add_argument("--name", default="seqanom", help="connection name (flwr run . NAME)")
+    p.add_argument("--address", required=True, metavar="HOST:PORT", help="the SuperLink")
+    p.add_argument("--root-certificates", metavar="CA.pem", help="CA that signed the SuperLink")
+    p.add_argument("--insecure", action="store_true", help="no TLS (test machines only)")
+    p.add_argument("--default", action="store_true", help="make it the default connection")

@@ -1,0 +1,127 @@
+"""The deployment commands without starting Flower: credentials, refusals, built command lines."""
+
+from __future__ import annotations
+
+import shlex
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from client.deploy_cli import node_config
+from seqanom_core import cli
+from server.credentials import CredentialPaths, create_credentials
+
+
+def test_credentials_make_a_ca_a_server_certificate_and_site_keys(tmp_path):
+    rep = create_credentials(tmp_path / "c", ["site-a", "site-b"], hosts=["link.example", "10.0.0.5"])
+    p = rep.paths
+    ca = x509.load_pem_x509_certificate(p.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(p.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "link.example"} <= set(san.get_values_for_type(x509.DNSName))
+    assert {"127.0.0.1", "10.0.0.5"} <= {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    for site in ("site-a", "site-b"):
+        key = load_ssh_private_key(p.site_key(site).read_bytes(), None)
+        pub = load_ssh_public_key(p.site_public_key(site).read_bytes())
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        assert key.public_key().public_numbers() == pub.public_numbers()
+    for private in (p.ca_key, p.server_key, p.site_key("site-a")):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+        assert stat.S_IMODE(private.parent.stat().st_mode) == 0o700
+
+    # a second call keeps every file and adds a site signed by the same CA
+    before = {f: f.read_bytes() for f in rep.created}
+    again = create_credentials(tmp_path / "c", ["site-a", "site-c"])
+    assert all(f.read_bytes() == b for f, b in before.items())
+    assert again.created == [p.site_key("site-c"), p.site_public_key("site-c")]
+
+
+@pytest.mark.parametrize("sites", [["ok", "bad name"], ["a", "a"], ["../up"]])
+def test_credentials_reject_bad_site_names(tmp_path, sites, capsys):
+    assert cli.main(["credentials", "--out", str(tmp_path), "--sites", *sites]) == 2
+    assert "site names" in capsys.readouterr().err
+
+
+def test_credentials_command_prints_how_to_register(tmp_path, capsys):
+    assert cli.main(["credentials", "--out", str(tmp_path / "c"), "--sites", "s1"]) == 0
+    out = capsys.readouterr().out
+    assert f"flwr supernode register {tmp_path / 'c' / 'sites' / 's1' / 's1.pub'} seqanom" in out
+
+
+def test_superlink_refuses_to_run_without_certificates(capsys):
+    assert cli.main(["superlink", "--dry-run"]) == 2
+    assert "needs TLS" in capsys.readouterr().err
+
+
+def test_superlink_command_has_tls_and_node_authentication(tmp_path, capsys):
+    create_credentials(tmp_path, [])
+    paths = CredentialPaths(tmp_path)
+    assert cli.main(["superlink", "--credentials", str(tmp_path), "--port", "9999",
+                     "--database", str(tmp_path / "s.db"), "--dry-run"]) == 0
+    argv = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    exe = next(a for a in argv if a.endswith("flower-superlink"))
+    args = argv[argv.index(exe) + 1:]
+    assert "--enable-supernode-auth" in args and "--insecure" not in args
+    for opt, path in (("--ssl-ca-certfile", paths.ca_cert), ("--ssl-certfile", paths.server_cert),
+                      ("--ssl-keyfile", paths.server_key)):
+        assert args[args.index(opt) + 1] == str(path.resolve())
+    assert args[args.index("--port") + 1] == "9999"
+    assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in argv
+
+
+def test_insecure_superlink_warns_loudly(capsys):
+    assert cli.main(["superlink", "--insecure", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING: INSECURE MODE" in err and "authentication is OFF" in err
+    assert "--insecure" in out and "--enable-supernode-auth" not in out
+
+
+def test_supernode_refuses_without_root_certificate_and_key(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("x")
+    assert cli.main(["supernode", "--superlink", "h:1", "--data", str(data), "--ledger",
+                     str(tmp_path / "l.json"), "--dry-run"]) == 2
+    assert "--root-certificates" in capsys.readouterr().err
+
+
+def test_supernode_node_config_round_trips_through_flowers_parser(tmp_path, capsys):
+    from flwr.common.config import parse_config_args
+
+    create_credentials(tmp_path / "c", ["s1"])
+    paths = CredentialPaths(tmp_path / "c")
+    data = tmp_path / "my data" / "events.parquet"
+    data.parent.mkdir()
+    data.write_text("x")
+    assert cli.main(["supernode", "--superlink", "127.0.0.1:9092", "--root-certificates",
+                     str(paths.ca_cert), "--private-key", str(paths.site_key("s1")), "--data",
+                     str(data), "--ledger", str(tmp_path / "led" / "s1.json"),
+                     "--privacy-budget", "4", "--dry-run"]) == 0
+    argv = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    cfg = parse_config_args([argv[argv.index("--node-config") + 1]])
+    assert cfg == {"data-path": str(data), "format": "seqanom",
+                   "ledger-path": str(tmp_path / "led" / "s1.json"), "privacy-budget": 4.0,
+                   "device": "auto", "site-name": "events"}
+    assert argv[argv.index("--auth-supernode-private-key") + 1] == str(paths.site_key("s1"))
+    assert "OMP_NUM_THREADS=1" in argv
+    assert parse_config_args([node_config({"p": "it's"})]) == {"p": "it's"}
+
+
+def test_connection_is_written_to_flwr_home(tmp_path, monkeypatch, capsys):
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    create_credentials(tmp_path / "c", [])
+    assert cli.main(["connection", "--name", "prod", "--address", "link:9093",
+                     "--root-certificates", str(tmp_path / "c" / "ca.pem"), "--default"]) == 0
+    cfg = tomllib.loads((tmp_path / "home" / "config.toml").read_text())["superlink"]
+    assert cfg["default"] == "prod"
+    assert cfg["prod"] == {"address": "link:9093",
+                           "root-certificates": str((tmp_path / "c" / "ca.pem").resolve())}
+    assert cli.main(["connection", "--address", "link:9093"]) == 2

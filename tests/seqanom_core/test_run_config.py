@@ -1,0 +1,39 @@
+"""The flat Flower run config: typed, validated, and declared in full in pyproject.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from seqanom_core.errors import ConfigError
+from seqanom_core.run_config import default_run_config, settings_from_run_config
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def test_pyproject_declares_every_run_config_key():
+    """`flwr run --run-config` only overrides keys the app declares: all of them must be there."""
+    declared = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == set(default_run_config())
+    settings = settings_from_run_config(declared)  # and the declared values are valid
+    assert settings.train.dp is not None  # the app trains with DP unless told otherwise
+
+
+def test_defaults_round_trip_and_overrides_are_typed():
+    s = settings_from_run_config(default_run_config())
+    assert s.train.dp is None and s.federation.num_rounds == 5
+    s = settings_from_run_config({"num-rounds": "3", "dp": "true", "epsilon": 2})
+    assert s.federation.num_rounds == 3 and s.budget == 2.0 and s.train.dp is not None
+
+
+@pytest.mark.parametrize("bad", [{"num-round": 3}, {"strategy": "fedsgd"}, {"num-rounds": 0},
+                                 {"dp": "maybe"}])
+def test_bad_run_config_is_a_clear_error(bad):
+    with pytest.raises(ConfigError):
+        settings_from_run_config(bad)
