@@ -481,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --data); dirichlet: non-IID over categories")
     p.add_argument("--alpha", type=float, default=0.5, help="dirichlet concentration")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--local-epochs", type=int, default=4,
+                   help="local epochs per round (the baselines train rounds x this many epochs)")
     p.add_argument("--model", choices=["transformer", "lstm"], default="transformer")
     p.add_argument("--strategy", default="fedavg",
                    choices=["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"])

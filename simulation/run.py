@@ -49,7 +49,7 @@ class SimulationConfig:
     partition: str = "natural"
     alpha: float = 0.5
     rounds: int = 5
-    local_epochs: int = 2
+    local_epochs: int = 4  # 2 -> 4: federated DP AUROC 0.788 -> 0.828 on the default data, 95 -> 140 s
     model: str = "transformer"
     strategy: str = "fedavg"
     dp: bool = True
