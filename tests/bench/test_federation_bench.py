@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_tree import run_in_group
 
 psutil = pytest.importorskip("psutil")
 
@@ -86,15 +87,7 @@ def test_quick_benchmark_reports_positive_times_and_memory(tmp_path):
            "--shoppers", "100", "--tmp-dir", str(tmp_path), "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=500)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output[-3000:]
+    run_in_group(cmd, timeout=500, cwd=REPO, env=env)
     res = json.loads(out.read_text())
     assert res["bench"] == "federation" and res["machine"]["cpu_count"] >= 1
     assert res["params"]["sites"] == [2] and res["params"]["quick"] is True

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from process_tree import free_port, stop_trees
 
 from seqanom_core import cli
 from seqanom_core.detector import SequenceDetector
@@ -36,31 +35,6 @@ SITES = ("site-a", "site-b", "site-c")
 RUN_CONFIG = ("num-rounds=2 strategy=\"fedavg\" min-sites=3 round-timeout=300.0 d-model=16 "
               "n-layers=1 n-heads=2 max-len=32 batch-size=16 local-epochs=1 dp=true epsilon=8.0")
 BUDGET = 6.0  # each site's --privacy-budget (overrides the run's epsilon)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    """All descendants of ``pid`` (Linux /proc), including those in sessions of their own."""
-    parent: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        todo += kids
-    return out
 
 
 @dataclass
@@ -104,38 +78,10 @@ class Processes:
         return "\n".join(f"--- {k}\n{self.log(k)[-n:]}" for k in self.procs)
 
     def stop(self) -> None:
-        """SIGTERM each process group (and its descendants' groups), then SIGKILL stragglers."""
-        groups: list[int] = []
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                groups += [proc.pid] + [g for g in map(_pgid, _children(proc.pid)) if g]
-        groups = list(dict.fromkeys(groups))
-        for g in groups:
-            _signal_group(g, signal.SIGTERM)
-        end = time.monotonic() + 15
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(end - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                pass
-        for g in groups:
-            _signal_group(g, signal.SIGKILL)
+        """SIGTERM every running process and its descendants, then SIGKILL stragglers."""
+        stop_trees([p for p in self.procs.values() if p.poll() is None], timeout=15)
         for proc in self.procs.values():
             proc.wait()
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def flwr(env: dict[str, str], *args: str, timeout: float = 120) -> dict:

@@ -1,30 +1,23 @@
 """Start and stop a loopback simulation SuperLink and ``flwr`` commands for the tests.
 
-Everything started here runs in its own process group; ``stop_tree`` stops the group leader and
-every descendant by pid (the SuperLink spawns SuperExec, flwr-simulation and Ray's processes).
+Everything started here runs in its own process group; ``process_tree.stop_tree`` stops the
+group leader and every descendant by pid (the SuperLink spawns SuperExec, flwr-simulation and
+Ray's processes).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
+from process_tree import stop_tree
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def flwr_env(home: Path) -> dict[str, str]:
@@ -62,40 +55,6 @@ def start_superlink(home: Path, port: int, log: Path) -> subprocess.Popen:
         time.sleep(0.5)
     stop_tree(proc)
     raise RuntimeError(f"flower-superlink did not listen on {port} within 90 s")
-
-
-def descendants(proc: subprocess.Popen) -> list[psutil.Process]:
-    """The process and everything it started that is still alive."""
-    try:
-        root = psutil.Process(proc.pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def stop_tree(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-    """Stop ``proc``, its process group and every descendant, by pid; SIGKILL what lingers."""
-    procs = descendants(proc)
-    for p in procs:
-        try:
-            p.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def flwr(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

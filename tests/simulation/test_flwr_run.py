@@ -11,15 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr_processes import (
-    descendants,
-    flwr,
-    free_port,
-    start_superlink,
-    stop_tree,
-    wait_for_status,
-    write_connection,
-)
+from flwr_processes import flwr, start_superlink, wait_for_status, write_connection
+from process_tree import descendants, free_port, stop_tree
 from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.integration

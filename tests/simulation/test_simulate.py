@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from process_tree import run_in_group
 
 from seqanom_core.detector import SequenceDetector
 
 
 def _simulate(cmd: list[str]) -> str:
-    """Run ``seqanom simulate`` in its own process group (killed by pid on failure); its output."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output[-3000:]
-    return output
+    """Run ``seqanom simulate`` in its own session (stopped by pid on failure); its output."""
+    return run_in_group(cmd, timeout=400, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 @pytest.mark.integration
