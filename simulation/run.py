@@ -79,7 +79,8 @@ def _load(cfg: SimulationConfig) -> pa.Table:
 
 def prepare_sites(cfg: SimulationConfig, events: pa.Table
                   ) -> tuple[list[pa.Table], list[pa.Table], pd.DataFrame, list[dict]]:
-    """Partition, split each site into train/test shoppers, inject into test, write site files.
+    """Partition, split each site into train/test shoppers, inject into test, write site files
+    and the pooled labels (``RUN_DIR/test_labels.csv``).
 
     Returns (train tables, test tables, pooled labels, partition summary)."""
     scheme = cfg.partition
@@ -99,7 +100,9 @@ def prepare_sites(cfg: SimulationConfig, events: pa.Table
         trains.append(train)
         tests.append(test)
         labels.append(lab.assign(site=f"site-{k}"))
-    return trains, tests, pd.concat(labels, ignore_index=True), partition_summary(parts)
+    pooled = pd.concat(labels, ignore_index=True)
+    pooled.to_csv(cfg.out / "test_labels.csv", index=False)
+    return trains, tests, pooled, partition_summary(parts)
 
 
 def run_config(cfg: SimulationConfig) -> dict[str, Any]:
@@ -126,9 +129,7 @@ def prepare_flwr_run(cfg: SimulationConfig) -> Path:
     """Write the sites (as ``simulate`` does) and ``RUN_DIR/run-config.toml`` for ``flwr run``.
 
     No federation and no baselines run; returns the run config file's path."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    _, _, labels, _ = prepare_sites(cfg, _load(cfg))
-    labels.to_csv(cfg.out / "test_labels.csv", index=False)
+    prepare_sites(cfg, _load(cfg))
     path = cfg.out / "run-config.toml"
     path.write_text("\n".join(toml_lines(run_config(cfg))) + "\n")
     return path
@@ -137,10 +138,7 @@ def prepare_flwr_run(cfg: SimulationConfig) -> Path:
 def simulate(cfg: SimulationConfig) -> dict[str, Any]:
     """Run the whole simulation; returns the metrics written to ``RUN_DIR/metrics.json``."""
     t0 = time.time()
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    events = _load(cfg)
-    trains, tests, labels, partition = prepare_sites(cfg, events)
-    labels.to_csv(cfg.out / "test_labels.csv", index=False)
+    trains, tests, labels, partition = prepare_sites(cfg, _load(cfg))
     test = pa.concat_tables(tests, promote_options="default")
     fed_seconds = run_federation(cfg.out, run_config(cfg), cfg.sites)
     det = SequenceDetector.load(cfg.out / "model", progress=False)
