@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -19,6 +20,7 @@ from client.records import from_array_record, to_array_record, to_metric_record
 from client.secagg import is_secagg_message, secagg_app
 from client.site_setup import site_setup, train_site
 from seqanom_core import messages as K
+from seqanom_core.models import arrays_digest
 from seqanom_core.scoring import ScoreCalibrator
 from seqanom_core.site import evaluate_round, load_site, score_summary
 
@@ -45,6 +47,18 @@ def _contained(handler: Callable[[Message, Context], Message]) -> Callable[[Mess
                             "the details are in the site's log") from err
 
     return wrapped
+
+
+_VALID_STATS, _VALID_STATS_MODEL = "valid-stats", "valid-stats-model"
+
+
+def _kept_valid_stats(context: Context, arrays: dict) -> np.ndarray | None:
+    """The validation statistics the evaluate call computed, if it scored these same arrays."""
+    if _VALID_STATS not in context.state or _VALID_STATS_MODEL not in context.state:
+        return None
+    if str(context.state[_VALID_STATS_MODEL]["digest"]) != arrays_digest(arrays):
+        return None
+    return from_array_record(context.state[_VALID_STATS])["stats"]
 
 
 def _reply(msg: Message, content: RecordDict, site: str) -> Message:
@@ -77,8 +91,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     cfg = msg.content[K.CONFIG]
     seed = settings.train.seed * 7919 + int(cfg[K.SERVER_ROUND])
-    ev = evaluate_round(site, settings, from_array_record(msg.content[K.ARRAYS]),
+    arrays = from_array_record(msg.content[K.ARRAYS])
+    ev = evaluate_round(site, settings, arrays,
                         noise_std=settings.federation.calibration_noise, seed=seed)
+    # kept (at the site only) for this round's score-summary query on the same model
+    context.state[_VALID_STATS] = to_array_record({"stats": ev.valid_stats})
+    context.state[_VALID_STATS_MODEL] = ConfigRecord({"digest": arrays_digest(arrays)})
     content = RecordDict({K.METRICS: to_metric_record(ev.metrics),
                           K.HISTOGRAMS: to_array_record({K.STAT_HIST: ev.stat_histograms})})
     return _reply(msg, content, paths.name)
@@ -93,8 +111,10 @@ def query_score_summary(msg: Message, context: Context) -> Message:
     cfg = msg.content[K.CONFIG]
     calibrator = ScoreCalibrator.from_dict(json.loads(str(cfg[K.CALIBRATOR])))
     seed = settings.train.seed * 7919 + int(cfg[K.SERVER_ROUND]) + 1
-    hist = score_summary(site, settings, from_array_record(msg.content[K.ARRAYS]), calibrator,
-                         noise_std=settings.federation.calibration_noise, seed=seed)
+    arrays = from_array_record(msg.content[K.ARRAYS])
+    hist = score_summary(site, settings, arrays, calibrator,
+                         noise_std=settings.federation.calibration_noise, seed=seed,
+                         valid_stats=_kept_valid_stats(context, arrays))
     content = RecordDict({K.METRICS: to_metric_record({"num-examples": float(len(site.valid))}),
                           K.HISTOGRAMS: to_array_record({K.SCORE_HIST: hist})})
     return _reply(msg, content, paths.name)

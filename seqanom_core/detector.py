@@ -112,8 +112,9 @@ class SequenceDetector:
             accountant_state=accountant_state, progress=self.progress,
         )
         calib_events = score_events(self.model_, calib_seqs, self.device_, progress=self.progress)
-        self.calibrator_ = ScoreCalibrator().fit(calib_events)
-        calib_scores, _ = self.calibrator_.score(shopper_statistics(calib_events))
+        calib_stats = shopper_statistics(calib_events)
+        self.calibrator_ = ScoreCalibrator().fit(calib_stats)
+        calib_scores, _ = self.calibrator_.score(calib_stats)
         self.threshold_ = calibrate_threshold(calib_scores, self.train.alert_rate)
         r = self.train_result_
         self.metadata_: dict[str, Any] = {

@@ -8,6 +8,8 @@ of an item never viewed" is one surprising prediction, not two ordinary ones.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -127,6 +129,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 def model_arrays(model: nn.Module) -> dict[str, np.ndarray]:
     """The model's state as named NumPy arrays (what a site sends and a server aggregates)."""
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the names, shapes and bytes of named arrays: the identity of a model."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def check_arrays(reference: dict[str, tuple[int, ...]], arrays: dict[str, np.ndarray]) -> list[str]:

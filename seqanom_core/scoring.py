@@ -88,9 +88,9 @@ class ScoreCalibrator:
     center: np.ndarray | None = None  # (n_stats,)
     scale: np.ndarray | None = None  # (n_stats,)
 
-    def fit(self, scores: EventScores) -> ScoreCalibrator:
-        """Fit median and MAD-based scale of each statistic on held-out normal shoppers."""
-        stats = shopper_statistics(scores)
+    def fit(self, stats: np.ndarray) -> ScoreCalibrator:
+        """Fit median and MAD-based scale of each statistic ``(n_shoppers, n_stats)`` (from
+        ``shopper_statistics``) on held-out normal shoppers."""
         self.center = np.median(stats, axis=0)
         mad = np.median(np.abs(stats - self.center), axis=0) * 1.4826
         std = stats.std(axis=0)

@@ -174,6 +174,7 @@ class Evaluation:
 
     metrics: dict[str, float]
     stat_histograms: np.ndarray  # (n_stats, n_bins), noisy
+    valid_stats: np.ndarray  # (n_valid, n_stats): per shopper, stays at the site
 
 
 def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray], *,
@@ -184,7 +185,7 @@ def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.n
     ev = score_events(model, site.valid, device, progress=False)
     stats = shopper_statistics(ev)
     metrics = {"num-examples": float(len(site.valid)), **next_event_metrics(ev)}
-    local = ScoreCalibrator().fit(ev)
+    local = ScoreCalibrator().fit(stats)
     valid_scores, _ = local.score(stats)
     metrics["site-threshold"] = calibrate_threshold(valid_scores, settings.federation.alert_rate)
     if site.test is not None and site.test_labels is not None:
@@ -194,14 +195,19 @@ def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.n
         metrics["auprc"] = auprc(site.test_labels, t_scores)
         metrics["num-test"] = float(len(site.test))
         metrics["alert-rate-test"] = float(np.mean(t_scores > metrics["site-threshold"]))
-    return Evaluation(metrics, stat_histograms(stats, noise_std, seed))
+    return Evaluation(metrics, stat_histograms(stats, noise_std, seed), stats)
 
 
 def score_summary(site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray],
-                  calibrator: ScoreCalibrator, *, noise_std: float, seed: int) -> np.ndarray:
-    """Noisy histogram of the validation shoppers' scores under the federated calibration."""
-    device = resolve_device(settings.train.device)
-    model = _model(settings, site.valid.source, arrays)
-    scores, _ = calibrator.score(shopper_statistics(score_events(model, site.valid, device,
-                                                                 progress=False)))
+                  calibrator: ScoreCalibrator, *, noise_std: float, seed: int,
+                  valid_stats: np.ndarray | None = None) -> np.ndarray:
+    """Noisy histogram of the validation shoppers' scores under the federated calibration.
+
+    ``valid_stats``: the statistics ``evaluate_round`` computed for these same ``arrays``
+    (saves scoring the validation shoppers again)."""
+    if valid_stats is None:
+        device = resolve_device(settings.train.device)
+        model = _model(settings, site.valid.source, arrays)
+        valid_stats = shopper_statistics(score_events(model, site.valid, device, progress=False))
+    scores, _ = calibrator.score(valid_stats)
     return score_histogram(scores, noise_std, seed)

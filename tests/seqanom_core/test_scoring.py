@@ -35,6 +35,6 @@ def test_order_statistic_is_zero_without_reorderings_and_calibration_round_trips
     sc = _scores([1.0, 2.0, 3.0, 4.0], [0, 2, 4])
     st = shopper_statistics(sc)
     assert np.all(st[:, stat_names().index("order:event")] == 0)
-    cal = ScoreCalibrator().fit(sc)
+    cal = ScoreCalibrator().fit(st)
     again = ScoreCalibrator.from_dict(cal.to_dict())
     assert np.allclose(again.score(st)[0], cal.score(st)[0])
