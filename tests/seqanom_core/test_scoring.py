@@ -38,3 +38,20 @@ def test_order_statistic_is_zero_without_reorderings_and_calibration_round_trips
     cal = ScoreCalibrator().fit(st)
     again = ScoreCalibrator.from_dict(cal.to_dict())
     assert np.allclose(again.score(st)[0], cal.score(st)[0])
+
+
+def test_score_is_mean_of_top_k_standardised_statistics_and_old_calibrations_keep_the_max():
+    n_stats = len(stat_names())
+    cal = ScoreCalibrator(np.zeros(n_stats), np.ones(n_stats))
+    stats = np.zeros((2, n_stats))
+    stats[0, [1, 4, 7]] = [9.0, 3.0, 6.0]  # three statistics out
+    stats[1, 2] = 12.0  # one statistic far out
+    scores, driver = cal.score(stats)
+    assert cal.top_k == 3
+    assert np.allclose(scores, [6.0, 4.0])
+    assert list(driver) == [1, 2]
+    # a calibration written before the top-k rule (no "top_k") keeps the maximum
+    old = cal.to_dict()
+    del old["top_k"]
+    assert np.allclose(ScoreCalibrator.from_dict(old).score(stats)[0], [9.0, 12.0])
+    assert ScoreCalibrator.from_dict(cal.to_dict()).top_k == 3
