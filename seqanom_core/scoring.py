@@ -89,6 +89,19 @@ def shopper_statistics(scores: EventScores, window: int = WINDOW) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+def robust_scale(quartile_range: np.ndarray | float, decile_range: np.ndarray | float) -> np.ndarray:
+    """Scale of a statistic: the normal-equivalent scale of its interquartile range, but at least
+    half that of its 10%-90% range (when most shoppers share one value the quartiles can
+    coincide) and at least 1e-3.
+
+    Quantiles only (no median absolute deviation or standard deviation), so a federated
+    calibrator takes exactly the same rule from pooled noisy histograms, where noise in the
+    tails would inflate a variance."""
+    iqr_scale = np.asarray(quartile_range) / 1.3490
+    decile_scale = np.asarray(decile_range) / 2.5631
+    return np.maximum(np.maximum(iqr_scale, 0.5 * decile_scale), 1e-3)
+
+
 @dataclass
 class ScoreCalibrator:
     """Robust standardisation of shopper statistics, fitted on held-out normal shoppers."""
@@ -100,12 +113,10 @@ class ScoreCalibrator:
     top_k: int = TOP_K
 
     def fit(self, stats: np.ndarray) -> ScoreCalibrator:
-        """Fit median and MAD-based scale of each statistic ``(n_shoppers, n_stats)`` (from
+        """Fit the median and the quantile-based scale (``robust_scale``) of each statistic ``(n_shoppers, n_stats)`` (from
         ``shopper_statistics``) on held-out normal shoppers."""
-        self.center = np.median(stats, axis=0)
-        mad = np.median(np.abs(stats - self.center), axis=0) * 1.4826
-        std = stats.std(axis=0)
-        self.scale = np.maximum(np.maximum(mad, 0.5 * std), 1e-3)
+        q10, q25, self.center, q75, q90 = np.quantile(stats, [0.1, 0.25, 0.5, 0.75, 0.9], axis=0)
+        self.scale = robust_scale(q75 - q25, q90 - q10)
         return self
 
     def standardise(self, stats: np.ndarray) -> np.ndarray:

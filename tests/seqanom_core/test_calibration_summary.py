@@ -9,7 +9,9 @@ from seqanom_core.calibration_summary import (
     score_histogram,
     stat_histograms,
     threshold_from_histogram,
+    tree_levels,
 )
+from seqanom_core.scoring import ScoreCalibrator
 
 
 def test_pooled_noisy_histograms_approximate_median_scale_and_threshold():
@@ -26,3 +28,31 @@ def test_pooled_noisy_histograms_approximate_median_scale_and_threshold():
     assert abs(np.mean(scores > thr) - 0.05) < 0.02
     # the noise is really there: two seeds give different histograms
     assert not np.array_equal(score_histogram(scores, 0.5, 1), score_histogram(scores, 0.5, 2))
+
+
+def test_small_sites_calibration_matches_the_exact_pooled_one():
+    # 4 sites of 30 shoppers: a narrow statistic (scale 0.1), a skewed one and one where most
+    # shoppers share a value; noise 0.5 per count
+    rng = np.random.default_rng(1)
+    n = 120
+    stats = np.stack([rng.normal(2.0, 0.1, n), rng.gamma(2.0, 0.5, n),
+                      np.where(rng.random(n) < 0.7, 0.0, rng.normal(1.0, 0.3, n))], axis=1)
+    exact = ScoreCalibrator().fit(stats)
+    for seed in range(5):
+        hist = sum(stat_histograms(stats[i::4], 0.5, seed=10 * seed + i) for i in range(4))
+        cal = calibrator_from_histograms(hist, total=n)
+        assert np.all(np.abs(cal.center - exact.center) < 0.25 * exact.scale)
+        assert np.all((cal.scale > 0.75 * exact.scale) & (cal.scale < 1.33 * exact.scale))
+        scores, _ = exact.score(stats)
+        shist = sum(score_histogram(scores[i::4], 0.5, seed=10 * seed + i + 5) for i in range(4))
+        thr = threshold_from_histogram(shist, 0.1, total=n)
+        assert abs(np.mean(scores > thr) - 0.1) < 0.05
+
+
+def test_tree_histogram_levels_each_count_every_shopper_once():
+    values = np.random.default_rng(2).normal(0.0, 2.0, 57)
+    tree = score_histogram(values, 0.0, seed=0)
+    levels = tree_levels(tree)
+    assert [len(lv) for lv in levels][:3] == [1024, 512, 256] and len(levels[-1]) == 1
+    assert all(lv.sum() == 57 for lv in levels)
+    assert np.array_equal(levels[1], levels[0].reshape(-1, 2).sum(axis=1))

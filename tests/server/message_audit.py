@@ -1,7 +1,7 @@
 """Audit of what sites send: every reply of a run against the allowed shapes and the site's ids.
 
 A site may send only (``seqanom_core.messages``): the model's arrays (train), scalar metrics
-named in ``SITE_METRICS``, calibration histograms over the fixed bins (``STAT_EDGES``,
+named in ``SITE_METRICS``, calibration tree histograms over the fixed bins (``STAT_EDGES``,
 ``SCORE_EDGES``) that hold counts, and one ConfigRecord with its own name. ``audit_replies``
 checks each reply against that exactly and scans every string, every scalar and every array for
 the sites' user and item ids; it raises ``MessageAuditError`` listing every problem found.
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 
 from seqanom_core import messages as K
-from seqanom_core.calibration_summary import SCORE_EDGES, STAT_EDGES
+from seqanom_core.calibration_summary import TREE_SIZE, tree_levels
 from seqanom_core.models import build_model, model_arrays
 from seqanom_core.run_config import settings_from_run_config
 from seqanom_core.scoring import stat_names
@@ -55,11 +55,11 @@ class ReplyPolicy:
 
     @property
     def stat_shape(self) -> tuple[int, int]:
-        return (len(stat_names()), len(STAT_EDGES) - 1)
+        return (len(stat_names()), TREE_SIZE)
 
     @property
     def score_shape(self) -> tuple[int]:
-        return (len(SCORE_EDGES) - 1,)
+        return (TREE_SIZE,)
 
 
 def model_shapes(run_config: dict) -> dict[str, tuple[int, ...]]:
@@ -154,17 +154,22 @@ def _check_arrays(where: str, record, expected: Mapping[str, tuple[int, ...]], s
 
 def _check_counts(where: str, hist: np.ndarray, n: float | None, noise: float,
                   problems: list[str]) -> None:
-    """Each histogram row counts the site's shoppers once: it sums to num-examples +- noise."""
+    """Each level of each tree histogram counts the site's shoppers once: it sums to
+    num-examples +- noise."""
     if n is None or hist.ndim == 0 or hist.dtype.kind != "f":
         return
     rows = hist.reshape(-1, hist.shape[-1])
-    tol = 6.0 * noise * math.sqrt(rows.shape[1]) + 1e-6
-    sums = rows.sum(axis=1)
-    if not np.all(np.abs(sums - n) <= tol):
-        problems.append(f"{where}: rows sum to {np.round(sums[:3], 1).tolist()}..., not to "
-                        f"num-examples={n:g} (+-{tol:.1f}): not counts of the site's shoppers")
-    if np.any(rows < -tol):
-        problems.append(f"{where}: counts far below zero (not a noisy histogram)")
+    for level in tree_levels(rows):
+        tol = 6.0 * noise * math.sqrt(level.shape[1]) + 1e-6
+        sums = level.sum(axis=1)
+        if not np.all(np.abs(sums - n) <= tol):
+            problems.append(f"{where}: a level of {level.shape[1]} bins sums to "
+                            f"{np.round(sums[:3], 1).tolist()}..., not to num-examples={n:g} "
+                            f"(+-{tol:.1f}): not counts of the site's shoppers")
+            return
+        if np.any(level < -tol):
+            problems.append(f"{where}: counts far below zero (not a noisy histogram)")
+            return
 
 
 def audit_reply(reply: Message, node_id: int, policy: ReplyPolicy, scan: _IdScan) -> list[str]:

@@ -201,7 +201,7 @@ def test_audit_catches_per_shopper_values_and_ids_in_arrays(tmp_path, audit_site
     with pytest.raises(MessageAuditError) as err:
         audit_replies(grid.sent, policy)
     text = str(err.value)
-    assert "score_summary reply 'histograms'['score-histogram']: shape (60,), expected (120,)" in text
+    assert "score_summary reply 'histograms'['score-histogram']: shape (60,), expected (2047,)" in text
     assert f"train reply 'arrays'['{first_name(policy)}']: raw bytes hold id(s) ['{item}']" in text
     assert "records ['debug'] are not allowed" in text
     assert f"'debug'['user-ids']: holds id value(s) ['{user}']" in text
