@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,12 +78,41 @@ def _load(cfg: SimulationConfig) -> pa.Table:
     return events
 
 
+#: What a simulation writes under RUN_DIR (the only paths a new simulation there replaces).
+RUN_OUTPUTS: tuple[str, ...] = ("sites", "ledgers", "checkpoints", "model", "figures",
+                                "report.md", "metrics.json", "test_labels.csv",
+                                "run-config.toml", "flwr-app")
+
+
+def clear_previous_run(out: Path) -> list[str]:
+    """Remove an earlier simulation's outputs from ``out`` (only the names in ``RUN_OUTPUTS``).
+
+    Each simulation simulates new sites: the ledgers of an earlier run in the same directory
+    would otherwise make its sites continue spending their budgets (with the budget spent,
+    the next run trains under enormous noise), and its checkpoints would mix with the new
+    ones. Returns the names removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log.warning("%s held an earlier simulation: replaced its %s", out, ", ".join(removed))
+    return removed
+
+
 def prepare_sites(cfg: SimulationConfig, events: pa.Table
                   ) -> tuple[list[pa.Table], list[pa.Table], pd.DataFrame, list[dict]]:
     """Partition, split each site into train/test shoppers, inject into test, write site files
-    and the pooled labels (``RUN_DIR/test_labels.csv``).
+    and the pooled labels (``RUN_DIR/test_labels.csv``), in place of an earlier run's outputs.
 
     Returns (train tables, test tables, pooled labels, partition summary)."""
+    clear_previous_run(cfg.out)
     scheme = cfg.partition
     if scheme == "natural" and "site" not in events.column_names:
         raise ConfigError(f"--partition natural needs a 'site' column; {cfg.data} has none "

@@ -62,3 +62,20 @@ def test_simulate_each_privacy_mode_reports_its_guarantees(tmp_path, mode):
     assert ckpt["privacy"]["mode"] == mode
     assert sorted(p.name for p in (out / "ledgers").iterdir()) == [f"site-{k}.json" for k in range(3)]
     assert "Guarantees that held in this run" in (out / "report.md").read_text()
+
+
+def test_a_new_simulation_replaces_an_earlier_one_in_the_same_run_dir(tmp_path):
+    # the earlier run's ledger (budget spent) must not carry over to the new simulated sites
+    from simulation.run import SimulationConfig, prepare_flwr_run
+
+    out = tmp_path / "run"
+    (out / "ledgers").mkdir(parents=True)
+    (out / "ledgers" / "site-0.json").write_text('{"epsilon_spent": 8.0}')
+    (out / "checkpoints" / "round-0003").mkdir(parents=True)
+    (out / "notes.txt").write_text("not ours")
+    cfg = SimulationConfig(out=out, shoppers=120, sites=2, baselines=False)
+    prepare_flwr_run(cfg)
+    assert not (out / "ledgers").exists() and not (out / "checkpoints").exists()
+    assert (out / "notes.txt").read_text() == "not ours"
+    assert sorted(p.name for p in (out / "sites").iterdir()) == ["site-0", "site-1"]
+    assert (out / "run-config.toml").is_file()
