@@ -67,6 +67,8 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 64  # expected batch size (Poisson sampling under DP)
     lr: float = 1e-2  # peak learning rate
+    # "adamw" (default), or "sgd" (plain SGD: what federated sites use, see run_config.py)
+    optimizer: str = "adamw"
     lr_schedule: str = "cosine"  # or "constant"; cosine: 5% linear warm-up, then decay to 10%
     weight_decay: float = 0.0
     calibration_fraction: float = 0.2  # shoppers held out of training to calibrate scores
@@ -76,12 +78,16 @@ class TrainConfig:
     dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                              f"not {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                               f"not {self.lr_schedule!r}")
 
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)

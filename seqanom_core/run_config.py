@@ -137,6 +137,17 @@ class RunSettings:
 
 
 # kebab-case key -> (section, field)
+#: A site's local training in a federation: plain SGD at lr 1.0 (clipped per-shopper gradients
+#: have norm <= max-grad-norm = 1), not AdamW at 1e-2 as in centralised training. Each round
+#: starts from the new global model, so an adaptive optimiser starts afresh every round: its
+#: first steps on DP-noised gradients are sign-like, full-size steps in noise directions. With
+#: SGD the sites' noise averages out in FedAvg. Measured with `seqanom simulate` (5 rounds x 4
+#: local epochs, eps 8 per site, seeded): federated DP AUROC 0.841 -> 0.876 on the built-in data
+#: (centralised DP with AdamW 0.884) and 0.760 -> 0.784 on the Taobao sample in 4 IID sites
+#: (lr 0.5: 0.874 / 0.782, lr 1.5: 0.862 / 0.794, lr 3: diverges). Centralised DP training on
+#: Taobao does not gain from SGD (AdamW 0.851, SGD lr 1.0 0.844, lr 0.5 0.846).
+FEDERATED_TRAIN = TrainConfig(epochs=1, optimizer="sgd", lr=1.0)
+
 _KEYS: dict[str, tuple[str, str]] = {
     "num-rounds": ("federation", "num_rounds"),
     "strategy": ("federation", "strategy"),
@@ -166,6 +177,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "local-epochs": ("train", "epochs"),
     "batch-size": ("train", "batch_size"),
     "lr": ("train", "lr"),
+    "local-optimizer": ("train", "optimizer"),
     "seed": ("train", "seed"),
     "device": ("train", "device"),
     "validation-fraction": ("run", "validation_fraction"),
@@ -213,7 +225,7 @@ def _cast(value: Any, like: Any, key: str) -> Any:
 def default_run_config() -> dict[str, Any]:
     """Every run config key with its default value (what ``flwr run`` lets a user override)."""
     defaults = {"federation": FederationConfig(), "model": ModelConfig(),
-                "tokenizer": TokenizerConfig(), "train": TrainConfig(epochs=1),
+                "tokenizer": TokenizerConfig(), "train": FEDERATED_TRAIN,
                 "privacy": PrivacySettings()}
     flat = {"dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
                    "max_grad_norm": 1.0},
@@ -245,7 +257,7 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
     try:
         model = dataclasses.replace(ModelConfig(), **sections["model"])
         tok = dataclasses.replace(TokenizerConfig(), **sections["tokenizer"])
-        train = dataclasses.replace(TrainConfig(epochs=1), **sections["train"], dp=dp)
+        train = dataclasses.replace(FEDERATED_TRAIN, **sections["train"], dp=dp)
         fed = dataclasses.replace(FederationConfig(), **sections["federation"])
         privacy = dataclasses.replace(PrivacySettings(), **sections["privacy"])
     except TypeError as err:

@@ -115,6 +115,9 @@ def poisson_schedule(n_examples: int, batch_size: int, epochs: int) -> tuple[flo
     return 1.0 / n_batches, epochs * n_batches
 
 
+SGD_CLIP_NORM = 1.0  # batch gradient norm cap of plain SGD without DP (DP clips per shopper)
+
+
 def lr_factor(step: int, total: int, schedule: str) -> float:
     """Learning-rate multiplier at ``step`` of ``total`` steps ("constant" or "cosine").
 
@@ -170,7 +173,12 @@ def train_model(
     batch_size = min(cfg.batch_size, len(seqs))
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer: torch.optim.Optimizer
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    clip_plain = cfg.optimizer == "sgd" and cfg.dp is None
     result = TrainResult(dp=cfg.dp is not None)
     train_module: torch.nn.Module = model
     engine = None
@@ -221,6 +229,8 @@ def train_model(
                 optimizer.zero_grad(set_to_none=True)
                 loss = sequence_loss(train_module, inputs, targets)  # type: ignore[arg-type]
                 loss.backward()
+                if clip_plain:  # plain SGD at a DP-sized lr: keep steps as bounded as under DP
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), SGD_CLIP_NORM)
                 optimizer.step()
                 if anchor is not None:
                     _proximal_step(model, anchor, cfg.lr * proximal_mu)

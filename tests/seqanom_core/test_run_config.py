@@ -32,8 +32,15 @@ def test_defaults_round_trip_and_overrides_are_typed():
     assert s.federation.num_rounds == 3 and s.budget == 2.0 and s.train.dp is not None
 
 
+def test_sites_train_with_plain_sgd_unless_told_otherwise():
+    s = settings_from_run_config({})
+    assert (s.train.optimizer, s.train.lr) == ("sgd", 1.0)
+    s = settings_from_run_config({"local-optimizer": "adamw", "lr": 0.01})
+    assert (s.train.optimizer, s.train.lr) == ("adamw", 0.01)
+
+
 @pytest.mark.parametrize("bad", [{"num-round": 3}, {"strategy": "fedsgd"}, {"num-rounds": 0},
-                                 {"dp": "maybe"}])
+                                 {"dp": "maybe"}, {"local-optimizer": "adam"}])
 def test_bad_run_config_is_a_clear_error(bad):
     with pytest.raises(ConfigError):
         settings_from_run_config(bad)

@@ -24,3 +24,26 @@ def test_constant_schedule_and_unknown_schedule():
     assert {lr_factor(s, 50, "constant") for s in range(50)} == {1.0}
     with pytest.raises(ConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_unknown_optimizer_is_a_config_error():
+    assert TrainConfig(optimizer="sgd").optimizer == "sgd"
+    with pytest.raises(ConfigError, match="optimizer"):
+        TrainConfig(optimizer="adam")
+
+
+def test_plain_sgd_at_a_dp_sized_learning_rate_trains_without_dp(small_split):
+    # without DP nothing clips per shopper: the batch gradient is capped instead, so lr 1.0
+    # (the federated sites' default) still descends
+    import numpy as np
+
+    from seqanom_core.config import ModelConfig
+    from seqanom_core.detector import make_detector
+
+    train, test, _ = small_split
+    det = make_detector("transformer", model=ModelConfig(d_model=16, n_layers=1, n_heads=2),
+                        train=TrainConfig(epochs=3, optimizer="sgd", lr=1.0),
+                        progress=False).fit(train)
+    losses = det.train_result_.epoch_losses
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert np.isfinite(det.decision_function(test)).all()
