@@ -30,6 +30,7 @@ STAT_CHANNELS: tuple[str, ...] = (*CHANNELS, "total")
 STAT_KINDS: tuple[str, ...] = ("mean", "window")
 WINDOW = 8  # events per window of the "window" statistic
 TOP_K = 3  # a shopper's score: mean of this many largest standardised statistics
+MIN_SCALE = 0.01  # nats: the smallest scale a statistic is standardised with (was 1e-3)
 DRIVER_TEXT = {
     "event": "which events and categories (behaviour x category)",
     "gap": "the timing between events",
@@ -92,14 +93,16 @@ def shopper_statistics(scores: EventScores, window: int = WINDOW) -> np.ndarray:
 def robust_scale(quartile_range: np.ndarray | float, decile_range: np.ndarray | float) -> np.ndarray:
     """Scale of a statistic: the normal-equivalent scale of its interquartile range, but at least
     half that of its 10%-90% range (when most shoppers share one value the quartiles can
-    coincide) and at least 1e-3.
+    coincide) and at least ``MIN_SCALE`` nats: a statistic that is constant on normal shoppers
+    (the gap and item heads of pre-tokenised input, which has neither) then turns float noise
+    of 1e-5..1e-3 nats into z ~ 0.1 at most, not into z ~ 1.
 
     Quantiles only (no median absolute deviation or standard deviation), so a federated
     calibrator takes exactly the same rule from pooled noisy histograms, where noise in the
     tails would inflate a variance."""
     iqr_scale = np.asarray(quartile_range) / 1.3490
     decile_scale = np.asarray(decile_range) / 2.5631
-    return np.maximum(np.maximum(iqr_scale, 0.5 * decile_scale), 1e-3)
+    return np.maximum(np.maximum(iqr_scale, 0.5 * decile_scale), MIN_SCALE)
 
 
 @dataclass
