@@ -31,7 +31,6 @@ from seqanom_core.scoring import ScoreCalibrator, shopper_statistics
 from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers, vocab_sizes
 from seqanom_core.thresholds import calibrate_threshold
 from seqanom_core.training import (
-    lr_factor,
     next_event_metrics,
     poisson_schedule,
     score_events,
@@ -129,10 +128,10 @@ def train_round(
 ) -> RoundOutcome:
     """One round of local training from the global ``arrays``, within the site's budget."""
     cfg = dataclasses.replace(settings.train, seed=settings.train.seed * 100003 + server_round)
-    # the learning-rate schedule spans the whole run (round by round), not each round's steps
+    # the learning-rate schedule spans the whole run, step by step, as one training call would
     total_rounds = server_round - 1 + max(1, rounds_left)
-    cfg = dataclasses.replace(cfg, lr_schedule="constant", lr=cfg.lr * lr_factor(
-        server_round - 1, total_rounds, cfg.lr_schedule))
+    round_steps = poisson_schedule(len(site.train), cfg.batch_size, cfg.epochs)[1]
+    span = ((server_round - 1) * round_steps, total_rounds * round_steps)
     device = resolve_device(cfg.device)
     model = _model(settings, site.train.source, arrays)
     n = len(site.train)
@@ -157,7 +156,7 @@ def train_round(
                                                    max_grad_norm=cfg.dp.max_grad_norm))
     result = train_model(model, site.train, cfg, device,
                          accountant_state=ledger.state if (ledger and cfg.dp) else None,
-                         progress=False, proximal_mu=proximal_mu)
+                         progress=False, proximal_mu=proximal_mu, schedule_span=span)
     metrics["train-loss"] = float(result.epoch_losses[-1])
     if result.accountant_state is not None and ledger is not None:
         ledger.record(result.accountant_state, run=run_id, round=server_round,

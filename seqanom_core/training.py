@@ -154,6 +154,7 @@ def train_model(
     accountant_state: AccountantState | None = None,
     progress: bool = True,
     proximal_mu: float = 0.0,
+    schedule_span: tuple[int, int] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``seqs`` for ``cfg.epochs`` (DP-SGD when ``cfg.dp`` is set).
 
@@ -211,6 +212,8 @@ def train_model(
                  sigma, cfg.dp.max_grad_norm, sample_rate, steps, delta)
 
     total = cfg.epochs * len(loader)
+    # the schedule may span more than this call: (steps before it, steps of the whole span)
+    span_start, span_total = schedule_span or (0, total)
     bar = tqdm(total=total, desc=f"train {model.config.kind}", disable=not progress or None,
                leave=False)
     step = -1
@@ -225,7 +228,7 @@ def train_model(
                     continue
                 inputs, targets = _split_batch(batch.to(device))
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(step, total, cfg.lr_schedule)
+                    group["lr"] = cfg.lr * lr_factor(span_start + step, span_total, cfg.lr_schedule)
                 optimizer.zero_grad(set_to_none=True)
                 loss = sequence_loss(train_module, inputs, targets)  # type: ignore[arg-type]
                 loss.backward()
