@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = ModelConfig(kind=args.model, d_model=args.d_model, n_layers=args.layers,
                         max_len=args.max_len)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        lr_schedule=args.lr_schedule,
+                        lr_schedule=args.lr_schedule, calibration_fraction=args.calibration_fraction,
                         alert_rate=args.alert_rate, seed=args.seed, device=args.device, dp=dp)
     seqs, _, report = load_input(args, tok)
     print(report.summary())
@@ -413,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine: 5%% linear warm-up, then cosine decay to 10%% of --lr")
     p.add_argument("--alert-rate", type=float, default=0.05,
                    help="target fraction of normal shoppers flagged (threshold calibration)")
+    p.add_argument("--calibration-fraction", type=float, default=0.2,
+                   help="fraction of shoppers held out of training to standardise scores and "
+                        "set the threshold (more gives a steadier alert rate on very regular "
+                        "logs)")
     p.add_argument("--max-len", type=int, default=128, help="window length seen by the model")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)

@@ -84,6 +84,11 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                               f"not {self.lr_schedule!r}")
+        if not 0 < self.calibration_fraction < 1:
+            raise ConfigError(f"calibration fraction must be in (0, 1), not "
+                              f"{self.calibration_fraction}")
+        if not 0 < self.alert_rate < 1:
+            raise ConfigError(f"alert rate must be in (0, 1), not {self.alert_rate}")
 
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")

@@ -42,6 +42,16 @@ def test_train_score_with_labels(workdir, capsys):
     assert len(flagged) and flagged.top_events.str.len().min() > 0  # every alert is explained
 
 
+@pytest.mark.parametrize("flag, value", [("--calibration-fraction", "1.5"),
+                                         ("--alert-rate", "0")])
+def test_bad_training_setting_is_one_line_error(workdir, capsys, flag, value):
+    code = main(["-q", "train", "--data", str(workdir / "train.csv.gz"),
+                 "--out", str(workdir / "never"), flag, value, *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and value in err and "Traceback" not in err
+    assert not (workdir / "never").exists()
+
+
 def test_train_with_dp_reports_exact_privacy(workdir, capsys):
     d = workdir
     ledger = d / "ledger.json"
