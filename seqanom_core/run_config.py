@@ -136,7 +136,6 @@ class RunSettings:
     privacy: PrivacySettings = PrivacySettings()
 
 
-# kebab-case key -> (section, field)
 #: A site's local training in a federation: plain SGD at lr 1.0 (clipped per-shopper gradients
 #: have norm <= max-grad-norm = 1), not AdamW at 1e-2 as in centralised training. Each round
 #: starts from the new global model, so an adaptive optimiser starts afresh every round: its
@@ -148,6 +147,7 @@ class RunSettings:
 #: Taobao does not gain from SGD (AdamW 0.851, SGD lr 1.0 0.844, lr 0.5 0.846).
 FEDERATED_TRAIN = TrainConfig(epochs=1, optimizer="sgd", lr=1.0)
 
+# kebab-case key -> (section, field)
 _KEYS: dict[str, tuple[str, str]] = {
     "num-rounds": ("federation", "num_rounds"),
     "strategy": ("federation", "strategy"),

@@ -116,8 +116,8 @@ class ScoreCalibrator:
     top_k: int = TOP_K
 
     def fit(self, stats: np.ndarray) -> ScoreCalibrator:
-        """Fit the median and the quantile-based scale (``robust_scale``) of each statistic ``(n_shoppers, n_stats)`` (from
-        ``shopper_statistics``) on held-out normal shoppers."""
+        """Fit the median and the quantile-based scale (``robust_scale``) of each statistic
+        ``(n_shoppers, n_stats)`` (from ``shopper_statistics``) on held-out normal shoppers."""
         q10, q25, self.center, q75, q90 = np.quantile(stats, [0.1, 0.25, 0.5, 0.75, 0.9], axis=0)
         self.scale = robust_scale(q75 - q25, q90 - q10)
         return self

@@ -128,19 +128,19 @@ def train_round(
 ) -> RoundOutcome:
     """One round of local training from the global ``arrays``, within the site's budget."""
     cfg = dataclasses.replace(settings.train, seed=settings.train.seed * 100003 + server_round)
+    n = len(site.train)
+    # the steps of this round: what is accounted under DP and what the lr schedule advances by
+    q, steps = poisson_schedule(n, cfg.batch_size, cfg.epochs)
     # the learning-rate schedule spans the whole run, step by step, as one training call would
     total_rounds = server_round - 1 + max(1, rounds_left)
-    round_steps = poisson_schedule(len(site.train), cfg.batch_size, cfg.epochs)[1]
-    span = ((server_round - 1) * round_steps, total_rounds * round_steps)
+    span = ((server_round - 1) * steps, total_rounds * steps)
     device = resolve_device(cfg.device)
     model = _model(settings, site.train.source, arrays)
-    n = len(site.train)
     metrics: dict[str, float] = {"num-examples": float(n), "declined": 0.0}
     if cfg.dp is not None:
         if ledger is None:
             raise ConfigError("DP training needs a privacy ledger")
         delta = ledger.fix_delta(cfg.dp.delta or ledger.delta or default_delta(n))
-        q, steps = poisson_schedule(n, cfg.batch_size, cfg.epochs)
         try:
             if cfg.dp.noise_multiplier is not None:
                 sigma = cfg.dp.noise_multiplier

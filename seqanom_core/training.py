@@ -174,11 +174,8 @@ def train_model(
     batch_size = min(cfg.batch_size, len(seqs))
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
-    optimizer: torch.optim.Optimizer
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.AdamW
+    optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     clip_plain = cfg.optimizer == "sgd" and cfg.dp is None
     result = TrainResult(dp=cfg.dp is not None)
     train_module: torch.nn.Module = model
