@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,20 +22,48 @@ import numpy as np
 
 from seqanom_core.errors import ConfigError, SeqanomError
 
-EXIT_ERROR = 2
+EXIT_ERROR = 2  # bad input or settings: a one-line error
+EXIT_INTERNAL = 3  # an unexpected failure (traceback with --verbose)
 log = logging.getLogger("seqanom")
 
 
 # --------------------------------------------------------------------------- input helpers
-def add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """--data / --format / --mapping / --quarantine."""
+def seed_int(text: str) -> int:
+    """argparse type of --seed: a non-negative integer (NumPy rejects negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def distinct_outputs(**paths: str | None) -> None:
+    """Refuse output options that name the same file (one would silently overwrite the other)."""
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        key = Path(path).expanduser().resolve()
+        flag = "--" + option.replace("_", "-")
+        if key in seen:
+            raise ConfigError(f"{seen[key]} and {flag} both name {path}; give them different files")
+        seen[key] = flag
+
+
+def add_input_args(p: argparse.ArgumentParser, required: bool = True, tokens: bool = True) -> None:
+    """--data / --format / --mapping / --quarantine (``tokens``: the command reads token files)."""
     from seqanom_core.formats import list_formats
 
     p.add_argument("--data", required=required, metavar="PATH",
-                   help="events file: .csv, .csv.gz or .parquet (or .txt for --format tokens)")
+                   help="events file: .csv, .csv.gz or .parquet"
+                   + (" (or .txt for --format tokens)" if tokens else ""))
+    token_text = ("'tokens' (one sequence of space-separated integer event ids per line), "
+                  if tokens else "")
     p.add_argument("--format", default="seqanom", metavar="NAME",
-                   help="input format: " + ", ".join(list_formats()) + ", 'tokens' (one sequence "
-                   "of space-separated integer event ids per line), or 'generic' with --mapping "
+                   help="input format: " + ", ".join(list_formats()) + ", " + token_text
+                   + "or 'generic' with --mapping "
                    "(default: seqanom, the canonical format written by synth/inject)")
     p.add_argument("--mapping", metavar="SPEC",
                    help="with --format generic: column mapping, e.g. "
@@ -59,7 +88,10 @@ def read_event_input(args: argparse.Namespace) -> tuple[Any, Any]:
         fmt = parse_mapping(args.mapping)
     elif args.mapping:
         raise ConfigError("--mapping is only used with --format generic")
-    return read_events(args.data, fmt, quarantine_path=args.quarantine)
+    events, report = read_events(args.data, fmt, quarantine_path=args.quarantine)
+    if events.num_rows == 0:
+        raise ConfigError(f"{args.data}: no valid rows ({report.summary()})")
+    return events, report
 
 
 def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]:
@@ -71,8 +103,6 @@ def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]
         toks, report = read_token_sequences(args.data, quarantine_path=args.quarantine)
         return sequences_from_tokens(toks.ids, toks.tokens, tokenizer), None, report
     events, report = read_event_input(args)
-    if events.num_rows == 0:
-        raise ConfigError(f"{args.data}: no valid rows ({report.summary()})")
     return build_sequences(events, tokenizer), events, report
 
 
@@ -94,9 +124,18 @@ def read_labels(path: str) -> dict[str, tuple[int, str]]:
     for col in ("user_id", "is_anomalous"):
         if col not in df.columns:
             raise ConfigError(f"{path}: labels need a '{col}' column (found {list(df.columns)})")
+    flags = df["is_anomalous"].astype(str).str.strip()
+    bad = ~flags.isin(["0", "1"])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ConfigError(f"{path}: line {row + 2}: is_anomalous must be 0 or 1, not "
+                          f"{df['is_anomalous'].iloc[row]!r} ({int(bad.sum())} such rows)")
+    dup = df["user_id"].duplicated(keep=False)
+    if dup.any():
+        raise ConfigError(f"{path}: user_id {df['user_id'][dup].iloc[0]!r} is listed more than once "
+                          f"({int(dup.sum())} rows share an id)")
     kinds = df["kind"].astype(str) if "kind" in df.columns else [""] * len(df)
-    return {u: (int(y), str(k)) for u, y, k in zip(df["user_id"], df["is_anomalous"], kinds,
-                                                     strict=True)}
+    return {u: (int(y), str(k)) for u, y, k in zip(df["user_id"], flags, kinds, strict=True)}
 
 
 # --------------------------------------------------------------------------- commands
@@ -120,6 +159,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         lr_schedule=args.lr_schedule, calibration_fraction=args.calibration_fraction,
                         alert_rate=args.alert_rate, seed=args.seed, device=args.device, dp=dp)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a model directory")
+    distinct_outputs(quarantine=args.quarantine, ledger=args.ledger)
     seqs, _, report = load_input(args, tok)
     print(report.summary())
     prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
@@ -156,6 +199,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from seqanom_core.detector import SequenceDetector
     from seqanom_core.metrics import detection_report
 
+    distinct_outputs(out=args.out, metrics_out=args.metrics_out, quarantine=args.quarantine)
+    for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
+        if path is not None and Path(path).is_dir():
+            raise ConfigError(f"{option} {path} is a directory, not a file")
     det = SequenceDetector.load(args.model, device=args.device, progress=not args.quiet)
     if (det.source_ == "tokens") != (args.format == "tokens"):
         raise ConfigError(f"{args.model} was trained on '{det.source_}' input; "
@@ -188,6 +235,10 @@ def cmd_score(args: argparse.Namespace) -> int:
                               f"(e.g. {missing[0]!r})")
         y = np.array([labels[u][0] for u in scored.ids])
         kinds = [labels[u][1] for u in scored.ids]
+        if len(set(y.tolist())) < 2:
+            print(f"against {args.labels}: all {len(y)} scored shoppers are labelled "
+                  f"{'anomalous' if y[0] else 'normal'}, so AUROC and AUPRC are undefined")
+            return 0
         rep = detection_report(y, scored.scores, det.threshold_, kinds)
         print(f"against {args.labels}: AUROC {rep['auroc']:.4f}, AUPRC {rep['auprc']:.4f}, "
               f"precision {rep['at_threshold']['precision']:.3f} / recall "
@@ -214,6 +265,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from seqanom_core.ingest import write_events
     from simulation.inject import inject_anomalies
 
+    distinct_outputs(out=args.out, labels=args.labels, quarantine=args.quarantine)
     events, report = read_event_input(args)
     print(report.summary())
     kinds = args.kinds.split(",") if args.kinds else None
@@ -235,6 +287,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     if not 0 < args.test_fraction < 1:
         raise ConfigError(f"--test-fraction must be in (0, 1), not {args.test_fraction}")
+    distinct_outputs(train_out=args.train_out, test_out=args.test_out, quarantine=args.quarantine)
     events, report = read_event_input(args)
     print(report.summary())
     train, test = split_events_by_shopper(events, args.test_fraction, args.seed)
@@ -303,12 +356,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     into each site's test shoppers, train one global model with Flower (DP-SGD at every site),
     compare it with centralised, site-alone and IsolationForest baselines on the same test
     shoppers, and write RUN_DIR/report.md, figures, metrics.json, checkpoints and model/."""
+    from seqanom_core.formats import parse_mapping
     from simulation.run import SimulationConfig, prepare_flwr_run, simulate
 
-    if args.data is None and args.format != "taobao":
-        raise ConfigError("--format is only used with --data")
+    if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
+        raise ConfigError("--format, --mapping and --quarantine are only used with --data")
+    fmt: Any = args.format
+    if args.format == "generic":
+        if not args.mapping:
+            raise ConfigError("--format generic needs --mapping")
+        fmt = parse_mapping(args.mapping)
+    elif args.mapping:
+        raise ConfigError("--mapping is only used with --format generic")
+    elif args.format == "tokens":
+        raise ConfigError("simulate works on event logs, not on pre-tokenised sequences")
     cfg = SimulationConfig(
-        out=Path(args.out), data=Path(args.data) if args.data else None, fmt=args.format,
+        out=Path(args.out), data=Path(args.data) if args.data else None, fmt=fmt,
+        quarantine=Path(args.quarantine) if args.quarantine else None,
         shoppers=args.shoppers, sites=args.sites,
         partition=args.partition or ("natural" if args.data is None else "iid"),
         alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, model=args.model,
@@ -325,6 +389,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               f"--federation-config 'num-supernodes={cfg.sites}' --stream")
         return 0
     metrics = simulate(cfg)
+    if (metrics.get("ingest") or {}).get("summary"):
+        print(metrics["ingest"]["summary"])
     ev = metrics.get("evaluation", {})
     print(f"simulation finished in {metrics['seconds']:.0f} s; report: {cfg.out / 'report.md'}")
     for name, m in ev.items():
@@ -359,7 +425,10 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise ConfigError(f"{args.path}: cannot read privacy ledger: {err}") from err
     if isinstance(data, dict) and "version" not in data and "history" in data:
-        ledger = PrivacyLedger(state=AccountantState.from_dict(data))  # seqanom train --ledger
+        try:  # seqanom train --ledger
+            ledger = PrivacyLedger(state=AccountantState.from_dict(data))
+        except ConfigError as err:
+            raise ConfigError(f"{args.path}: {err}") from err
     else:
         ledger = PrivacyLedger.load(args.path)
     s = ledger.summary()
@@ -431,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="with --dp: per-shopper clip")
     p.add_argument("--ledger", metavar="PATH",
                    help="with --dp: accountant state to continue from and update (epsilon accumulates)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 
     p = add("score", cmd_score, "score shoppers with a model directory")
@@ -448,36 +517,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = add("inject", cmd_inject, "inject labelled anomalies into shoppers of an event log")
-    add_input_args(p)
+    add_input_args(p, tokens=False)
     p.add_argument("--out", required=True, metavar="EVENTS", help=".csv, .csv.gz or .parquet")
     p.add_argument("--labels", required=True, metavar="LABELS.csv")
     p.add_argument("--rate", type=float, default=0.1, help="fraction of shoppers made anomalous")
     p.add_argument("--kinds", help="comma-separated anomaly kinds (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
     p = add("split", cmd_split, "split an event log by shopper into train and test files")
-    add_input_args(p)
+    add_input_args(p, tokens=False)
     p.add_argument("--train-out", required=True, metavar="PATH", help=".csv, .csv.gz or .parquet")
     p.add_argument("--test-out", required=True, metavar="PATH")
     p.add_argument("--test-fraction", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
     p = add("synth", cmd_synth, "generate synthetic shopper events")
     p.add_argument("--shoppers", type=int, required=True)
     p.add_argument("--sites", type=int, default=1)
     p.add_argument("--out", required=True, metavar="PATH", help=".csv, .csv.gz or .parquet")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
     p = add("demo", cmd_demo, "main job on built-in data: synth, train, inject, score, report")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
     p.add_argument("--shoppers", type=int, default=1500)
     p.add_argument("--model", choices=["transformer", "lstm"], default="transformer")
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
     p = add("simulate", cmd_simulate, "simulate a federation of sites on one machine, with report")
     p.add_argument("--data", metavar="PATH", help="event log to partition (default: built-in generator)")
     p.add_argument("--format", default="taobao", help="with --data: format name (see 'train --help')")
+    p.add_argument("--mapping", metavar="SPEC",
+                   help="with --format generic: column mapping (as for 'train --help')")
+    p.add_argument("--quarantine", metavar="PATH",
+                   help="with --data: write rejected rows (with reason and line) to this CSV")
     p.add_argument("--shoppers", type=int, default=1200, help="built-in data: shoppers in all")
     p.add_argument("--sites", type=int, default=4)
     p.add_argument("--partition", choices=["natural", "iid", "dirichlet"],
@@ -508,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the sites and RUN_DIR/run-config.toml, for 'flwr run'")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
     p = add("ledger", cmd_ledger, "show a site's privacy ledger (epsilon per run, total, budget)")
     p.add_argument("path", metavar="LEDGER.json")
@@ -523,21 +596,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """Log to the console at INFO (``--verbose``) or WARNING, unless the process already has
+    root handlers (embedding, tests): then like ``logging.basicConfig``, leave them alone.
+
+    The handler's own level matters: records of loggers that set a lower level themselves
+    (Flower's ``flwr`` logs at DEBUG) pass the root logger's level and would be printed; and
+    Flower prints its INFO lines through its own handler, so ``flwr`` does not propagate here."""
+    level = logging.INFO if verbose else logging.WARNING
+    root = logging.getLogger()
+    root.setLevel(level)
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)
+    root.addHandler(handler)
+    logging.getLogger("flwr").propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seqanom`` console command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return int(args.func(args))
     except SeqanomError as err:
         print(f"seqanom {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as err:  # a path we cannot read or write: name it
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"seqanom {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a case the checks above missed: one line, traceback on request
+        if args.verbose:
+            raise
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else ""
+        print(f"seqanom {args.command}: internal error: {type(err).__name__}: {first} "
+              "(run again with --verbose for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def console_main() -> None:
+    """The ``seqanom`` console command: ``main``, then exit with its status.
+
+    An error exit leaves the process at once after flushing the console (``os._exit``): an
+    error can interrupt a multi-threaded Arrow read, and the interpreter's teardown of Arrow's
+    thread pool then sometimes aborts the process ("terminate called without an active
+    exception", status 134 instead of 2). Every file this command writes is closed by then."""
+    code = main()
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from seqanom_core.errors import ConfigError
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    """Reject a count below 1 (one line, naming the setting)."""
+    if int(value) != value or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, not {value}")
 
 
 @dataclass(frozen=True)
@@ -18,6 +25,15 @@ class TokenizerConfig:
     session_gap_s: float = 1800.0  # a gap longer than this starts a new session
     token_buckets: int = 512  # pre-tokenised format: event ids are folded into this many buckets
     hash_seed: int = 0  # seed of the category hash (all sites must use the same)
+
+    def __post_init__(self) -> None:
+        for name in ("category_buckets", "gap_buckets", "token_buckets"):
+            _check_positive_int(name, getattr(self, name))
+        if not (math.isfinite(self.session_gap_s) and self.session_gap_s > 0):
+            raise ConfigError(f"session gap must be a positive number of seconds, not "
+                              f"{self.session_gap_s}")
+        if self.hash_seed < 0:
+            raise ConfigError(f"hash_seed must be 0 or more, not {self.hash_seed}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,10 @@ class ModelConfig:
     max_len: int = 128  # window length (positions) the model sees at once
 
     def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads"):
+            _check_positive_int(name, getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.kind not in ("transformer", "lstm"):
             raise ConfigError(f"model kind must be 'transformer' or 'lstm', not {self.kind!r}")
         if self.kind == "transformer" and self.d_model % self.n_heads:
@@ -52,11 +72,15 @@ class DPConfig:
     def __post_init__(self) -> None:
         if (self.epsilon is None) == (self.noise_multiplier is None):
             raise ConfigError("DP needs exactly one of epsilon or noise_multiplier")
-        if self.epsilon is not None and self.epsilon <= 0:
-            raise ConfigError(f"epsilon must be positive, not {self.epsilon}")
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ConfigError(f"epsilon must be a positive number, not {self.epsilon}")
+        if self.noise_multiplier is not None and not (
+                math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise ConfigError(f"noise multiplier must be a positive number, not "
+                              f"{self.noise_multiplier}")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ConfigError(f"delta must be in (0, 1), not {self.delta}")
-        if self.max_grad_norm <= 0:
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise ConfigError(f"max_grad_norm must be positive, not {self.max_grad_norm}")
 
 
@@ -78,6 +102,14 @@ class TrainConfig:
     dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
+        _check_positive_int("epochs", self.epochs)
+        _check_positive_int("batch_size", self.batch_size)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be a positive number, not {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight decay must be 0 or more, not {self.weight_decay}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be 0 or more, not {self.seed}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                               f"not {self.optimizer!r}")

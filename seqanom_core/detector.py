@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,13 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from seqanom_core.config import DetectorConfig, ModelConfig, TokenizerConfig, TrainConfig
-from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError
+from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError, SeqanomError
 from seqanom_core.models import NextEventModel, build_model, resolve_device
 from seqanom_core.privacy import UNIT, AccountantState
 from seqanom_core.schema import BEHAVIORS
 from seqanom_core.scoring import DRIVER_TEXT, ScoreCalibrator, shopper_statistics, stat_names
 from seqanom_core.sequences import (
+    CHANNELS,
     ITEM_NAMES,
     SequenceSet,
     build_sequences,
@@ -274,25 +276,42 @@ class SequenceDetector:
         missing = [f for f in (WEIGHTS, CONFIG, CALIBRATION, METADATA) if not (d / f).is_file()]
         if missing:
             raise ModelFileError(f"{d}: missing {', '.join(missing)}")
+        cfg_raw, cal, meta = (_read_json_object(d / name) for name in (CONFIG, CALIBRATION, METADATA))
+        missing = [k for k in ("vocab", "tokenizer", "model", "train") if k not in cfg_raw]
+        if missing:
+            raise ModelFileError(f"{d / CONFIG}: missing {', '.join(missing)}")
+        vocab = cfg_raw.pop("vocab")
+        if not (isinstance(vocab, dict) and set(vocab) == set(CHANNELS)
+                and all(isinstance(v, int) and v > 0 for v in vocab.values())):
+            raise ModelFileError(f"{d / CONFIG}: 'vocab' must give a positive size for each of "
+                                 f"{', '.join(CHANNELS)}")
         try:
-            cfg_raw = json.loads((d / CONFIG).read_text())
-            vocab = cfg_raw.pop("vocab")
             cfg = DetectorConfig.from_dict(cfg_raw)
-            cal = json.loads((d / CALIBRATION).read_text())
-            meta = json.loads((d / METADATA).read_text())
-        except (ValueError, KeyError) as err:
-            raise ModelFileError(f"{d}: unreadable model files: {err}") from err
+        except SeqanomError as err:
+            raise ModelFileError(f"{d / CONFIG}: {err}") from err
         model: NextEventModel = build_model(cfg.model, vocab)
         try:
             load_model(model, str(d / WEIGHTS), strict=True)
-        except (RuntimeError, OSError, ValueError) as err:
-            raise ModelFileError(f"{d / WEIGHTS}: weights do not fit the configured model: {err}") from err
+        except Exception as err:  # safetensors' own error types, torch's size-mismatch report
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            more = f" (and {len(lines) - 1} more lines)" if len(lines) > 1 else ""
+            raise ModelFileError(f"{d / WEIGHTS}: weights do not fit the configured model or are "
+                                 f"damaged: {lines[0].strip()}{more}") from err
+        bad = [k for k, v in model.state_dict().items()
+               if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ModelFileError(f"{d / WEIGHTS}: {len(bad)} weight tensors hold NaN or Inf "
+                                 f"(e.g. {bad[0]}); the file is damaged")
         try:
             calibrator = ScoreCalibrator.from_dict(cal)
-        except (ValueError, KeyError) as err:
-            raise ModelFileError(f"{d / CALIBRATION}: {err}") from err
+            threshold = float(cal["threshold"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ModelFileError(f"{d / CALIBRATION}: {err!s} "
+                                 f"{'is missing' if isinstance(err, KeyError) else ''}".strip()) from err
+        if not math.isfinite(threshold):
+            raise ModelFileError(f"{d / CALIBRATION}: threshold must be a finite number, not {threshold}")
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
-        det = cls.from_parts(cfg, model, calibrator, float(cal["threshold"]), meta, device=device,
+        det = cls.from_parts(cfg, model, calibrator, threshold, meta, device=device,
                              progress=progress)
         det.metadata_ = meta  # as saved
         acc = AccountantState.load(d / ACCOUNTANT) if (d / ACCOUNTANT).is_file() else None
@@ -303,6 +322,17 @@ class SequenceDetector:
             noise_multiplier=meta.get("privacy", {}).get("noise_multiplier"),
         )
         return det
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A model directory's JSON file, which must hold an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelFileError(f"{path}: unreadable: {err}") from err
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 class TransformerDetector(SequenceDetector):

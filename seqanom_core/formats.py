@@ -17,17 +17,22 @@ Generic mapping mini-language (``parse_mapping``), for sites whose logs use thei
 * Optional: ``site=COLUMN``; ``behaviors=SRC:NAME;SRC:NAME`` (source value -> one of
   ``view, cart, fav, buy``; default: the canonical names and their integer codes 0-3);
   ``drop=VALUE;VALUE`` (behaviour values that are known but not modelled: quarantined under
-  their own reason); ``time=unix_s|unix_ms|datetime|date|month_day`` (default ``unix_s``;
+  their own reason; a dropped value leaves the default ``behaviors``, and may not be listed
+  in explicit ones); ``time=unix_s|unix_ms|datetime|date|month_day`` (default ``unix_s``;
   ``datetime`` is ISO 8601 or ``YYYY-MM-DD HH:MM:SS[.fff][Z| UTC|+HH:MM]``, naive = UTC);
   ``year=YYYY`` (for ``month_day``); ``time_offset_ms=COLUMN`` (milliseconds added to the
   timestamp); ``delimiter=CHAR`` (or ``comma``, ``semicolon``, ``tab``, ``pipe``, ``space``);
   ``columns=A;B;C`` (positional column order, for files without a header; without it a
   header is required); ``constant_behavior=NAME``; ``encoding=NAME``; ``name=LABEL``.
-* Unknown keys, repeated keys and bad values raise :class:`~seqanom_core.errors.ConfigError`.
+* Unknown keys, repeated keys, bad values (e.g. an unknown ``encoding``) and conflicts raise
+  :class:`~seqanom_core.errors.ConfigError`. Conflicts: two fields naming the same column
+  (except ``category_id`` = the ``item_id`` column, which means the same as ``category_id=-``),
+  a source value given two targets in ``behaviors``, a ``drop`` value also in ``behaviors``.
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -53,6 +58,16 @@ MAPPED_FIELDS: tuple[str, ...] = (
 _CANONICAL_VALUES: tuple[tuple[str, str], ...] = tuple((b, b) for b in BEHAVIORS) + tuple(
     (str(code), b) for code, b in enumerate(BEHAVIORS)
 )
+
+
+def _is_text_encoding(name: str) -> bool:
+    """Return whether Python can decode bytes as text in encoding ``name``."""
+    try:
+        codecs.lookup(name)
+        b"ab".decode(name, "ignore")  # codecs such as base64 or rot13 are not text encodings
+    except (LookupError, TypeError, ValueError):
+        return False
+    return True
 
 
 def normalize_name(name: str) -> str:
@@ -99,6 +114,7 @@ class FormatSpec:
     def __post_init__(self) -> None:
         """Check the spec is self-consistent."""
         where = f"format '{self.name}'"
+        self._check_conflicts(where)
         if self.time_kind not in TIME_KINDS:
             raise ConfigError(f"{where}: time kind '{self.time_kind}' is not one of {TIME_KINDS}")
         if self.time_kind == "month_day" and self.year is None:
@@ -122,6 +138,35 @@ class FormatSpec:
                 raise ConfigError(f"{where}: positional columns {self.columns} lack {absent}")
             if len(set(self.columns)) != len(self.columns):
                 raise ConfigError(f"{where}: positional columns repeat a name: {self.columns}")
+
+    def _check_conflicts(self, where: str) -> None:
+        """Reject fields sharing a column, a behaviour value with two targets, a mapped drop value."""
+        owner: dict[str, str] = {}
+        for fld, col in self.field_columns().items():
+            other = owner.setdefault(normalize_name(col), fld)
+            if other != fld and {other, fld} != {"item_id", "category_id"}:
+                raise ConfigError(
+                    f"{where}: fields '{other}' and '{fld}' both read column '{col}'; "
+                    "each field needs its own column"
+                )
+        target: dict[str, str] = {}
+        for value, canonical in self.behaviors:
+            key = value.strip().lower()
+            if target.setdefault(key, canonical) != canonical:
+                raise ConfigError(
+                    f"{where}: behaviour value {value!r} is mapped twice, to "
+                    f"'{target[key]}' and to '{canonical}'"
+                )
+        for value in self.dropped_behaviors:
+            key = value.strip().lower()
+            if key in target:
+                raise ConfigError(
+                    f"{where}: behaviour value {value!r} is both dropped and mapped to "
+                    f"'{target[key]}'; remove it from one of the two lists"
+                )
+        for encoding in self.encodings:
+            if not _is_text_encoding(encoding):
+                raise ConfigError(f"{where}: encoding {encoding!r} is not a known text encoding")
 
     def field_columns(self) -> dict[str, str]:
         """Return canonical field -> source column, for the fields read from a column."""
@@ -399,7 +444,11 @@ def parse_mapping(spec: str) -> FormatSpec:
             pairs.append((src.strip(), canonical.strip()))
         kwargs["behaviors"] = tuple(pairs)
     if "drop" in values:
-        kwargs["dropped_behaviors"] = tuple(v.strip() for v in values["drop"].split(";") if v.strip())
+        dropped = tuple(v.strip() for v in values["drop"].split(";") if v.strip())
+        kwargs["dropped_behaviors"] = dropped
+        if "behaviors" not in values:  # dropping a default value takes it out of the defaults
+            gone = {v.lower() for v in dropped}
+            kwargs["behaviors"] = tuple(pair for pair in _CANONICAL_VALUES if pair[0] not in gone)
     if "time" in values:
         kind, _, year = values["time"].partition(":")
         kind = _TIME_ALIASES.get(kind.strip().lower(), kind.strip().lower())
@@ -422,6 +471,8 @@ def parse_mapping(spec: str) -> FormatSpec:
     if "constant_behavior" in values:
         kwargs["constant_behavior"] = values["constant_behavior"]
     if "encoding" in values:
+        if not _is_text_encoding(values["encoding"]):
+            raise ConfigError(f"mapping: encoding '{values['encoding']}' is not a known text encoding")
         kwargs["encodings"] = (values["encoding"],)
     try:
         result = FormatSpec(

@@ -2,10 +2,12 @@
 
 Whole-file problems (missing or unreadable file, empty file, corrupt gzip, missing column, a
 field that no row can be parsed as) raise :class:`DataFileError` / :class:`SchemaError` with a
-one-line message that starts with the file path. Row-level problems (null ids, unparseable
-timestamps, unknown behaviours, ragged rows, ...) are dropped, counted by reason in the
-:class:`IngestReport` and, when asked, written to a quarantine CSV with their raw values, the
-reason and the 1-based source line (parquet: row) number. Row order is kept.
+one-line message that starts with the file path. Row-level problems (null or blank ids,
+unparseable timestamps, timestamps outside ``schema.TIMESTAMP_WINDOW``, unknown behaviours, ragged
+rows, ...) are dropped, counted by reason in the :class:`IngestReport` and, when asked, written
+to a quarantine CSV with their raw values, the reason and the 1-based source line (parquet: row)
+number. Row order is kept. A headerless file is read positionally even when its first row is
+bad (that row is then quarantined like any other).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +31,22 @@ import pyarrow.parquet as pq
 
 from seqanom_core.errors import ConfigError, DataFileError, SchemaError
 from seqanom_core.formats import FormatSpec, get_format, normalize_name, parse_mapping
-from seqanom_core.schema import BEHAVIORS, EVENT_SCHEMA, SITE_FIELD, check_events
+from seqanom_core.schema import (
+    BEHAVIORS,
+    EVENT_SCHEMA,
+    SITE_FIELD,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
+    TIMESTAMP_WINDOW,
+    check_events,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Cell values read as missing (for ids this means "null id").
+#: Cell values read as missing (for ids this means "null id"); so is a blank (whitespace) cell.
 NULL_VALUES: list[str] = ["", "NA", "N/A", "NULL", "null", "None", "NaN", "nan"]
+#: Quarantine reason of a parsed timestamp outside the plausible window.
+OUT_OF_RANGE = f"timestamp out of range ({TIMESTAMP_WINDOW})"
 
 _HEAD_BYTES = 1 << 16
 _BLOCK_SIZE = 1 << 22
@@ -53,6 +66,8 @@ _TIME_DESCRIPTIONS = {
 }
 _NULL_CODE = -100
 _UNKNOWN_CODE = -1
+_SNIFF_ROWS = 50
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -198,7 +213,10 @@ def _header_problem(p: Path, spec: FormatSpec, names: list[str]) -> SchemaError:
 
 
 def _row_parses(lay: FormatSpec, fields: list[str]) -> bool:
-    """Return whether one positional row looks like data of a layout."""
+    """Return whether one positional row (as wide as the layout) looks like data of it.
+
+    Data here means: user and item ids present, the timestamp parses and lies in the window.
+    """
     row = dict(zip(lay.columns, fields, strict=True))
     for fld, col in lay.field_columns().items():
         if fld in ("user_id", "item_id") and row[col].strip() in NULL_VALUES:
@@ -206,32 +224,56 @@ def _row_parses(lay: FormatSpec, fields: list[str]) -> bool:
     raw = {"timestamp": pa.chunked_array([pa.array([row[lay.timestamp]])])}
     if lay.time_offset_ms:
         raw["timestamp_offset"] = pa.chunked_array([pa.array([row[lay.time_offset_ms]])])
-    return bool(np.isfinite(_parse_time(raw, lay)).all())
+    ts = _parse_time(raw, lay)
+    return bool(((ts >= TIMESTAMP_MIN) & (ts <= TIMESTAMP_MAX)).all())  # NaN: False
 
 
 def _choose_csv_layout(
-    p: Path, spec: FormatSpec, fields: list[str]
+    p: Path, spec: FormatSpec, rows: list[list[str]]
 ) -> tuple[FormatSpec, dict[str, int] | None]:
-    """Pick the layout of a CSV from its first line: a header (name map) or positional (None)."""
+    """Pick the layout of a CSV from its first rows: a header (name map) or positional (None).
+
+    A first line that is not a header of the format is data (a bad first row is quarantined
+    later like any other); the positional layout is then the one most of the first rows fit.
+    """
+    fields = rows[0]
     matched = _match_header(spec, fields)
     if matched is not None:
         return matched
-    for lay in spec.layouts():
-        if lay.columns and len(lay.columns) == len(fields) and _row_parses(lay, fields):
+    positional = [lay for lay in spec.layouts() if lay.columns]
+    for lay in positional:
+        if len(lay.columns) == len(fields) and _row_parses(lay, fields):
             return lay, None
     norm = {normalize_name(f) for f in fields}
     known = {n for lay in spec.layouts() for c in lay.source_columns() for n in lay.header_names(c)}
     if norm & known:
         raise _header_problem(p, spec, fields)
-    shapes = "; or ".join(
-        f"{len(lay.columns)} fields ({','.join(lay.columns)})" for lay in spec.layouts() if lay.columns
-    )
-    raise SchemaError(
-        f"{p}: first line is neither a '{spec.name}' header nor a data row; expected a header "
-        f"naming {', '.join(spec.required_columns())}"
-        + (f", or {shapes}" if shapes else "")
-        + f"; found {len(fields)} field(s): {','.join(fields)[:200]!r}"
-    )
+    if not positional:
+        raise SchemaError(
+            f"{p}: first line is not a '{spec.name}' header; expected a header naming "
+            f"{', '.join(spec.required_columns())} (or give the column order with columns=); "
+            f"found {len(fields)} field(s): {','.join(fields)[:200]!r}"
+        )
+
+    def fit(lay: FormatSpec) -> tuple[int, int]:
+        """Count the sampled rows that parse as, and that have the width of, a layout."""
+        wide = [r for r in rows if len(r) == len(lay.columns)]
+        return sum(_row_parses(lay, r) for r in wide), len(wide)
+
+    return max(positional, key=fit), None  # ties: the first layout
+
+
+def _sniff_rows(lines: list[str], delimiter: str) -> list[list[str]]:
+    """Split the first non-blank lines of a file into stripped fields (for choosing a layout)."""
+    rows: list[list[str]] = []
+    try:
+        for row in csv.reader((ln for ln in lines if ln.strip()), delimiter=delimiter):
+            rows.append([f.strip() for f in row])
+            if len(rows) >= _SNIFF_ROWS:
+                break
+    except csv.Error:
+        pass  # a malformed line ends the sample; the arrow reader reports it precisely
+    return rows
 
 
 # --------------------------------------------------------------------------- conversions
@@ -310,7 +352,7 @@ def _by_dictionary(
         values = chunk.dictionary
         if not pa.types.is_string(values.type):
             values = values.cast(pa.string())
-        lookup = np.append(np.asarray(fn(values), dtype=dtype), np.asarray(null_value, dtype=dtype))
+        lookup: np.ndarray = np.append(np.asarray(fn(values), dtype=dtype), np.asarray(null_value, dtype=dtype))
         idx = pc.fill_null(chunk.indices, len(values)).to_numpy(zero_copy_only=False)
         parts.append(lookup[idx])
     return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
@@ -348,6 +390,7 @@ def _to_seconds(col: pa.ChunkedArray, kind: str, year: int | None, scale: float 
         try:
             vals = pc.cast(col, pa.float64())
         except pa.ArrowInvalid:
+            col = pc.utf8_trim_whitespace(col)  # ' 1511544070 ' reads like '1511544070'
             ok = pc.match_substring_regex(col, _NUM_RE)
             vals = pc.cast(pc.if_else(ok, col, pa.scalar(None, pa.string())), pa.float64())
         out = vals.to_numpy() * ((0.001 if kind == "unix_ms" else 1.0) * scale)
@@ -394,6 +437,44 @@ def _null_mask(col: pa.ChunkedArray) -> np.ndarray | None:
     return np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def _blank(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Return where string values are empty or only whitespace (null: True)."""
+    blank = pc.or_(pc.utf8_is_space(values), pc.equal(pc.binary_length(values), 0))
+    return np.asarray(pc.fill_null(blank, True).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _missing_mask(col: pa.ChunkedArray) -> np.ndarray | None:
+    """Return where a column is null or blank (empty or whitespace only), or None when nowhere."""
+    if pa.types.is_dictionary(col.type):
+        mask = _by_dictionary(col, _blank, True, np.bool_)
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        mask = _blank(col)
+    else:
+        return _null_mask(col)
+    return mask if mask.any() else None
+
+
+def _describe_time(seconds: float) -> str:
+    """Return Unix seconds as a UTC date-time, or as a number when no calendar date fits."""
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        year = 1970 + seconds / 31_556_952
+        return f"{seconds:.6g} s from 1970, about year {year:.0f}" if abs(year) < 1e9 else f"{seconds:.6g} s from 1970"
+
+
+def _unit_hint(ts: np.ndarray, kind: str) -> str:
+    """Suggest the other Unix unit when most out-of-range values fit the window in it (else '')."""
+    other = {"unix_s": ("unix_ms", 1e-3, "milliseconds"), "unix_ms": ("unix_s", 1e3, "seconds")}
+    if kind not in other or not len(ts):
+        return ""
+    name, factor, words = other[kind]
+    scaled = ts * factor
+    if ((scaled >= TIMESTAMP_MIN) & (scaled <= TIMESTAMP_MAX)).mean() <= 0.5:
+        return ""
+    return f"; the values look like Unix {words} (time={name} in a generic mapping)"
+
+
 def _example(col: pa.ChunkedArray, mask: np.ndarray) -> str:
     """Return the first raw value where mask is set, as a string."""
     i = int(np.flatnonzero(mask)[0])
@@ -406,7 +487,7 @@ def _convert(
 ) -> tuple[dict[str, pa.ChunkedArray | pa.Array], list[tuple[str, np.ndarray]]]:
     """Convert raw source columns to canonical columns; return them and per-reason masks."""
     checks: list[tuple[str, np.ndarray]] = []
-    nulls = {fld: _null_mask(col) for fld, col in raw.items()}
+    nulls = {fld: _missing_mask(col) for fld, col in raw.items()}
     empty = np.logical_and.reduce(
         [m if m is not None else np.zeros(n, dtype=bool) for m in nulls.values()]
     ) if n else np.zeros(0, dtype=bool)
@@ -468,14 +549,28 @@ def _convert(
             raise SchemaError(f"{p}: field 'timestamp': every row is empty (column '{lay.timestamp}')")
         checks.append(("null timestamp", null_t))
     present = filled if null_t is None else filled & ~null_t
-    if present.any() and bad_t[present].all():
-        ex = _example(raw["timestamp"], bad_t)
+    far = ~np.isnan(ts) & ((ts < TIMESTAMP_MIN) | (ts > TIMESTAMP_MAX))
+    if present.any() and (bad_t | far)[present].all():
+        if not far[present].any():
+            ex = _example(raw["timestamp"], bad_t)
+            raise SchemaError(
+                f"{p}: field 'timestamp': no row parses as {_TIME_DESCRIPTIONS[lay.time_kind]} "
+                f"(e.g. {ex!r}, column '{lay.timestamp}')"
+            )
+        i = int(np.flatnonzero(far & present)[0])
         raise SchemaError(
-            f"{p}: field 'timestamp': no row parses as {_TIME_DESCRIPTIONS[lay.time_kind]} "
-            f"(e.g. {ex!r}, column '{lay.timestamp}')"
+            f"{p}: field 'timestamp': no row has a time in {TIMESTAMP_WINDOW} "
+            f"(e.g. {str(raw['timestamp'][i].as_py())!r} is {_describe_time(float(ts[i]))}, "
+            f"column '{lay.timestamp}' read as {_TIME_DESCRIPTIONS[lay.time_kind]})"
+            + _unit_hint(ts[far], lay.time_kind)
         )
     if bad_t.any():
         checks.append(("unparseable timestamp", bad_t))
+    if far.any():
+        checks.append((OUT_OF_RANGE, far))
+        hint = _unit_hint(ts[far], lay.time_kind)
+        if hint:
+            logger.warning("%s: %d timestamp(s) outside %s%s", p, int(far.sum()), TIMESTAMP_WINDOW, hint)
     out["timestamp"] = pa.array(ts, pa.float64())
     return out, checks
 
@@ -495,7 +590,8 @@ def _read_csv_raw(
     lead = next(i for i, line in enumerate(lines) if line.strip())
     first = lines[lead].lstrip("\ufeff")
     fields = [f.strip() for f in next(csv.reader([first], delimiter=spec.delimiter))]
-    lay, header = _choose_csv_layout(p, spec, fields)
+    rows = [fields, *_sniff_rows(lines[lead + 1 :], spec.delimiter)]
+    lay, header = _choose_csv_layout(p, spec, rows)
     if header is not None:
         names = [f"{f}.{i}" if fields.index(f) != i else f for i, f in enumerate(fields)]
         col_of = {col: names[i] for col, i in header.items()}
@@ -551,6 +647,16 @@ def _read_csv_raw(
     table, ragged = read(True)
     if want_lines and ragged and any(num is None for num, _ in ragged):
         table, ragged = read(False)  # only the serial reader knows ragged rows' line numbers
+    if table.num_rows == 0 and ragged:
+        num, row_text = ragged[0]
+        if num is None:  # the threaded reader does not number rows; find it in the file's start
+            num = next((i + 1 for i, line in enumerate(lines) if line == row_text), None)
+        shape = "the header" if header is not None else f"format '{lay.name}' ({','.join(lay.columns)})"
+        raise SchemaError(
+            f"{p}: no row has the {len(names)} fields of {shape}; e.g. "
+            + (f"line {num}: " if num is not None else "")
+            + f"{row_text[:200]!r}"
+        )
     raw = {fld: table.column(name) for fld, name in fields_of.items()}
     return lay, raw, fields_of, ragged, skip + 1, encoding
 
@@ -638,6 +744,7 @@ def read_events(
     )
     if quarantine_path is not None:
         rows = np.flatnonzero(~keep)
+        lines: np.ndarray | None
         if kind == "parquet":
             lines = rows + 1
         else:
@@ -771,6 +878,8 @@ def read_token_sequences(
     if kind == "parquet":
         raise DataFileError(f"{p}: token sequences must be a text file (.txt or .txt.gz), not parquet")
     data = _read_head(p, kind, size=None)
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]
     if not data.strip():
         raise DataFileError(f"{p}: file is empty")
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -790,13 +899,14 @@ def read_token_sequences(
     ok = np.asarray(pc.match_substring_regex(flat, r"^\d{1,18}$").to_numpy(zero_copy_only=False), dtype=bool)
     digits = np.asarray(pc.match_substring_regex(flat, r"^\d+$").to_numpy(zero_copy_only=False), dtype=bool)
     neg = np.asarray(pc.match_substring_regex(flat, r"^-\d+$").to_numpy(zero_copy_only=False), dtype=bool)
-    labels = ["non-integer token", "negative token", "token too large"]
+    labels = ["non-integer token", "negative token", "token too large", "empty line"]
     code = np.zeros(n, dtype=np.int16)
     for i, mask in reversed(list(enumerate([~digits & ~neg, neg, digits & ~ok]))):
         code[parent[mask]] = i + 1
+    code[np.bincount(parent, minlength=n) == 0] = len(labels)  # blank or whitespace-only line
     keep = code == 0
     if n and not keep.any():
-        bad = int(np.flatnonzero(~keep)[0])
+        bad = int(np.flatnonzero(code != len(labels))[0]) if (code != len(labels)).any() else 0
         raise SchemaError(
             f"{p}: no line is a sequence of non-negative integer tokens "
             f"(e.g. line {bad + 1}: {lines[bad].as_py().rstrip()[:80]!r})"

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqanom_core.config import ModelConfig
-from seqanom_core.errors import ModelFileError
+from seqanom_core.errors import ConfigError, ModelFileError
 from seqanom_core.sequences import CHANNELS
 
 
@@ -120,10 +120,21 @@ def build_model(config: ModelConfig, vocab: dict[str, int]) -> NextEventModel:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device, which must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: no CUDA device is available here (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"device {name!r}: only cpu and cuda devices are supported")
+    return device
 
 
 def model_arrays(model: nn.Module) -> dict[str, np.ndarray]:

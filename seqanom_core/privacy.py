@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,11 +65,21 @@ class AccountantState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AccountantState:
-        """Rebuild from ``to_dict`` output."""
-        if data.get("accountant", ACCOUNTANT) != ACCOUNTANT:
-            raise ConfigError(f"unsupported accountant {data.get('accountant')!r}")
-        hist = [(float(s), float(q), int(n)) for s, q, n in data.get("history", [])]
-        return cls(history=hist, delta=data.get("delta"))
+        """Rebuild from ``to_dict`` output. A file without an accountant and a history is refused,
+        not read as an empty history: that would silently reset a spent budget."""
+        if not isinstance(data, dict) or "accountant" not in data or "history" not in data:
+            raise ConfigError("not an accountant state (needs 'accountant' and 'history')")
+        if data["accountant"] != ACCOUNTANT:
+            raise ConfigError(f"unsupported accountant {data['accountant']!r}")
+        if not isinstance(data["history"], list):
+            raise ConfigError("'history' must be a list of [noise multiplier, sample rate, steps]")
+        hist = [(float(s), float(q), int(n)) for s, q, n in data["history"]]
+        if any(not (math.isfinite(s) and s > 0 and 0 < q <= 1 and n > 0) for s, q, n in hist):
+            raise ConfigError("'history' holds an entry outside noise > 0, 0 < rate <= 1, steps > 0")
+        delta = data.get("delta")
+        if delta is not None and not 0 < float(delta) < 1:
+            raise ConfigError(f"delta must be in (0, 1), not {delta}")
+        return cls(history=hist, delta=None if delta is None else float(delta))
 
     def save(self, path: str | Path) -> None:
         """Write the state as JSON (atomically)."""
@@ -79,7 +90,7 @@ class AccountantState:
         """Read a state written by ``save``."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as err:
+        except (OSError, ValueError, TypeError) as err:  # ConfigError is a ValueError too
             raise ConfigError(f"{path}: cannot read accountant state: {err}") from err
 
 

@@ -171,7 +171,7 @@ class PrivacyLedger:
         """Read a ledger written by ``save``."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ConfigError(f"{path}: cannot read privacy ledger: {err}") from err
 
     @classmethod

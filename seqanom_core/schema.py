@@ -27,6 +27,13 @@ EVENT_SCHEMA = pa.schema(
 )
 SITE_FIELD = pa.field("site", pa.string(), nullable=False)
 
+#: Plausible window of e-commerce event times, Unix seconds (inclusive): 1990-01-01T00:00:00Z
+#: to 2100-01-01T00:00:00Z. Ingest quarantines rows outside it (e.g. milliseconds read as seconds).
+TIMESTAMP_MIN: float = 631152000.0
+TIMESTAMP_MAX: float = 4102444800.0
+#: The window in words, for messages.
+TIMESTAMP_WINDOW: str = "1990-01-01..2100-01-01 UTC"
+
 
 def empty_events(with_site: bool = False) -> pa.Table:
     """Return an events table with no rows."""

@@ -151,5 +151,12 @@ class ScoreCalibrator:
         top_k = int(data.get("top_k", 1))
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, not {top_k}")
-        return cls(np.asarray(data["center"], dtype=np.float64),
-                   np.asarray(data["scale"], dtype=np.float64), top_k)
+        arrays = {}
+        for key in ("center", "scale"):
+            a = np.asarray(data[key], dtype=np.float64)
+            if a.shape != (len(stat_names()),) or not np.isfinite(a).all():
+                raise ValueError(f"{key} must be {len(stat_names())} finite numbers")
+            arrays[key] = a
+        if (arrays["scale"] <= 0).any():
+            raise ValueError("scale must be positive")
+        return cls(arrays["center"], arrays["scale"], top_k)

@@ -194,10 +194,12 @@ def train_model(
         if sigma is None:
             assert cfg.dp.epsilon is not None
             sigma = noise_for_budget(prior, cfg.dp.epsilon, delta, sample_rate, steps)
-        engine = PrivacyEngine(accountant="rdp")
-        engine.accountant.history = list(prior.history)
         with warnings.catch_warnings():
+            # Opacus warns that secure_mode is off on every engine: the noise comes from
+            # PyTorch's default generator (stated in the README's privacy section)
             warnings.simplefilter("ignore")
+            engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+            engine.accountant.history = list(prior.history)
             train_module, optimizer, loader = engine.make_private(
                 module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
                 max_grad_norm=cfg.dp.max_grad_norm, poisson_sampling=True,
@@ -228,7 +230,11 @@ def train_model(
                     group["lr"] = cfg.lr * lr_factor(span_start + step, span_total, cfg.lr_schedule)
                 optimizer.zero_grad(set_to_none=True)
                 loss = sequence_loss(train_module, inputs, targets)  # type: ignore[arg-type]
-                loss.backward()
+                with warnings.catch_warnings():
+                    # Opacus' hooks sit on modules whose inputs (token ids) need no gradient,
+                    # which PyTorch warns about on every backward pass
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
                 if clip_plain:  # plain SGD at a DP-sized lr: keep steps as bounded as under DP
                     torch.nn.utils.clip_grad_norm_(model.parameters(), SGD_CLIP_NORM)
                 optimizer.step()

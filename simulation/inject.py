@@ -280,9 +280,15 @@ def _shuffle(s: _Shopper, rng: np.random.Generator, p: _Pools) -> _Shopper:
     """Rows permuted over the kept sorted timestamps."""
     n = s.ts.size
     order = rng.permutation(n)
-    if n > 1 and np.array_equal(order, np.arange(n)):
-        order = np.roll(order, 1)
+    if n > 1 and _same_events(s, order):  # e.g. only equal events changed places
+        order = np.roll(np.arange(n), 1)  # differs unless every event is the same
     return _Shopper(s.item[order], s.cat[order], s.beh[order], s.ts.copy())
+
+
+def _same_events(s: _Shopper, order: np.ndarray) -> bool:
+    """Whether reordering by ``order`` leaves the shopper's event sequence unchanged."""
+    return bool(np.array_equal(s.item[order], s.item) and np.array_equal(s.cat[order], s.cat)
+                and np.array_equal(s.beh[order], s.beh))
 
 
 _KIND_FN = {
@@ -408,23 +414,34 @@ def inject_anomalies(
     return check_events(out, "inject_anomalies"), labels
 
 
+def _shuffle_eligible(s: _Shopper) -> bool:
+    """Whether shuffle can change this shopper: at least two events that differ."""
+    rows = np.stack([s.item, s.cat, s.beh.astype(np.int64)], axis=1)
+    return bool(len(rows) > 1 and (rows != rows[0]).any())
+
+
+_ELIGIBLE: dict[str, Callable[[_Shopper], bool]] = {
+    "impossible_order": _order_eligible,
+    "shuffle": _shuffle_eligible,
+}
+
+
 def _swap_ineligible(
     kind_of: dict[int, str], perm: np.ndarray, shopper: Callable[[int], _Shopper]
 ) -> None:
-    """Give impossible_order to shoppers it changes, swapping kinds (counts stay the same)."""
-    target = "impossible_order"
-    bad = [
-        int(u) for u in perm if kind_of[int(u)] == target and not _order_eligible(shopper(int(u)))
-    ]
-    if not bad:
-        return
-    donors = (
-        int(u)
-        for u in perm
-        if kind_of[int(u)] not in ORDER_ONLY_KINDS and _order_eligible(shopper(int(u)))
-    )
-    for u in bad:
-        d = next(donors, None)
-        if d is None:
-            return
-        kind_of[u], kind_of[d] = kind_of[d], target
+    """Give each order-only kind to shoppers it changes, swapping kinds with shoppers of the other
+    kinds (counts stay the same); a shopper no donor can replace keeps its kind."""
+    for target, eligible in _ELIGIBLE.items():
+        bad = [int(u) for u in perm if kind_of[int(u)] == target and not eligible(shopper(int(u)))]
+        if not bad:
+            continue
+        donors = (
+            int(u)
+            for u in perm
+            if kind_of[int(u)] not in ORDER_ONLY_KINDS and eligible(shopper(int(u)))
+        )
+        for u in bad:
+            d = next(donors, None)
+            if d is None:
+                break
+            kind_of[u], kind_of[d] = kind_of[d], target

@@ -228,6 +228,8 @@ def write_report(
         lines += [f"**Training stopped early (planned):** {metrics['stop_reason']}. The model is "
                   "that of the last completed round.", ""]
     lines += ["## Privacy", "", *_privacy_lines(metrics.get("privacy")), ""]
+    if (metrics.get("ingest") or {}).get("summary"):
+        lines += ["## Data", "", f"- {metrics['ingest']['summary']}", ""]
     if metrics.get("partition"):
         lines += ["## Partition", "", *_partition_lines(metrics["partition"]), ""]
     if rounds:

@@ -25,6 +25,7 @@ import pyarrow as pa
 from seqanom_core.config import DPConfig, ModelConfig, TrainConfig
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
+from seqanom_core.formats import FormatSpec
 from seqanom_core.ingest import read_events, write_events
 from seqanom_core.privacy import UNIT
 from seqanom_core.run_config import FEDERATED_TRAIN
@@ -45,7 +46,8 @@ class SimulationConfig:
 
     out: Path = Path("runs/simulate")
     data: Path | None = None
-    fmt: str = "taobao"
+    fmt: str | FormatSpec = "taobao"  # a format name, or a generic mapping (parse_mapping)
+    quarantine: Path | None = None  # with data: write rejected rows here
     shoppers: int = 1200  # synthetic shoppers in all (built-in data only)
     sites: int = 4
     partition: str = "natural"
@@ -70,13 +72,17 @@ class SimulationConfig:
     central_epsilon: float = 10.0
 
 
-def _load(cfg: SimulationConfig) -> pa.Table:
+def _load(cfg: SimulationConfig) -> tuple[pa.Table, dict[str, Any] | None]:
+    """The events to partition, and the ingest report of ``cfg.data`` (None: built-in data)."""
     if cfg.data is None:
         return synthesize_events(SynthConfig(n_shoppers=cfg.shoppers, n_sites=cfg.sites,
-                                             seed=cfg.seed))
-    events, report = read_events(cfg.data, cfg.fmt)
-    log.info("%s", report.summary())
-    return events
+                                             seed=cfg.seed)), None
+    events, report = read_events(cfg.data, cfg.fmt, quarantine_path=cfg.quarantine)
+    if events.num_rows == 0:
+        raise ConfigError(f"{cfg.data}: no valid rows ({report.summary()})")
+    quarantined = sum(report.rejected.values())
+    log.log(logging.WARNING if quarantined else logging.INFO, "%s", report.summary())
+    return events, report.to_dict() | {"summary": report.summary()}
 
 
 #: What a simulation writes under RUN_DIR (the only paths a new simulation there replaces).
@@ -160,7 +166,7 @@ def prepare_flwr_run(cfg: SimulationConfig) -> Path:
     """Write the sites (as ``simulate`` does) and ``RUN_DIR/run-config.toml`` for ``flwr run``.
 
     No federation and no baselines run; returns the run config file's path."""
-    prepare_sites(cfg, _load(cfg))
+    prepare_sites(cfg, _load(cfg)[0])
     path = cfg.out / "run-config.toml"
     path.write_text("\n".join(toml_lines(run_config(cfg))) + "\n")
     return path
@@ -169,7 +175,8 @@ def prepare_flwr_run(cfg: SimulationConfig) -> Path:
 def simulate(cfg: SimulationConfig) -> dict[str, Any]:
     """Run the whole simulation; returns the metrics written to ``RUN_DIR/metrics.json``."""
     t0 = time.time()
-    trains, tests, labels, partition = prepare_sites(cfg, _load(cfg))
+    events, ingest = _load(cfg)
+    trains, tests, labels, partition = prepare_sites(cfg, events)
     test = pa.concat_tables(tests, promote_options="default")
     fed_seconds = run_federation(cfg.out, run_config(cfg), cfg.sites)
     det = SequenceDetector.load(cfg.out / "model", progress=False)
@@ -188,9 +195,12 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
         _baselines(cfg, trains, test, curves, thresholds, methods)
     rounds = [json.loads(line) for line in
               (cfg.out / "checkpoints" / "metrics.jsonl").read_text().splitlines() if line]
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    if isinstance(cfg.fmt, FormatSpec):  # a generic mapping: its name, the mapping is in "ingest"
+        config["fmt"] = cfg.fmt.name
     metrics = {
-        "config": {k: str(v) if isinstance(v, Path) else v
-                   for k, v in dataclasses.asdict(cfg).items()},
+        "config": config,
+        "ingest": ingest,
         "privacy": privacy | {"unit": UNIT if cfg.dp else None},
         "stop_reason": det.metadata_.get("stop_reason") or None,
         "partition": partition, "thresholds": thresholds, "methods": methods,

@@ -145,3 +145,18 @@ def test_split_keeps_whole_shoppers(workdir, tmp_path):
     assert len(a) + len(b) == len(src)
     assert not set(a.user_id) & set(b.user_id)
     assert b.user_id.nunique() == round(0.25 * src.user_id.nunique())
+
+
+def test_console_logging_hides_flower_debug_lines(tmp_path):
+    # Flower sets its own logger to DEBUG; the console must still show only what the level allows
+    code = (
+        "import logging; from seqanom_core.cli import configure_logging\n"
+        "configure_logging(False)\n"
+        "flwr = logging.getLogger('flwr'); flwr.setLevel(logging.DEBUG)\n"
+        "flwr.debug('flower debug line'); logging.getLogger('seqanom').info('hidden info')\n"
+        "logging.getLogger('seqanom').warning('shown warning')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "shown warning" in proc.stderr
+    assert "flower debug line" not in proc.stderr and "hidden info" not in proc.stderr

@@ -147,6 +147,24 @@ def test_explicit_users_and_kinds(events: pa.Table) -> None:
     assert Counter(chosen["kind"]) == {"shuffle": 3, "crawler": 3}
 
 
+def test_shuffle_goes_to_shoppers_it_changes() -> None:
+    # "one" has a single event and "same" repeats one event: a shuffle would change neither, so
+    # they take the crawler's place and the shuffled shoppers really differ afterwards
+    users = ["one", "same", "a", "b"]
+    uid = ["one"] + ["same"] * 4 + ["a"] * 5 + ["b"] * 5
+    ev = events_from_arrays(
+        user_id=uid, item_id=["x"] + ["y"] * 4 + [f"i{k}" for k in range(10)],
+        category_id=["c"] * 5 + [f"c{k % 3}" for k in range(10)], behavior=[0] * 15,
+        timestamp=[float(t) for t in range(15)])
+    out, labels = inject_anomalies(ev, users=users, kinds=["shuffle", "crawler"], seed=0)
+    kind = dict(zip(labels["user_id"], labels["kind"], strict=True))
+    assert kind["one"] == kind["same"] == "crawler"
+    before, after = ev.to_pandas(), out.to_pandas()
+    for u in ("a", "b"):
+        assert kind[u] == "shuffle"
+        assert before[before.user_id == u].item_id.tolist() != after[after.user_id == u].item_id.tolist()
+
+
 def test_errors(events: pa.Table) -> None:
     with pytest.raises(ConfigError, match="crawler"):
         inject_anomalies(events, kinds=["nope"])

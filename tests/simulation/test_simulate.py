@@ -79,3 +79,31 @@ def test_a_new_simulation_replaces_an_earlier_one_in_the_same_run_dir(tmp_path):
     assert (out / "notes.txt").read_text() == "not ours"
     assert sorted(p.name for p in (out / "sites").iterdir()) == ["site-0", "site-1"]
     assert (out / "run-config.toml").is_file()
+
+
+def test_simulate_reads_a_generic_mapping_and_quarantines_bad_rows(tmp_path, capsys):
+    import pandas as pd
+
+    from seqanom_core.cli import main
+
+    src = tmp_path / "ev.csv"
+    assert main(["-q", "synth", "--shoppers", "80", "--out", str(src), "--seed", "4"]) == 0
+    df = pd.read_csv(src, dtype=str).rename(columns={
+        "user_id": "shopper", "item_id": "product", "category_id": "cat", "behavior": "action",
+        "timestamp": "ts"})
+    df.loc[2, "ts"] = "yesterday"
+    df.loc[7, "action"] = "teleport"
+    dirty = tmp_path / "site_log.csv"
+    df.to_csv(dirty, index=False)
+    mapping = ("user_id=shopper,item_id=product,category_id=cat,behavior=action,timestamp=ts,"
+               "behaviors=view:view;cart:cart;fav:fav;buy:buy,time=unix_s")
+    q = tmp_path / "rejected.csv"
+    out = tmp_path / "run"
+    assert main(["-q", "simulate", "--prepare-only", "--data", str(dirty), "--format", "generic",
+                 "--mapping", mapping, "--quarantine", str(q), "--sites", "2", "--out", str(out)]) == 0
+    rejected = pd.read_csv(q)
+    assert len(rejected) == 2
+    assert (out / "run-config.toml").is_file() and len(list((out / "sites").iterdir())) == 2
+    # --mapping without generic, and input options without --data, are refused in one line
+    assert main(["-q", "simulate", "--prepare-only", "--mapping", mapping, "--out", str(out)]) == 2
+    assert "only used with --data" in capsys.readouterr().err

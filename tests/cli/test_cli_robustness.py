@@ -1,0 +1,179 @@
+"""Malformed settings, model directories, ledgers, labels and output paths: each is one line on
+stderr and exit status 2, never a traceback, and nothing is overwritten or silently reset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from seqanom_core.cli import main
+
+SMALL = ["--epochs", "1", "--d-model", "16", "--layers", "1", "--max-len", "32"]
+
+
+@pytest.fixture(scope="module")
+def wd(tmp_path_factory):
+    d = tmp_path_factory.mktemp("robust")
+    assert main(["-q", "synth", "--shoppers", "60", "--out", str(d / "ev.csv"), "--seed", "3"]) == 0
+    assert main(["-q", "inject", "--data", str(d / "ev.csv"), "--out", str(d / "inj.csv"),
+                 "--labels", str(d / "labels.csv"), "--rate", "0.3", "--seed", "1"]) == 0
+    assert main(["-q", "train", "--data", str(d / "ev.csv"), "--out", str(d / "model"), *SMALL]) == 0
+    (d / "header_only.csv").write_text("user_id,item_id,category_id,behavior,timestamp\n")
+    return d
+
+
+def _one_line_error(capsys, code, *needles):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+@pytest.mark.parametrize("command", ["split", "inject"])
+def test_no_valid_rows_is_an_error_for_every_command(wd, capsys, command):
+    outs = (["--train-out", str(wd / "a.csv"), "--test-out", str(wd / "b.csv")] if command == "split"
+            else ["--out", str(wd / "a.csv"), "--labels", str(wd / "b.csv")])
+    code = main(["-q", command, "--data", str(wd / "header_only.csv"), *outs])
+    _one_line_error(capsys, code, "header_only.csv", "no valid rows")
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--dp", "--epsilon", "nan"], "epsilon"),
+    (["--dp", "--epsilon", "inf"], "epsilon"),
+    (["--dp", "--noise-multiplier", "-1"], "noise multiplier"),
+    (["--epochs", "0"], "epochs"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--lr", "-1"], "learning rate"),
+    (["--lr", "nan"], "learning rate"),
+    (["--d-model", "0"], "d_model"),
+    (["--layers", "0"], "n_layers"),
+    (["--category-buckets", "0"], "category_buckets"),
+    (["--session-gap", "-1"], "session gap"),
+    (["--device", "bogus"], "bogus"),
+])
+def test_bad_training_settings_are_refused_before_anything_is_written(wd, capsys, extra, needle):
+    out = wd / "never"
+    code = main(["-q", "train", "--data", str(wd / "ev.csv"), "--out", str(out), *SMALL, *extra])
+    _one_line_error(capsys, code, needle)
+    assert not out.exists()
+
+
+def test_negative_seed_is_a_usage_error(wd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "split", "--data", str(wd / "ev.csv"), "--train-out", str(wd / "a.csv"),
+              "--test-out", str(wd / "b.csv"), "--seed", "-1"])
+    assert exc.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+
+
+def test_train_out_that_is_a_file_is_refused(wd, capsys):
+    code = main(["-q", "train", "--data", str(wd / "ev.csv"), "--out", str(wd / "ev.csv"), *SMALL])
+    _one_line_error(capsys, code, "is a file")
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"accountant": "rdp", "history": [[1, 2, 3]]}'])
+def test_damaged_ledger_is_refused_not_reset(wd, capsys, content):
+    ledger = wd / "ledger_bad.json"
+    ledger.write_text(content)
+    code = main(["-q", "train", "--data", str(wd / "ev.csv"), "--out", str(wd / "never"),
+                 "--dp", "--epsilon", "8", "--ledger", str(ledger), *SMALL])
+    _one_line_error(capsys, code, "ledger_bad.json")
+    code = main(["ledger", str(ledger)])
+    _one_line_error(capsys, code, "ledger_bad.json")
+
+
+def _damage(model_dir, name, how):
+    path = model_dir / name
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif how == "nan":
+        arrays = load_file(str(path))
+        key = sorted(arrays)[0]
+        arrays[key] = np.full_like(arrays[key], np.nan)
+        save_file(arrays, str(path))
+    elif how == "no-tokenizer":
+        cfg = json.loads(path.read_text())
+        del cfg["tokenizer"]
+        path.write_text(json.dumps(cfg))
+    elif how == "short-center":
+        cal = json.loads(path.read_text())
+        cal["center"] = cal["center"][:3]
+        path.write_text(json.dumps(cal))
+    elif how == "bad-threshold":
+        cal = json.loads(path.read_text())
+        cal["threshold"] = "x"
+        path.write_text(json.dumps(cal))
+    else:
+        path.write_text(how)
+
+
+@pytest.mark.parametrize("name, how", [
+    ("model.safetensors", "truncate"), ("model.safetensors", "nan"), ("config.json", "[]"),
+    ("config.json", "no-tokenizer"), ("calibration.json", "short-center"),
+    ("calibration.json", "bad-threshold"), ("calibration.json", "null"), ("metadata.json", "[1, 2]"),
+])
+def test_damaged_model_directory_is_one_line_error(wd, capsys, tmp_path, name, how):
+    model = tmp_path / "model"
+    shutil.copytree(wd / "model", model)
+    _damage(model, name, how)
+    code = main(["-q", "score", "--model", str(model), "--data", str(wd / "inj.csv"),
+                 "--out", str(tmp_path / "s.csv")])
+    _one_line_error(capsys, code, name)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_weights_of_another_model_size_are_one_line(wd, capsys, tmp_path):
+    other = tmp_path / "other"
+    assert main(["-q", "train", "--data", str(wd / "ev.csv"), "--out", str(other), "--epochs", "1",
+                 "--d-model", "8", "--layers", "1", "--max-len", "32"]) == 0
+    capsys.readouterr()
+    model = tmp_path / "model"
+    shutil.copytree(wd / "model", model)
+    shutil.copy(other / "model.safetensors", model / "model.safetensors")
+    code = main(["-q", "score", "--model", str(model), "--data", str(wd / "inj.csv"),
+                 "--out", str(tmp_path / "s.csv")])
+    _one_line_error(capsys, code, "model.safetensors")
+
+
+def test_bad_labels_and_output_paths(wd, capsys, tmp_path):
+    base = ["-q", "score", "--model", str(wd / "model"), "--data", str(wd / "inj.csv")]
+    code = main([*base, "--out", str(tmp_path)])
+    _one_line_error(capsys, code, "is a directory")
+    labels = (wd / "labels.csv").read_text().splitlines()
+    user, _, kind = labels[1].split(",", 2)
+    bad = tmp_path / "labels_bad.csv"
+    bad.write_text("\n".join([labels[0], f"{user},yes,{kind}", *labels[2:]]) + "\n")
+    code = main([*base, "--out", str(tmp_path / "s.csv"), "--labels", str(bad)])
+    _one_line_error(capsys, code, "labels_bad.csv", "line 2", "0 or 1")
+    normal = tmp_path / "labels_normal.csv"
+    normal.write_text("\n".join([labels[0]] + [",".join([ln.split(",")[0], "0", ""])
+                                               for ln in labels[1:]]) + "\n")
+    assert main([*base, "--out", str(tmp_path / "s.csv"), "--labels", str(normal)]) == 0
+    assert "undefined" in capsys.readouterr().out
+
+
+def test_colliding_outputs_are_refused(wd, capsys):
+    same = str(wd / "same.csv")
+    code = main(["-q", "split", "--data", str(wd / "ev.csv"), "--train-out", same, "--test-out", same])
+    _one_line_error(capsys, code, "--train-out", "--test-out")
+    code = main(["-q", "inject", "--data", str(wd / "ev.csv"), "--out", same, "--labels", same])
+    _one_line_error(capsys, code, "--out", "--labels")
+    assert not (wd / "same.csv").exists()
+
+
+@pytest.mark.integration
+def test_console_command_error_exit_status(wd, tmp_path):
+    # the installed entry point leaves at once on an error (no teardown abort: status 2, not 134)
+    code = ("import sys; from seqanom_core.cli import console_main; sys.argv = ['seqanom'] + "
+            f"{['-q', 'score', '--model', str(wd / 'model'), '--data', str(wd / 'header_only.csv'), '--out', str(tmp_path / 's.csv')]!r}; console_main()")
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "no valid rows" in proc.stderr and "terminate called" not in proc.stderr
