@@ -195,7 +195,7 @@ class SequenceDetector:
         elif channel == "order":
             contrib = ev.nll["event"][a:b].astype(np.float64)
         elif channel == "total":
-            contrib = sum(v[a:b] for v in ev.nll.values()).astype(np.float64)
+            contrib = np.sum([v[a:b] for v in ev.nll.values()], axis=0).astype(np.float64)
         else:
             contrib = ev.nll[channel][a:b].astype(np.float64)
         top = np.argsort(-contrib, kind="stable")[:top_k]

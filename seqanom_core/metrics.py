@@ -74,14 +74,14 @@ def precision_at_k(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
     return float(y[top].mean()) if len(top) else float("nan")
 
 
-def recall_per_kind(kinds: Sequence[str], flagged: np.ndarray) -> dict[str, float]:
+def recall_per_kind(kinds: Sequence[str] | np.ndarray, flagged: np.ndarray) -> dict[str, float]:
     """Recall of the flags within each anomaly kind (normal rows have kind "")."""
     kinds_arr = np.asarray(kinds, dtype=object)
     f = np.asarray(flagged).astype(bool)
     return {str(k): float(f[kinds_arr == k].mean()) for k in sorted(set(kinds_arr) - {""})}
 
 
-def auroc_per_kind(labels: np.ndarray, scores: np.ndarray, kinds: Sequence[str]) -> dict[str, float]:
+def auroc_per_kind(labels: np.ndarray, scores: np.ndarray, kinds: Sequence[str] | np.ndarray) -> dict[str, float]:
     """AUROC of each anomaly kind against all normal rows."""
     y, s = _check(labels, scores)
     kinds_arr = np.asarray(kinds, dtype=object)

@@ -44,7 +44,7 @@ DRIVER_TEXT = {
 def position_nll(scores: EventScores) -> dict[str, np.ndarray]:
     """Per-position NLL per channel plus their sum ("total"), ``(n_pos,)`` each."""
     out = dict(scores.nll)
-    out["total"] = sum(scores.nll[c] for c in CHANNELS)
+    out["total"] = np.sum([scores.nll[c] for c in CHANNELS], axis=0)
     return out
 
 

@@ -99,7 +99,7 @@ def sequence_loss(
 ) -> torch.Tensor:
     """Mean over the batch of each sequence's mean per-position loss (all channels summed)."""
     nll, _ = channel_nll(model, inputs, targets)
-    per_pos = sum(nll.values())
+    per_pos = torch.stack(list(nll.values())).sum(0)
     n_valid = (targets["event"] != PAD).sum(1).clamp(min=1)
     return (per_pos.sum(1) / n_valid).mean()
 
@@ -248,14 +248,15 @@ def train_model(
     finally:
         bar.close()
         if engine is not None and hasattr(train_module, "_close"):
-            train_module._close()  # remove Opacus hooks; keep using the original module
+            train_module._close()  # type: ignore[operator]  # remove Opacus hooks
     if engine is not None:
         state = AccountantState(history=[tuple(h) for h in engine.accountant.history],
                                 delta=result.delta)
         result.accountant_state = state
         result.epsilon = state.epsilon()
-        if cfg.dp.epsilon is not None and result.epsilon > cfg.dp.epsilon * (1 + 1e-9):
-            raise RuntimeError(f"epsilon {result.epsilon} exceeded target {cfg.dp.epsilon}")
+        target = cfg.dp.epsilon if cfg.dp is not None else None
+        if target is not None and result.epsilon > target * (1 + 1e-9):
+            raise RuntimeError(f"epsilon {result.epsilon} exceeded target {target}")
         log.info("privacy spent: epsilon %.3f at delta %.2e (cumulative)", result.epsilon, result.delta)
     model.eval()
     return result
@@ -335,7 +336,7 @@ def score_events(
         top_p, top_i = probs.max(-1)
         obs_p = probs.gather(-1, targets["event"].unsqueeze(-1)).squeeze(-1)
         parts_np = {c: v.float().cpu().numpy() for c, v in parts.items()}
-        top_p, top_i, obs_p = top_p.cpu().numpy(), top_i.cpu().numpy(), obs_p.cpu().numpy()
+        top_p_np, top_i_np, obs_p_np = top_p.cpu().numpy(), top_i.cpu().numpy(), obs_p.cpu().numpy()
         t_max = parts_np["event"].shape[1]
         for r, (i, s, keep) in enumerate(chunk):
             p = int(lengths[i]) + 1
@@ -346,8 +347,8 @@ def score_events(
             dst = slice(int(offsets[i]) + lo, int(offsets[i]) + hi)
             for c in CHANNELS:
                 nll[c][dst] = parts_np[c][r, src]
-            expected[dst], expected_prob[dst] = top_i[r, src], top_p[r, src]
-            observed_prob[dst] = obs_p[r, src]
+            expected[dst], expected_prob[dst] = top_i_np[r, src], top_p_np[r, src]
+            observed_prob[dst] = obs_p_np[r, src]
     return EventScores(offsets, nll, expected, expected_prob, observed_prob, shuffled)
 
 

@@ -74,7 +74,7 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                       run_config=dict(run_config))
-    backend = {"client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
+    backend: dict[str, Any] = {"client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
                "init_args": {"include_dashboard": False, "num_cpus": max(1, os.cpu_count() or 1)}}
     t0 = time.time()
     with warnings.catch_warnings():

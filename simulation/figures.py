@@ -122,7 +122,8 @@ def plot_epsilon(rounds: list[dict], path: Path) -> Path | None:
                     for i, r in enumerate(rounds) if nested(r, "sites", site, "declined") is True]
         declined = [(x, y) for x, y in declined if y is not None]
         if declined:
-            ax.scatter(*zip(*declined, strict=True), marker="x", s=80, color=line.get_color())
+            xs_d, ys_d = zip(*declined, strict=True)
+            ax.scatter(xs_d, ys_d, marker="x", s=80, color=line.get_color())
     if not drawn:
         return None
     ax.set_xlabel("round")

@@ -188,9 +188,10 @@ def _account_takeover(s: _Shopper, rng: np.random.Generator, p: _Pools) -> _Shop
     if unseen.size == 0:
         unseen = np.flatnonzero(p.cat_count > 0)
     w = p.cat_count[unseen].astype(float)
-    k = int(min(rng.integers(2, 5), unseen.size))
+    k = min(int(rng.integers(2, 5)), int(unseen.size))
     new_cats = rng.choice(unseen, size=k, replace=False, p=w / w.sum())
-    items, behs = [], []
+    items: list[int] = []
+    behs: list[int] = []
     while len(items) < m:  # quick funnels: view (1-2x) -> cart (often) -> buy (often)
         it = int(_sample_in_cats(rng, p, rng.choice(new_cats, size=1))[0])
         funnel = [_VIEW] * int(rng.integers(1, 3))
@@ -232,7 +233,7 @@ def _bot_replay(s: _Shopper, rng: np.random.Generator, p: _Pools) -> _Shopper:
 def _click_farm(s: _Shopper, rng: np.random.Generator, p: _Pools) -> _Shopper:
     """Repeated views of the same few items."""
     m = _seg_len(rng, s.ts.size, 0.3, 0.6, 15, 120)
-    k = int(min(rng.integers(2, 5), p.item.size))
+    k = min(int(rng.integers(2, 5)), int(p.item.size))
     few = rng.choice(p.item.size, size=k, replace=False)
     idx = few[np.arange(m) % k] if rng.random() < 0.5 else rng.choice(few, size=m)
     gaps = _int_gaps(rng, m, 6.0, 0.2)

@@ -209,7 +209,8 @@ def write_report(
     methods_meta = metrics.get("methods") or {}
     summary_rows = []
     for name, ev in evaluation.items():
-        meta = methods_meta.get(name) if isinstance(methods_meta.get(name), dict) else {}
+        given = methods_meta.get(name)
+        meta: dict = given if isinstance(given, dict) else {}
         summary_rows.append([name, _fmt(ev["auroc"]), _fmt(ev["auprc"]),
                              _as_given(meta.get("epsilon")), _as_given(meta.get("delta"))])
     kinds = sorted({k for ev in evaluation.values() for k in ev["auroc_per_kind"]})

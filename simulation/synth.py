@@ -269,7 +269,7 @@ def _sample_sites_categories(
     out = np.empty(site_of.shape[0], dtype=np.int64)
     cdf = np.cumsum(probs, axis=1)
     cdf[:, -1] = 1.0
-    u = rng.random(site_of.shape[0])
+    u = rng.random((int(site_of.shape[0]),))
     for s in range(probs.shape[0]):
         m = site_of == s
         if m.any():
