@@ -11,11 +11,21 @@ flwr (the SuperNode does, in its own process).
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from seqanom_core.errors import ConfigError
-from server.deploy_cli import flower_env, flower_executable, insecure_warning, launch
+from server.deploy_cli import (
+    existing_file,
+    flower_env,
+    flower_executable,
+    host_port,
+    insecure_warning,
+    launch,
+    port_number,
+)
 
 
 def toml_string(value: str) -> str:
@@ -42,6 +52,12 @@ def _file(path: str, option: str) -> str:
 
 def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
     """The site's node config from the command's options (absolute paths, files checked)."""
+    from seqanom_core.formats import list_formats
+
+    if args.format not in list_formats():
+        raise ConfigError(f"--format {args.format!r}: use one of {', '.join(list_formats())}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise ConfigError(f"--device {args.device!r}: use auto, cpu, cuda or cuda:N")
     cfg: dict[str, str | float] = {"data-path": _file(args.data, "--data"),
                                    "format": args.format}
     ledger = Path(args.ledger).expanduser().resolve()
@@ -50,8 +66,8 @@ def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
     ledger.parent.mkdir(parents=True, exist_ok=True)
     cfg["ledger-path"] = str(ledger)
     if args.privacy_budget is not None:
-        if args.privacy_budget <= 0:
-            raise ConfigError(f"--privacy-budget must be > 0, not {args.privacy_budget}")
+        if not (math.isfinite(args.privacy_budget) and args.privacy_budget > 0):
+            raise ConfigError(f"--privacy-budget must be a positive number, not {args.privacy_budget}")
         cfg["privacy-budget"] = float(args.privacy_budget)
     cfg["device"] = args.device
     cfg["site-name"] = args.site_name or Path(args.data).stem
@@ -65,6 +81,10 @@ def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
 def cmd_supernode(args: argparse.Namespace) -> int:
     """Start this site's SuperNode: connects to the SuperLink over TLS, authenticates with the
     site's private key, and runs the seqanom ClientApp on the site's own data for every message."""
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be 1 or more, not {args.threads}")
+    if args.max_retries is not None and args.max_retries < 0:
+        raise ConfigError(f"--max-retries must be 0 or more, not {args.max_retries}")
     exe = flower_executable("flower-supernode")
     argv = [exe, "--superlink", args.superlink, "--port", str(args.port),
             "--node-config", node_config(site_node_config(args))]
@@ -83,8 +103,10 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             raise ConfigError("a SuperNode needs --root-certificates CA.pem (to verify the "
                               "SuperLink) and --private-key SITE.key (node authentication); "
                               "on a test machine only, --insecure")
-        argv += ["--root-certificates", _file(args.root_certificates, "--root-certificates"),
-                 "--auth-supernode-private-key", _file(args.private_key, "--private-key")]
+        argv += ["--root-certificates",
+                 existing_file(args.root_certificates, "--root-certificates", "CERTIFICATE"),
+                 "--auth-supernode-private-key",
+                 existing_file(args.private_key, "--private-key", "PRIVATE KEY")]
     extra = {"OMP_NUM_THREADS": str(args.threads)}
     if args.flwr_home:
         home = Path(args.flwr_home).expanduser().resolve()
@@ -96,7 +118,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
 def add_site_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``supernode`` with the seqanom parser's ``add``."""
     p = add("supernode", cmd_supernode, "start this site's SuperNode (TLS, node authentication)")
-    p.add_argument("--superlink", required=True, metavar="HOST:PORT",
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", type=host_port,
                    help="the SuperLink's address, as in its certificate")
     p.add_argument("--root-certificates", metavar="CA.pem",
                    help="CA certificate that signed the SuperLink's certificate")
@@ -114,7 +136,7 @@ def add_site_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--site-name", help="name in the server's logs (default: data file stem)")
     p.add_argument("--test-path", metavar="PATH", help="optional labelled test shoppers")
     p.add_argument("--labels-path", metavar="PATH", help="labels for --test-path")
-    p.add_argument("--port", type=int, default=9094,
+    p.add_argument("--port", type=port_number, default=9094,
                    help="local port of the SuperNode's Runtime API (loopback; each SuperNode on "
                         "one machine needs its own)")
     p.add_argument("--threads", type=int, default=1,

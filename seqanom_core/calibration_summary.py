@@ -33,6 +33,8 @@ as differential privacy: the epsilon a site reports covers its model updates onl
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from seqanom_core.errors import ConfigError
@@ -139,6 +141,14 @@ def calibrator_from_histograms(hist: np.ndarray, total: float | None = None) -> 
         centers.append(q[0.5])
         scales.append(robust_scale(q[0.75] - q[0.25], q[0.9] - q[0.1]))
     return ScoreCalibrator(np.asarray(centers), np.asarray(scales))
+
+
+def threshold_noise(noise_std: float, n_shoppers: float) -> float:
+    """Standard deviation of a pooled tree histogram's CDF at a tail point, as a fraction of the
+    shoppers: a cumulative count sums at most ``LEVELS`` noisy counts, and the two estimates from
+    either side are averaged (about ``noise_std * sqrt(LEVELS / 2)`` counts). The threshold for
+    an alert rate much smaller than this is unreliable."""
+    return float(noise_std * math.sqrt(LEVELS / 2) / max(float(n_shoppers), 1.0))
 
 
 def threshold_from_histogram(hist: np.ndarray, alert_rate: float,

@@ -40,7 +40,8 @@ def seed_int(text: str) -> int:
 
 
 def distinct_outputs(**paths: str | None) -> None:
-    """Refuse output options that name the same file (one would silently overwrite the other)."""
+    """Refuse options that name the same file: an output would silently overwrite the input
+    (``data``) or another output."""
     seen: dict[Path, str] = {}
     for option, path in paths.items():
         if path is None:
@@ -74,21 +75,26 @@ def add_input_args(p: argparse.ArgumentParser, required: bool = True, tokens: bo
                    help="write rejected rows (with reason and line) to this CSV")
 
 
-def read_event_input(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Read --data (--format, --mapping, --quarantine) as an events table: (table, report)."""
+def event_format(args: argparse.Namespace) -> Any:
+    """--format (with --mapping for generic) as what ``read_events`` takes: a name or a spec."""
     from seqanom_core.formats import parse_mapping
-    from seqanom_core.ingest import read_events
 
     if args.format == "tokens":
         raise ConfigError(f"'{args.command}' works on event logs, not on pre-tokenised sequences")
-    fmt: Any = args.format
     if args.format == "generic":
         if not args.mapping:
             raise ConfigError("--format generic needs --mapping")
-        fmt = parse_mapping(args.mapping)
-    elif args.mapping:
+        return parse_mapping(args.mapping)
+    if args.mapping:
         raise ConfigError("--mapping is only used with --format generic")
-    events, report = read_events(args.data, fmt, quarantine_path=args.quarantine)
+    return args.format
+
+
+def read_event_input(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Read --data (--format, --mapping, --quarantine) as an events table: (table, report)."""
+    from seqanom_core.ingest import read_events
+
+    events, report = read_events(args.data, event_format(args), quarantine_path=args.quarantine)
     if events.num_rows == 0:
         raise ConfigError(f"{args.data}: no valid rows ({report.summary()})")
     return events, report
@@ -162,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a model directory")
-    distinct_outputs(quarantine=args.quarantine, ledger=args.ledger)
+    distinct_outputs(data=args.data, quarantine=args.quarantine, ledger=args.ledger)
     seqs, _, report = load_input(args, tok)
     print(report.summary())
     prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
@@ -199,7 +205,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from seqanom_core.detector import SequenceDetector
     from seqanom_core.metrics import detection_report
 
-    distinct_outputs(out=args.out, metrics_out=args.metrics_out, quarantine=args.quarantine)
+    distinct_outputs(data=args.data, out=args.out, metrics_out=args.metrics_out,
+                     quarantine=args.quarantine)
     for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
         if path is not None and Path(path).is_dir():
             raise ConfigError(f"{option} {path} is a directory, not a file")
@@ -265,7 +272,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from seqanom_core.ingest import write_events
     from simulation.inject import inject_anomalies
 
-    distinct_outputs(out=args.out, labels=args.labels, quarantine=args.quarantine)
+    distinct_outputs(data=args.data, out=args.out, labels=args.labels, quarantine=args.quarantine)
     events, report = read_event_input(args)
     print(report.summary())
     kinds = args.kinds.split(",") if args.kinds else None
@@ -287,7 +294,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     if not 0 < args.test_fraction < 1:
         raise ConfigError(f"--test-fraction must be in (0, 1), not {args.test_fraction}")
-    distinct_outputs(train_out=args.train_out, test_out=args.test_out, quarantine=args.quarantine)
+    distinct_outputs(data=args.data, train_out=args.train_out, test_out=args.test_out,
+                     quarantine=args.quarantine)
     events, report = read_event_input(args)
     print(report.summary())
     train, test = split_events_by_shopper(events, args.test_fraction, args.seed)
@@ -356,20 +364,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     into each site's test shoppers, train one global model with Flower (DP-SGD at every site),
     compare it with centralised, site-alone and IsolationForest baselines on the same test
     shoppers, and write RUN_DIR/report.md, figures, metrics.json, checkpoints and model/."""
-    from seqanom_core.formats import parse_mapping
     from simulation.run import SimulationConfig, prepare_flwr_run, simulate
 
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
-    fmt: Any = args.format
-    if args.format == "generic":
-        if not args.mapping:
-            raise ConfigError("--format generic needs --mapping")
-        fmt = parse_mapping(args.mapping)
-    elif args.mapping:
-        raise ConfigError("--mapping is only used with --format generic")
-    elif args.format == "tokens":
-        raise ConfigError("simulate works on event logs, not on pre-tokenised sequences")
+    fmt = event_format(args)
+    distinct_outputs(data=args.data, quarantine=args.quarantine)
     cfg = SimulationConfig(
         out=Path(args.out), data=Path(args.data) if args.data else None, fmt=fmt,
         quarantine=Path(args.quarantine) if args.quarantine else None,
@@ -546,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("simulate", cmd_simulate, "simulate a federation of sites on one machine, with report")
     p.add_argument("--data", metavar="PATH", help="event log to partition (default: built-in generator)")
-    p.add_argument("--format", default="taobao", help="with --data: format name (see 'train --help')")
+    p.add_argument("--format", default="taobao",
+                   help="with --data: format name (default: taobao; the others are listed in "
+                        "'train --help')")
     p.add_argument("--mapping", metavar="SPEC",
                    help="with --format generic: column mapping (as for 'train --help')")
     p.add_argument("--quarantine", metavar="PATH",

@@ -77,6 +77,8 @@ class AccountantState:
         if any(not (math.isfinite(s) and s > 0 and 0 < q <= 1 and n > 0) for s, q, n in hist):
             raise ConfigError("'history' holds an entry outside noise > 0, 0 < rate <= 1, steps > 0")
         delta = data.get("delta")
+        if delta is None and hist:
+            raise ConfigError("an accountant history needs its delta")
         if delta is not None and not 0 < float(delta) < 1:
             raise ConfigError(f"delta must be in (0, 1), not {delta}")
         return cls(history=hist, delta=None if delta is None else float(delta))

@@ -146,11 +146,39 @@ class PrivacyLedger:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrivacyLedger:
-        """Rebuild from ``to_dict`` output."""
+        """Rebuild from ``to_dict`` output, refusing a damaged ledger: one whose accountant
+        history and release entries disagree would otherwise be read as less spent."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a ledger is a JSON object, not {type(data).__name__}")
         if data.get("version") != LEDGER_VERSION:
             raise ConfigError(f"unsupported ledger version {data.get('version')!r}")
-        return cls(budget=data.get("budget"), state=AccountantState.from_dict(data["accountant"]),
-                   entries=list(data.get("entries", [])), site=data.get("site", ""))
+        budget = data.get("budget")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not math.isfinite(budget) or budget <= 0):
+            raise ConfigError(f"budget must be a positive number or null, not {budget!r}")
+        state = AccountantState.from_dict(data["accountant"])
+        entries = data.get("entries", [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ConfigError("'entries' must be a list of release records")
+        recorded: dict[tuple[float, float], int] = {}
+        for i, e in enumerate(entries):
+            try:
+                after = float(e["epsilon_after"])
+                releases = [(float(s), float(q), int(n)) for s, q, n in e.get("releases", [])]
+            except (KeyError, TypeError, ValueError) as err:
+                raise ConfigError(f"entry {i}: needs epsilon_after and releases of "
+                                  f"[noise, rate, steps] ({err})") from err
+            if not (math.isfinite(after) and after >= 0) or any(n <= 0 for _, _, n in releases):
+                raise ConfigError(f"entry {i}: epsilon_after and steps must be non-negative")
+            for s, q, n in releases:
+                recorded[(s, q)] = recorded.get((s, q), 0) + n
+        if recorded != _steps_by_mechanism(state):
+            raise ConfigError(
+                f"the accountant history ({sum(n for _, _, n in state.history)} steps) does not match the "
+                f"release entries ({sum(recorded.values())} steps); the ledger is damaged, and "
+                "reading it could understate what was spent")
+        return cls(budget=None if budget is None else float(budget), state=state,
+                   entries=list(entries), site=str(data.get("site", "")))
 
     def to_json(self) -> str:
         """The ledger as a JSON string."""
@@ -171,7 +199,7 @@ class PrivacyLedger:
         """Read a ledger written by ``save``."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
             raise ConfigError(f"{path}: cannot read privacy ledger: {err}") from err
 
     @classmethod

@@ -8,6 +8,7 @@ of known ones, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,11 @@ class FederationConfig:
             raise ConfigError(f"alert-rate must be in (0, 1), not {self.alert_rate}")
 
 
+def _positive(value: float) -> bool:
+    """A finite number above 0 (NaN and infinities are not)."""
+    return math.isfinite(value) and value > 0
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     """Which guarantees a run adds on top of each site's local shopper-level DP.
@@ -83,16 +89,16 @@ class PrivacySettings:
         if self.mode not in PRIVACY_MODES:
             raise ConfigError(f"privacy-mode must be one of {', '.join(PRIVACY_MODES)}, "
                               f"not {self.mode!r}")
-        if self.central_noise_multiplier <= 0:
+        if not _positive(self.central_noise_multiplier):
             raise ConfigError("central-noise-multiplier must be positive (Flower's accountant "
                               f"needs noise), not {self.central_noise_multiplier}")
-        if self.central_clipping_norm <= 0:
+        if not _positive(self.central_clipping_norm):
             raise ConfigError(f"central-clipping-norm must be positive, not "
                               f"{self.central_clipping_norm}")
         if self.central_sites_per_round < 1:
             raise ConfigError(f"central-sites-per-round must be >= 1, not "
                               f"{self.central_sites_per_round}")
-        if self.central_epsilon <= 0:
+        if not _positive(self.central_epsilon):
             raise ConfigError(f"central-epsilon must be positive, not {self.central_epsilon}")
         if not 0 <= self.central_delta < 1:
             raise ConfigError(f"central-delta must be in [0, 1), not {self.central_delta}")
@@ -134,6 +140,13 @@ class RunSettings:
     budget: float | None = None  # per-site epsilon budget (None without DP)
     max_noise: float = 50.0  # a site declines rather than train with more noise than this
     privacy: PrivacySettings = PrivacySettings()
+
+    def __post_init__(self) -> None:
+        # a NaN or infinite budget would let every release through (no comparison fails)
+        if self.budget is not None and not _positive(self.budget):
+            raise ConfigError(f"privacy budget (epsilon) must be a positive number, not {self.budget}")
+        if not _positive(self.max_noise):
+            raise ConfigError(f"max-noise must be a positive number, not {self.max_noise}")
 
 
 #: A site's local training in a federation: plain SGD at lr 1.0 (clipped per-shopper gradients
@@ -216,9 +229,12 @@ def _cast(value: Any, like: Any, key: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if isinstance(like, float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("not a finite number")
+            return number
         return str(value)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ConfigError(f"run config {key}: cannot use {value!r} ({err})") from err
 
 

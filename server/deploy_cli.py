@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -70,10 +71,63 @@ def insecure_warning(what: str, detail: str) -> None:
     print(INSECURE_BANNER.format(what=what, detail=detail), file=sys.stderr, flush=True)
 
 
-def _existing(path: str | Path, option: str) -> str:
+def existing_file(path: str | Path, option: str, pem: str | None = None) -> str:
+    """Absolute path of an existing file; with ``pem`` ("CERTIFICATE" or "PRIVATE KEY"), the
+    file must hold that PEM block (a .pub key or a CSV given by mistake fails here, not in the
+    middle of a TLS handshake)."""
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise ConfigError(f"{option} {path}: no such file")
+    if pem is not None:
+        try:
+            head = p.read_bytes()[:1 << 16]
+        except OSError as err:
+            raise ConfigError(f"{option} {path}: cannot read it ({err.strerror})") from err
+        if f"{pem}-----".encode() not in head:
+            raise ConfigError(f"{option} {path}: not a PEM {pem.lower()} file")
+    return str(p)
+
+
+def port_number(text: str) -> int:
+    """argparse type of a TCP port: 1..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, not {port}")
+    return port
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)$")
+
+
+def host_name(text: str) -> str:
+    """argparse type of a host name or IP address (IPv6 in brackets)."""
+    if not _HOST.match(text):
+        raise argparse.ArgumentTypeError(f"not a host name or IP address: {text!r}")
+    return text
+
+
+def host_port(text: str) -> str:
+    """argparse type of a ``HOST:PORT`` address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    host_name(host)
+    port_number(port)
+    return text
+
+
+def _output_file(path: str, option: str) -> str:
+    """Absolute path of a file to write (its directory is created; not a directory itself)."""
+    p = Path(path).expanduser().resolve()
+    if p.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory (give a file path)")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{option} {path}: cannot create its directory ({err.strerror})") from err
     return str(p)
 
 
@@ -126,15 +180,15 @@ def cmd_superlink(args: argparse.Namespace) -> int:
             raise ConfigError("the SuperLink needs TLS: give --credentials DIR (from 'seqanom "
                               "credentials') or --ssl-ca-certfile, --ssl-certfile and "
                               "--ssl-keyfile (or, on a test machine only, --insecure)")
-        ca, cert, key = (_existing(f, o) for f, o in zip(
-            files, ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"), strict=True))
+        ca, cert, key = (existing_file(f, o, pem) for f, o, pem in zip(
+            files, ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"),
+            ("CERTIFICATE", "CERTIFICATE", "PRIVATE KEY"), strict=True))
         argv += ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key,
                  "--enable-supernode-auth"]
     if args.database:
-        Path(args.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-        argv += ["--database", str(Path(args.database).expanduser().resolve())]
+        argv += ["--database", _output_file(args.database, "--database")]
     if args.log_file:
-        argv += ["--log-file", str(Path(args.log_file).expanduser().resolve())]
+        argv += ["--log-file", _output_file(args.log_file, "--log-file")]
     return launch(argv, flower_env(exe), args.dry_run)
 
 
@@ -149,12 +203,17 @@ def cmd_connection(args: argparse.Namespace) -> int:
     from flwr.cli.typing import SuperLinkConnection
     from flwr.supercore.utils import get_flwr_home
 
-    if args.insecure == bool(args.root_certificates):
+    if args.insecure and args.root_certificates:
+        raise ConfigError("--insecure cannot be combined with --root-certificates")
+    if not args.insecure and not args.root_certificates:
         raise ConfigError("give --root-certificates CA.pem (or, on a test machine only, --insecure)")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
+        raise ConfigError(f"--name {args.name!r}: use letters, digits, '-' and '_'")
     if args.insecure:
         insecure_warning("flwr CLI connection without TLS",
                          "run submissions and SuperNode registrations are unauthenticated.")
-    ca = _existing(args.root_certificates, "--root-certificates") if args.root_certificates else None
+    ca = (existing_file(args.root_certificates, "--root-certificates", "CERTIFICATE")
+          if args.root_certificates else None)
     write_superlink_connection(SuperLinkConnection(
         name=args.name, address=args.address, root_certificates=ca,
         insecure=True if args.insecure else None))
@@ -173,7 +232,7 @@ def add_central_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="credentials directory")
     p.add_argument("--sites", nargs="+", required=True, metavar="SITE",
                    help="site names (one node-authentication key pair each)")
-    p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
+    p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP", type=host_name,
                    help="extra SuperLink host name or IP for the certificate (repeatable); "
                         "localhost and 127.0.0.1 are always included")
     p.add_argument("--days", type=int, default=365, help="certificate validity")
@@ -186,10 +245,10 @@ def add_central_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--ssl-ca-certfile", metavar="PEM", help="CA certificate (overrides DIR)")
     p.add_argument("--ssl-certfile", metavar="PEM", help="server certificate (overrides DIR)")
     p.add_argument("--ssl-keyfile", metavar="PEM", help="server private key (overrides DIR)")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", default="127.0.0.1", type=host_name,
                    help="address to listen on; 0.0.0.0 to serve sites on other machines "
                         "(its name must be in the certificate: credentials --host)")
-    p.add_argument("--port", type=int, default=8000,
+    p.add_argument("--port", type=port_number, default=8000,
                    help="port of the Fleet, Control and Runtime APIs (all HTTPS)")
     p.add_argument("--database", metavar="PATH",
                    help="SQLite state file, so registered sites and runs survive a restart "
@@ -201,7 +260,8 @@ def add_central_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     p = add("connection", cmd_connection, "write the flwr CLI's SuperLink connection")
     p.add_argument("--name", default="seqanom", help="connection name (flwr run . NAME)")
-    p.add_argument("--address", required=True, metavar="HOST:PORT", help="the SuperLink")
+    p.add_argument("--address", required=True, metavar="HOST:PORT", type=host_port,
+                   help="the SuperLink")
     p.add_argument("--root-certificates", metavar="CA.pem", help="CA that signed the SuperLink")
     p.add_argument("--insecure", action="store_true", help="no TLS (test machines only)")
     p.add_argument("--default", action="store_true", help="make it the default connection")

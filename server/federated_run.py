@@ -38,7 +38,11 @@ from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedCl
 
 from client.records import from_array_record, to_array_record
 from seqanom_core import messages as K
-from seqanom_core.calibration_summary import calibrator_from_histograms, threshold_from_histogram
+from seqanom_core.calibration_summary import (
+    calibrator_from_histograms,
+    threshold_from_histogram,
+    threshold_noise,
+)
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.models import build_model, check_arrays, model_arrays
@@ -83,6 +87,8 @@ class RoundRecord:
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected: list[dict[str, str]] = field(default_factory=list)
     threshold: float | None = None
+    # how far histogram noise can move the threshold's tail, as a fraction of the shoppers
+    threshold_noise: float | None = None
     seconds: float = 0.0
     privacy: dict[str, Any] = field(default_factory=dict)  # the guarantees after this round
     central_accountant: dict[str, Any] | None = None  # Flower's accountant state (resume)
@@ -285,6 +291,13 @@ class FederatedRun:
         n_scored = sum(_metrics(m).get("num-examples", 0.0) for m in answers)
         threshold = threshold_from_histogram(np.asarray(score_hist), self.fed.alert_rate,
                                              n_scored or None)
+        rec.threshold_noise = threshold_noise(self.fed.calibration_noise, n_scored)
+        if rec.threshold_noise > self.fed.alert_rate / 2:
+            log.warning("round %d: the federated threshold rests on %d validation shoppers; the "
+                        "histogram noise moves its tail by about %.1f%% of them, against an "
+                        "alert rate of %.1f%%: the model's alert rate may be far from its "
+                        "target (more validation shoppers per site, or a higher alert rate)",
+                        r, int(n_scored), 100 * rec.threshold_noise, 100 * self.fed.alert_rate)
         return calibrator, threshold
 
     def _metadata(self, r: int, rec: RoundRecord) -> dict[str, Any]:
@@ -295,6 +308,7 @@ class FederatedRun:
                 "stop_reason": self.stop_reason,
                 "calibration": "federated: noisy per-site histograms of held-out validation "
                                f"shoppers (noise std {self.fed.calibration_noise} counts per bin)",
+                "threshold_noise": rec.threshold_noise,
                 "round_metrics": {"train": rec.train, "evaluate": rec.evaluate}}
 
     def privacy(self, rounds_done: int) -> dict[str, Any]:

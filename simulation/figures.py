@@ -49,7 +49,7 @@ def _series(rounds: list[dict], *keys: str) -> tuple[list[float], list[float]]:
 
 def plot_rounds(rounds: list[dict], path: Path) -> Path | None:
     """Per-round train/evaluate loss and evaluate AUROC/AUPRC; None when nothing to plot."""
-    loss = {"train loss": _series(rounds, "train", "loss"),
+    loss = {"train loss": _series(rounds, "train", "train-loss"),
             "evaluate loss": _series(rounds, "evaluate", "loss")}
     quality = {"AUROC": _series(rounds, "evaluate", "auroc"),
                "AUPRC": _series(rounds, "evaluate", "auprc")}

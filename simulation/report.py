@@ -70,10 +70,17 @@ def _as_given(x: Any) -> str:
     return str(plain_json(x))
 
 
+def _cell(text: str, limit: int = 300) -> str:
+    """A table cell: one line (a multi-line reason, e.g. a site's traceback, would break the
+    table), pipes escaped, long text cut."""
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     """Markdown table lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows)]
+            *("| " + " | ".join(_cell(c) for c in r) + " |" for r in rows)]
 
 
 def _recall(
@@ -159,7 +166,7 @@ def _rounds_lines(rounds: list[dict]) -> list[str]:
         rejected = r.get("rejected") or []
         rej = ", ".join(f"{x.get('site', '?')} ({x.get('reason', '?')})" if isinstance(x, dict)
                         else str(x) for x in rejected)
-        rows.append([_fmt(r.get("round", i + 1)), _fmt(nested(r, "train", "loss")),
+        rows.append([_fmt(r.get("round", i + 1)), _fmt(nested(r, "train", "train-loss")),
                      _fmt(nested(r, "evaluate", "loss")), _fmt(nested(r, "evaluate", "auroc")),
                      str(len(sites) - len(declined)), ", ".join(declined) or "—",
                      rej or "—", _fmt(r.get("seconds"), 1)])

@@ -125,3 +125,57 @@ def test_connection_is_written_to_flwr_home(tmp_path, monkeypatch, capsys):
     assert cfg["prod"] == {"address": "link:9093",
                            "root-certificates": str((tmp_path / "c" / "ca.pem").resolve())}
     assert cli.main(["connection", "--address", "link:9093"]) == 2
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-1"])
+def test_supernode_refuses_a_budget_that_is_not_a_positive_number(tmp_path, capsys, budget):
+    create_credentials(tmp_path / "c", ["s1"])
+    paths = CredentialPaths(tmp_path / "c")
+    data = tmp_path / "events.parquet"
+    data.write_text("x")
+    assert cli.main(["supernode", "--superlink", "127.0.0.1:9092", "--root-certificates",
+                     str(paths.ca_cert), "--private-key", str(paths.site_key("s1")), "--data",
+                     str(data), "--ledger", str(tmp_path / "s1.json"), "--privacy-budget", budget,
+                     "--dry-run"]) == 2
+    assert "--privacy-budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["superlink", "--insecure", "--port", "70000", "--dry-run"], "1..65535"),
+    (["superlink", "--insecure", "--port", "abc", "--dry-run"], "not a port"),
+    (["connection", "--insecure", "--address", "nohost"], "HOST:PORT"),
+    (["connection", "--insecure", "--address", "127.0.0.1:0"], "1..65535"),
+    (["credentials", "--out", "x", "--sites", "a", "--host", "bad host!"], "host name"),
+])
+def test_deployment_addresses_and_ports_are_checked(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_deployment_files_and_values_are_checked_before_anything_starts(tmp_path, capsys):
+    create_credentials(tmp_path / "c", ["s1"])
+    paths = CredentialPaths(tmp_path / "c")
+    data = tmp_path / "events.parquet"
+    data.write_text("x")
+    site = ["supernode", "--superlink", "127.0.0.1:9092", "--root-certificates", str(paths.ca_cert),
+            "--data", str(data), "--ledger", str(tmp_path / "s1.json"), "--dry-run"]
+    key = ["--private-key", str(paths.site_key("s1"))]
+    for extra, needle in (
+        (["--private-key", str(paths.site_public_key("s1"))], "not a PEM private key"),
+        (key + ["--format", "nosuch"], "--format"),
+        (key + ["--threads", "0"], "--threads"),
+        (key + ["--max-retries", "-1"], "--max-retries"),
+        (key + ["--device", "gpu"], "--device"),
+    ):
+        assert cli.main(site + extra) == 2, extra
+        assert needle in capsys.readouterr().err
+    assert cli.main(["superlink", "--credentials", str(tmp_path / "c"), "--ssl-certfile", str(data),
+                     "--dry-run"]) == 2
+    assert "not a PEM certificate" in capsys.readouterr().err
+    assert cli.main(["superlink", "--credentials", str(tmp_path / "c"), "--database",
+                     str(tmp_path), "--dry-run"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert cli.main(["connection", "--insecure", "--root-certificates", str(paths.ca_cert),
+                     "--address", "127.0.0.1:9093"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err

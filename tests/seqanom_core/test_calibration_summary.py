@@ -56,3 +56,22 @@ def test_tree_histogram_levels_each_count_every_shopper_once():
     assert [len(lv) for lv in levels][:3] == [1024, 512, 256] and len(levels[-1]) == 1
     assert all(lv.sum() == 57 for lv in levels)
     assert np.array_equal(levels[1], levels[0].reshape(-1, 2).sum(axis=1))
+
+
+def test_threshold_noise_matches_the_spread_of_noisy_tail_quantiles():
+    # the stated noise of the CDF at a tail point is what repeated noisy histograms show
+    from seqanom_core.calibration_summary import (
+        SCORE_EDGES,
+        _cdf,
+        noisy_tree_histogram,
+        threshold_noise,
+    )
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=40)
+    j = int(np.searchsorted(SCORE_EDGES, np.quantile(scores, 0.9)))
+    cdfs = [_cdf(noisy_tree_histogram(scores, SCORE_EDGES, 0.5, rng), total=40)[j]
+            for _ in range(400)]
+    stated = threshold_noise(0.5, 40)
+    assert 0.5 * stated < float(np.std(cdfs)) < 1.5 * stated
+    assert threshold_noise(0.5, 20) > 0.025 > threshold_noise(0.5, 200)  # vs a 5% alert rate / 2

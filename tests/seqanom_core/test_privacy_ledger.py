@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 
-from seqanom_core.errors import PrivacyBudgetExceeded
+from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
 from seqanom_core.privacy import AccountantState
 from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
 
@@ -67,3 +70,33 @@ def test_spend_is_broken_down_by_run():
     assert 0 < second["epsilon_added"] < second["epsilon_alone"] < first["epsilon_alone"]
     s = ledger.summary()
     assert s["remaining"] == pytest.approx(8.0 - ledger.spent()) and s["steps"] == 30
+
+
+def _real_ledger() -> dict:
+    ledger = PrivacyLedger(budget=8.0, site="s")
+    ledger.fix_delta(1e-5)
+    _spend(ledger, 1.0, 0.1, 30, 1)
+    _spend(ledger, 1.2, 0.1, 30, 2)
+    return ledger.to_dict()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d["accountant"].update(history=[]),  # would read as nothing spent
+    lambda d: d["accountant"].update(history=[[50.0, 0.01, 1]]),  # would read as far less
+    lambda d: d.update(entries=[]),
+    lambda d: d.update(entries="abc"),
+    lambda d: d["entries"][0].update(releases=[[1]]),
+    lambda d: d["entries"][0].update(epsilon_after="x"),
+    lambda d: d.update(budget="abc"),
+    lambda d: d.update(budget=float("nan")),
+    lambda d: d.update(budget=-1),
+    lambda d: d["accountant"].update(delta=None),
+])
+def test_a_damaged_ledger_is_refused_not_read_as_less_spent(tmp_path, damage):
+    data = _real_ledger()
+    assert PrivacyLedger.from_dict(copy.deepcopy(data)).spent() > 0  # the undamaged one reads
+    damage(data)
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="ledger.json"):
+        PrivacyLedger.load(path)

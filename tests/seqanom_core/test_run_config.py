@@ -40,7 +40,21 @@ def test_sites_train_with_plain_sgd_unless_told_otherwise():
 
 
 @pytest.mark.parametrize("bad", [{"num-round": 3}, {"strategy": "fedsgd"}, {"num-rounds": 0},
-                                 {"dp": "maybe"}, {"local-optimizer": "adam"}])
+                                 {"dp": "maybe"}, {"local-optimizer": "adam"},
+                                 # non-finite numbers: a NaN budget would let every release through
+                                 {"epsilon": float("nan")}, {"epsilon": float("inf")},
+                                 {"privacy-mode": "local+central", "central-clipping-norm": float("nan")},
+                                 {"max-noise": float("inf")}])
 def test_bad_run_config_is_a_clear_error(bad):
     with pytest.raises(ConfigError):
         settings_from_run_config(bad)
+
+
+def test_a_site_budget_must_be_a_positive_number():
+    import dataclasses
+    import math
+
+    s = settings_from_run_config({})
+    for bad in (math.nan, math.inf, 0.0, -1.0):
+        with pytest.raises(ConfigError):
+            dataclasses.replace(s, budget=bad)  # what a node's privacy-budget goes through

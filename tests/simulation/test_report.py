@@ -33,12 +33,14 @@ def scored() -> tuple[dict, pd.DataFrame]:
 
 def _rounds() -> list[dict]:
     return [
-        {"round": 1, "train": {"loss": 3.1}, "evaluate": {"loss": 2.9, "accuracy": 0.31,
+        {"round": 1, "train": {"train-loss": 3.1}, "evaluate": {"loss": 2.9, "accuracy": 0.31,
                                                           "auroc": 0.7, "auprc": 0.5},
          "sites": {"site-0": {"epsilon": 1.2, "declined": False, "train_loss": 3.0},
                    "site-1": {"epsilon": 0.9, "declined": False}},
-         "rejected": [{"site": "site-2", "reason": "NaN"}], "seconds": 12.5},
-        {"round": 2, "train": {"loss": 2.5}, "evaluate": {"loss": 2.4},
+         "rejected": [{"site": "site-2", "reason": "NaN"},
+                      {"site": "site-3", "reason": "Traceback:\n  File x | y\nValueError"}],
+         "seconds": 12.5},
+        {"round": 2, "train": {"train-loss": 2.5}, "evaluate": {"loss": 2.4},
          "sites": {"site-0": {"epsilon": 1.2, "declined": True},
                    "site-1": {"epsilon": 1.4, "declined": False}},
          "seconds": np.float64(11.0)},
@@ -71,6 +73,8 @@ def test_report_and_figures(tmp_path: Path, scored: tuple) -> None:
     assert "| site-1 | 1.4 |" in text  # epsilon per site exactly as given
     assert "| federated | " in text and "| 1.4 | 1e-05 |" in text
     assert "site-2 (NaN)" in text
+    assert "site-3 (Traceback: File x \\| y ValueError)" in text  # one table row, pipe escaped
+    assert "| 1 | 3.100 | 2.900 | 0.700 |" in text  # the round log's keys, as the server writes them
     assert "score > threshold 0.5" in text and "top-k, k = 15" in text
     data = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert data["array"] == [0, 1, 2]

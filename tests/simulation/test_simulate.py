@@ -107,3 +107,30 @@ def test_simulate_reads_a_generic_mapping_and_quarantines_bad_rows(tmp_path, cap
     # --mapping without generic, and input options without --data, are refused in one line
     assert main(["-q", "simulate", "--prepare-only", "--mapping", mapping, "--out", str(out)]) == 2
     assert "only used with --data" in capsys.readouterr().err
+
+
+def test_bad_settings_are_refused_before_an_earlier_run_is_replaced(tmp_path, capsys):
+    from seqanom_core.cli import main
+
+    out = tmp_path / "run"
+    ledger = out / "ledgers" / "site-0.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text("{}")  # stands for an earlier run's spent ledger
+    for bad in (["--epsilon", "nan"], ["--local-epochs", "0"], ["--partition", "dirichlet",
+                "--alpha", "0"], ["--privacy-mode", "local+central", "--central-clip", "nan"]):
+        code = main(["-q", "simulate", "--prepare-only", "--shoppers", "60", "--out", str(out),
+                     *bad])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, (bad, err)
+        assert ledger.is_file(), bad  # nothing of the earlier run was removed
+    # natural partition of a file with fewer site values than --sites
+    data = tmp_path / "ev.csv"
+    assert main(["-q", "synth", "--shoppers", "60", "--sites", "2", "--out", str(data)]) == 0
+    code = main(["-q", "simulate", "--prepare-only", "--data", str(data), "--format", "seqanom",
+                 "--partition", "natural", "--sites", "3", "--out", str(out)])
+    assert code == 2 and "only 2 value(s)" in capsys.readouterr().err and ledger.is_file()
+    # an output that names the input
+    code = main(["-q", "simulate", "--prepare-only", "--data", str(data), "--format", "seqanom",
+                 "--quarantine", str(data), "--out", str(out)])
+    assert code == 2 and "--data and --quarantine" in capsys.readouterr().err
+    assert data.stat().st_size > 1000
