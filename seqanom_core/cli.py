@@ -205,6 +205,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from seqanom_core.detector import SequenceDetector
     from seqanom_core.metrics import detection_report
 
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be 1 or more, not {args.top_k}")
+    if args.metrics_out and not args.labels:
+        raise ConfigError("--metrics-out needs --labels (the metrics compare scores with labels)")
     distinct_outputs(data=args.data, out=args.out, metrics_out=args.metrics_out,
                      quarantine=args.quarantine)
     for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
@@ -226,7 +230,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         else:
             explanations.append(("", ""))
     df = pd.DataFrame({
-        "user_id": scored.ids, "score": np.round(scored.scores, 4), "flagged": flagged.astype(int),
+        # scores as computed: a rounded score equal to the threshold could look flagged
+        "user_id": scored.ids, "score": scored.scores, "flagged": flagged.astype(int),
         "driver": [e[0] for e in explanations], "top_events": [e[1] for e in explanations],
     })
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +244,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         missing = [u for u in scored.ids if u not in labels]
         if missing:
             raise ConfigError(f"{args.labels}: no label for {len(missing)} scored shoppers "
-                              f"(e.g. {missing[0]!r})")
+                              f"(e.g. {str(missing[0])!r})")
         y = np.array([labels[u][0] for u in scored.ids])
         kinds = [labels[u][1] for u in scored.ids]
         if len(set(y.tolist())) < 2:

@@ -229,14 +229,46 @@ def sequences_from_tokens(ids: list[str], tokens: list[np.ndarray], tok: Tokeniz
     )
 
 
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a well-mixed uint64 hash of each uint64 (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _sequence_keys(seqs: SequenceSet, seed: int) -> np.ndarray:
+    """One pseudo-random uint64 per event that depends only on the seed, the event's own
+    sequence (its tokens, in order) and its position there: not on the other sequences of the
+    set or on where the sequence sits in it."""
+    lengths = seqs.lengths
+    seq_of = np.repeat(np.arange(len(seqs)), lengths)
+    pos = np.arange(seqs.n_events, dtype=np.int64) - np.repeat(seqs.offsets[:-1], lengths)
+    with np.errstate(over="ignore"):
+        token = np.zeros(seqs.n_events, dtype=np.uint64)
+        for k, c in enumerate(CHANNELS):
+            token = _mix64(token ^ (seqs.channels[c].astype(np.uint64) + np.uint64(k + 1)))
+        per_event = _mix64(token ^ (pos.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+        content = np.zeros(len(seqs), dtype=np.uint64)
+        nonempty = lengths > 0
+        if nonempty.any():  # wrapping sum of the events' hashes: the sequence's content hash
+            content[nonempty] = np.add.reduceat(per_event, seqs.offsets[:-1][nonempty])
+        base = _mix64(content ^ np.uint64(seed & 0xFFFFFFFF) * np.uint64(0xD6E8FEB86659FD93))
+        return _mix64(base[seq_of] ^ (pos.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+
+
 def shuffle_within(seqs: SequenceSet, seed: int, keep: tuple[str, ...] = ("gap",)) -> SequenceSet:
     """Each sequence's events in a seeded random order; channels in ``keep`` stay in place.
 
     With the default, timing stays where it was and only what happened when is reordered: the
-    reference against which the order of a shopper's own events is judged.
+    reference against which the order of a shopper's own events is judged. A sequence's order
+    depends only on the seed and its own events, so a shopper's score does not change with the
+    other shoppers in the file or their order.
     """
     seq_of = np.repeat(np.arange(len(seqs)), seqs.lengths)
-    order = np.lexsort((np.random.default_rng(seed).random(seqs.n_events), seq_of))
+    order = np.lexsort((_sequence_keys(seqs, seed), seq_of))
     channels = {k: v if k in keep else v[order] for k, v in seqs.channels.items()}
     return SequenceSet(ids=seqs.ids, offsets=seqs.offsets, channels=channels, source=seqs.source,
                        timestamp=seqs.timestamp, session=seqs.session, rows=seqs.rows)

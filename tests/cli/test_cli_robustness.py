@@ -177,3 +177,19 @@ def test_console_command_error_exit_status(wd, tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert "no valid rows" in proc.stderr and "terminate called" not in proc.stderr
+
+
+def test_score_options_and_written_scores_agree_with_flags(wd, capsys, tmp_path):
+    base = ["-q", "score", "--model", str(wd / "model"), "--data", str(wd / "ev.csv")]
+    _one_line_error(capsys, main([*base, "--out", str(tmp_path / "s.csv"), "--top-k", "0"]),
+                    "--top-k")
+    _one_line_error(capsys, main([*base, "--out", str(tmp_path / "s.csv"), "--metrics-out",
+                                  str(tmp_path / "m.json")]), "--metrics-out needs --labels")
+    # scoring the training shoppers puts calibration shoppers exactly at the threshold: the
+    # written score must say the same as the flag (a 4-decimal rounding once did not)
+    assert main([*base, "--out", str(tmp_path / "s.csv")]) == 0
+    threshold = json.loads((wd / "model" / "calibration.json").read_text())["threshold"]
+    rows = (tmp_path / "s.csv").read_text().splitlines()[1:]
+    for row in rows:
+        _, score, flagged = row.split(",")[:3]
+        assert (float(score) > threshold) == (flagged == "1"), row

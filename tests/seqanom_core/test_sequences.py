@@ -103,3 +103,21 @@ def test_shuffle_within_reorders_each_sequence_but_keeps_timing():
             assert sorted(a.channels[c][sl]) == sorted(s.channels[c][sl])  # same events, own shopper
     many = [shuffle_within(s, seed=k).channels["event"] for k in range(20)]
     assert any(not np.array_equal(m, s.channels["event"]) for m in many)
+
+
+def test_a_sequences_reordering_does_not_depend_on_the_other_sequences():
+    # the order reference of a shopper must not change with the file's other shoppers or their
+    # order (it did: one random draw ran over all events of the file)
+    from seqanom_core.sequences import shuffle_within
+
+    rng = np.random.default_rng(0)
+    tokens = [rng.integers(0, 50, size=int(n)) for n in rng.integers(1, 30, size=40)]
+    s = sequences_from_tokens([str(i) for i in range(40)], tokens, TOK)
+    full = shuffle_within(s, seed=1)
+    for index in (np.arange(40)[::-1], np.array([7]), rng.permutation(40)[:13]):
+        part = shuffle_within(s.subset(index), seed=1)
+        for j, i in enumerate(index):
+            assert np.array_equal(part.channels["event"][part.span(j)],
+                                  full.channels["event"][full.span(int(i))])
+    other = shuffle_within(s, seed=2)
+    assert not np.array_equal(other.channels["event"], full.channels["event"])  # seed matters
