@@ -10,8 +10,11 @@ from seqanom_core.errors import ConfigError
 def calibrate_threshold(scores: np.ndarray, alert_rate: float) -> float:
     """Threshold flagging about ``alert_rate`` of ``scores`` (``score > threshold`` is an alert).
 
-    Uses the empirical ``1 - alert_rate`` quantile (higher interpolation), so on the calibration
-    scores at most ``alert_rate`` of them lie strictly above it.
+    Uses the empirical ``1 - alert_rate`` quantile ``v`` (higher interpolation), so on the
+    calibration scores at most ``alert_rate`` of them lie strictly above it. When several
+    scores tie at ``v`` (regular logs, e.g. templated token sequences, give identical scores),
+    flagging none of them can undershoot the target badly (0% for 5%); the threshold then moves
+    just below ``v`` if flagging the tied scores too comes closer to ``alert_rate``.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if not 0 < alert_rate < 1:
@@ -19,7 +22,12 @@ def calibrate_threshold(scores: np.ndarray, alert_rate: float) -> float:
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
         raise ConfigError("cannot calibrate a threshold on no finite scores")
-    return float(np.quantile(scores, 1.0 - alert_rate, method="higher"))
+    v = float(np.quantile(scores, 1.0 - alert_rate, method="higher"))
+    above, at_or_above = float(np.mean(scores > v)), float(np.mean(scores >= v))
+    if abs(at_or_above - alert_rate) < abs(above - alert_rate):
+        lower = scores[scores < v]
+        return float((lower.max() + v) / 2) if lower.size else float(np.nextafter(v, -np.inf))
+    return v
 
 
 def alert_rate_at(scores: np.ndarray, threshold: float) -> float:

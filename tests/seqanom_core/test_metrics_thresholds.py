@@ -27,6 +27,16 @@ def test_threshold_hits_alert_rate():
         calibrate_threshold(np.array([np.nan]), 0.1)
 
 
+def test_tied_scores_at_the_quantile_are_flagged_when_that_is_closer_to_the_target():
+    # 60 calibration scores, 4 tied at the top: flagging none gives 0%, all 4 gives 6.7% (5% asked)
+    scores = np.r_[np.linspace(0.0, 1.0, 56), [2.0] * 4]
+    t = calibrate_threshold(scores, 0.05)
+    assert 1.0 < t < 2.0 and alert_rate_at(scores, t) == pytest.approx(4 / 60)
+    # 8 tied (13%): flagging them is further from 5% than flagging none
+    scores = np.r_[np.linspace(0.0, 1.0, 52), [2.0] * 8]
+    assert alert_rate_at(scores, calibrate_threshold(scores, 0.05)) == 0.0
+
+
 def test_metrics_known_values():
     y = np.array([0, 0, 1, 1])
     s = np.array([0.1, 0.4, 0.35, 0.8])
