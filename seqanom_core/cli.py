@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -373,6 +373,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
+    if not args.dp and args.epsilon is not None:
+        raise ConfigError("--epsilon is a budget of DP training: it cannot go with --no-dp")
     fmt = event_format(args)
     distinct_outputs(data=args.data, quarantine=args.quarantine)
     cfg = SimulationConfig(
@@ -381,7 +383,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         shoppers=args.shoppers, sites=args.sites,
         partition=args.partition or ("natural" if args.data is None else "iid"),
         alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, model=args.model,
-        strategy=args.strategy, dp=args.dp, epsilon=args.epsilon, baselines=not args.no_baselines,
+        strategy=args.strategy, dp=args.dp, epsilon=8.0 if args.epsilon is None else args.epsilon,
+        baselines=not args.no_baselines,
         seed=args.seed, privacy_mode=args.privacy_mode,
         central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
         central_epsilon=args.central_epsilon)
@@ -461,9 +464,18 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (naming the command and the option)
+    and exit status 2, like every other error of the command; ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit 2."""
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (``--help`` on every command is complete)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="seqanom",
         description="Privacy-preserving anomaly detection on e-commerce shopper event sequences.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -572,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"])
     p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=True,
                    help="DP-SGD at every site (one shopper = one example)")
-    p.add_argument("--epsilon", type=float, default=8.0, help="per-site privacy budget")
+    p.add_argument("--epsilon", type=float, help="per-site privacy budget (default 8)")
     p.add_argument("--privacy-mode", choices=["local", "local+central", "local+secagg"],
                    default="local",
                    help="local: DP-SGD at every site; local+central: plus site-level DP "
@@ -655,9 +667,14 @@ def console_main() -> None:
     An error exit leaves the process at once after flushing the console (``os._exit``): an
     error can interrupt a multi-threaded Arrow read, and the interpreter's teardown of Arrow's
     thread pool then sometimes aborts the process ("terminate called without an active
-    exception", status 134 instead of 2). Every file this command writes is closed by then."""
+    exception", status 134 instead of 2). Every file this command writes is closed by then; a
+    Ray runtime a failed simulation left running is shut down first (``os._exit`` skips the
+    atexit hook that would otherwise stop it)."""
     code = main()
     if code:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

@@ -70,7 +70,9 @@ def test_negative_seed_is_a_usage_error(wd, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["-q", "split", "--data", str(wd / "ev.csv"), "--train-out", str(wd / "a.csv"),
               "--test-out", str(wd / "b.csv"), "--seed", "-1"])
-    assert exc.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "must be 0 or more" in err
+    assert len(err.strip().splitlines()) == 1 and "seqanom split: error: argument --seed" in err
 
 
 def test_train_out_that_is_a_file_is_refused(wd, capsys):
@@ -193,3 +195,10 @@ def test_score_options_and_written_scores_agree_with_flags(wd, capsys, tmp_path)
     for row in rows:
         _, score, flagged = row.split(",")[:3]
         assert (float(score) > threshold) == (flagged == "1"), row
+
+
+def test_epsilon_without_dp_is_refused_by_simulate(tmp_path, capsys):
+    code = main(["-q", "simulate", "--no-dp", "--epsilon", "3", "--prepare-only",
+                 "--out", str(tmp_path / "run")])
+    _one_line_error(capsys, code, "--no-dp")
+    assert not (tmp_path / "run").exists()
