@@ -11,11 +11,11 @@ flwr (the SuperNode does, in its own process).
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+from seqanom_core.config import is_positive_number
 from seqanom_core.errors import ConfigError
 from server.deploy_cli import (
     existing_file,
@@ -43,13 +43,6 @@ def node_config(values: dict[str, str | float]) -> str:
                     for k, v in values.items())
 
 
-def _file(path: str, option: str) -> str:
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise ConfigError(f"{option} {path}: no such file")
-    return str(p)
-
-
 def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
     """The site's node config from the command's options (absolute paths, files checked)."""
     from seqanom_core.formats import list_formats
@@ -58,7 +51,7 @@ def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
         raise ConfigError(f"--format {args.format!r}: use one of {', '.join(list_formats())}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
         raise ConfigError(f"--device {args.device!r}: use auto, cpu, cuda or cuda:N")
-    cfg: dict[str, str | float] = {"data-path": _file(args.data, "--data"),
+    cfg: dict[str, str | float] = {"data-path": existing_file(args.data, "--data"),
                                    "format": args.format}
     ledger = Path(args.ledger).expanduser().resolve()
     if ledger.is_dir():
@@ -66,15 +59,15 @@ def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
     ledger.parent.mkdir(parents=True, exist_ok=True)
     cfg["ledger-path"] = str(ledger)
     if args.privacy_budget is not None:
-        if not (math.isfinite(args.privacy_budget) and args.privacy_budget > 0):
+        if not is_positive_number(args.privacy_budget):
             raise ConfigError(f"--privacy-budget must be a positive number, not {args.privacy_budget}")
         cfg["privacy-budget"] = float(args.privacy_budget)
     cfg["device"] = args.device
     cfg["site-name"] = args.site_name or Path(args.data).stem
     if args.test_path:
-        cfg["test-path"] = _file(args.test_path, "--test-path")
+        cfg["test-path"] = existing_file(args.test_path, "--test-path")
     if args.labels_path:
-        cfg["labels-path"] = _file(args.labels_path, "--labels-path")
+        cfg["labels-path"] = existing_file(args.labels_path, "--labels-path")
     return cfg
 
 

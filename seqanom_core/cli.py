@@ -92,12 +92,9 @@ def event_format(args: argparse.Namespace) -> Any:
 
 def read_event_input(args: argparse.Namespace) -> tuple[Any, Any]:
     """Read --data (--format, --mapping, --quarantine) as an events table: (table, report)."""
-    from seqanom_core.ingest import read_events
+    from seqanom_core.ingest import read_nonempty_events
 
-    events, report = read_events(args.data, event_format(args), quarantine_path=args.quarantine)
-    if events.num_rows == 0:
-        raise ConfigError(f"{args.data}: no valid rows ({report.summary()})")
-    return events, report
+    return read_nonempty_events(args.data, event_format(args), quarantine_path=args.quarantine)
 
 
 def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]:

@@ -10,6 +10,12 @@ from typing import Any
 from seqanom_core.errors import ConfigError
 
 
+def is_positive_number(value: float) -> bool:
+    """A finite number above 0 (NaN and infinities are not: a NaN budget or rate passes every
+    comparison check unnoticed)."""
+    return math.isfinite(value) and value > 0
+
+
 def _check_positive_int(name: str, value: int) -> None:
     """Reject a count below 1 (one line, naming the setting)."""
     if int(value) != value or value < 1:
@@ -29,7 +35,7 @@ class TokenizerConfig:
     def __post_init__(self) -> None:
         for name in ("category_buckets", "gap_buckets", "token_buckets"):
             _check_positive_int(name, getattr(self, name))
-        if not (math.isfinite(self.session_gap_s) and self.session_gap_s > 0):
+        if not is_positive_number(self.session_gap_s):
             raise ConfigError(f"session gap must be a positive number of seconds, not "
                               f"{self.session_gap_s}")
         if self.hash_seed < 0:
@@ -72,15 +78,14 @@ class DPConfig:
     def __post_init__(self) -> None:
         if (self.epsilon is None) == (self.noise_multiplier is None):
             raise ConfigError("DP needs exactly one of epsilon or noise_multiplier")
-        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+        if self.epsilon is not None and not is_positive_number(self.epsilon):
             raise ConfigError(f"epsilon must be a positive number, not {self.epsilon}")
-        if self.noise_multiplier is not None and not (
-                math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+        if self.noise_multiplier is not None and not is_positive_number(self.noise_multiplier):
             raise ConfigError(f"noise multiplier must be a positive number, not "
                               f"{self.noise_multiplier}")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ConfigError(f"delta must be in (0, 1), not {self.delta}")
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+        if not is_positive_number(self.max_grad_norm):
             raise ConfigError(f"max_grad_norm must be positive, not {self.max_grad_norm}")
 
 
@@ -104,7 +109,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_positive_int("epochs", self.epochs)
         _check_positive_int("batch_size", self.batch_size)
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if not is_positive_number(self.lr):
             raise ConfigError(f"learning rate must be a positive number, not {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight decay must be 0 or more, not {self.weight_decay}")

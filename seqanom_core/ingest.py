@@ -757,6 +757,17 @@ def read_events(
     return table, report
 
 
+def read_nonempty_events(
+    path: str | Path, fmt: str | FormatSpec, *, quarantine_path: str | Path | None = None
+) -> tuple[pa.Table, IngestReport]:
+    """``read_events`` for a job that needs data: a file with no valid row (header only, or
+    every row quarantined) is a one-line error with the ingest summary, not an empty table."""
+    events, report = read_events(path, fmt, quarantine_path=quarantine_path)
+    if events.num_rows == 0:
+        raise ConfigError(f"{path}: no valid rows ({report.summary()})")
+    return events, report
+
+
 def _line_numbers(
     rows: np.ndarray, ragged: list[tuple[int | None, str]], first_line: int, n: int
 ) -> np.ndarray | None:

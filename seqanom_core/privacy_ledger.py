@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seqanom_core.config import is_positive_number
 from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
 from seqanom_core.privacy import UNIT, AccountantState, noise_for_budget, write_json_atomic
 
@@ -154,7 +155,7 @@ class PrivacyLedger:
             raise ConfigError(f"unsupported ledger version {data.get('version')!r}")
         budget = data.get("budget")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                                   or not math.isfinite(budget) or budget <= 0):
+                                   or not is_positive_number(budget)):
             raise ConfigError(f"budget must be a positive number or null, not {budget!r}")
         state = AccountantState.from_dict(data["accountant"])
         entries = data.get("entries", [])

@@ -12,7 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
+from seqanom_core.config import (
+    DPConfig,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+    is_positive_number,
+)
 from seqanom_core.errors import ConfigError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -57,11 +63,6 @@ class FederationConfig:
             raise ConfigError(f"alert-rate must be in (0, 1), not {self.alert_rate}")
 
 
-def _positive(value: float) -> bool:
-    """A finite number above 0 (NaN and infinities are not)."""
-    return math.isfinite(value) and value > 0
-
-
 @dataclass(frozen=True)
 class PrivacySettings:
     """Which guarantees a run adds on top of each site's local shopper-level DP.
@@ -89,16 +90,16 @@ class PrivacySettings:
         if self.mode not in PRIVACY_MODES:
             raise ConfigError(f"privacy-mode must be one of {', '.join(PRIVACY_MODES)}, "
                               f"not {self.mode!r}")
-        if not _positive(self.central_noise_multiplier):
+        if not is_positive_number(self.central_noise_multiplier):
             raise ConfigError("central-noise-multiplier must be positive (Flower's accountant "
                               f"needs noise), not {self.central_noise_multiplier}")
-        if not _positive(self.central_clipping_norm):
+        if not is_positive_number(self.central_clipping_norm):
             raise ConfigError(f"central-clipping-norm must be positive, not "
                               f"{self.central_clipping_norm}")
         if self.central_sites_per_round < 1:
             raise ConfigError(f"central-sites-per-round must be >= 1, not "
                               f"{self.central_sites_per_round}")
-        if not _positive(self.central_epsilon):
+        if not is_positive_number(self.central_epsilon):
             raise ConfigError(f"central-epsilon must be positive, not {self.central_epsilon}")
         if not 0 <= self.central_delta < 1:
             raise ConfigError(f"central-delta must be in [0, 1), not {self.central_delta}")
@@ -143,9 +144,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         # a NaN or infinite budget would let every release through (no comparison fails)
-        if self.budget is not None and not _positive(self.budget):
+        if self.budget is not None and not is_positive_number(self.budget):
             raise ConfigError(f"privacy budget (epsilon) must be a positive number, not {self.budget}")
-        if not _positive(self.max_noise):
+        if not is_positive_number(self.max_noise):
             raise ConfigError(f"max-noise must be a positive number, not {self.max_noise}")
 
 

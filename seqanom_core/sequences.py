@@ -229,9 +229,6 @@ def sequences_from_tokens(ids: list[str], tokens: list[np.ndarray], tok: Tokeniz
     )
 
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
 def _mix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a well-mixed uint64 hash of each uint64 (wrapping arithmetic)."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

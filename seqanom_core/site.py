@@ -69,9 +69,7 @@ _CACHE: dict[tuple, SiteData] = {}
 def _read(path: Path, fmt: str) -> Any:
     from seqanom_core.ingest import read_events
 
-    table, report = read_events(path, fmt)
-    if sum(report.rejected.values()):
-        log.warning("%s", report.summary())
+    table, _ = read_events(path, fmt)  # read_events logs its summary (a warning on rejects)
     return table
 
 

@@ -80,7 +80,8 @@ def existing_file(path: str | Path, option: str, pem: str | None = None) -> str:
         raise ConfigError(f"{option} {path}: no such file")
     if pem is not None:
         try:
-            head = p.read_bytes()[:1 << 16]
+            with p.open("rb") as f:
+                head = f.read(1 << 16)
         except OSError as err:
             raise ConfigError(f"{option} {path}: cannot read it ({err.strerror})") from err
         if f"{pem}-----".encode() not in head:

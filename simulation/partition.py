@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from seqanom_core.config import is_positive_number
 from seqanom_core.errors import ConfigError
 from seqanom_core.schema import BEHAVIORS, SITE_FIELD, check_events
 
@@ -52,10 +53,12 @@ def _natural(
             f"scheme 'natural': column '{site_column}' has {names.size} distinct value(s); need >= 2"
         )
     group = _mode_per_shopper(user, value, n_users)
-    if names.size <= n_sites:
-        if names.size < n_sites:
-            logger.warning("column '%s' has %d values: making %d sites, not %d",
-                           site_column, names.size, names.size, n_sites)
+    if names.size < n_sites:  # fewer sites than asked would leave the caller's sites empty
+        raise ConfigError(
+            f"scheme 'natural': column '{site_column}' has only {names.size} value(s), fewer than "
+            f"the {n_sites} sites asked for: ask for {names.size} sites or use another scheme"
+        )
+    if names.size == n_sites:
         return group, [str(v) for v in names]
     # More values than sites: the n_sites biggest groups seed the sites, every other group
     # (biggest first) joins the site with the fewest shoppers so far (ties: lowest index).
@@ -137,7 +140,7 @@ def partition_events(
     ``natural`` uses the distinct values of ``site_column`` (sorted); a shopper seen under
     several values goes to their most frequent one. With more values than ``n_sites`` the
     biggest groups seed the sites and the others join the smallest site so far (a merged site
-    is named by its values joined with "+"); with fewer values there are fewer sites.
+    is named by its values joined with "+"); fewer values than ``n_sites`` is an error.
     ``iid`` deals shuffled shoppers into near-equal sites. ``dirichlet`` draws site
     proportions ~ Dirichlet(alpha) per category and sends each shopper to a site drawn from
     the proportions of their most frequent category, then tops up sites below
@@ -147,8 +150,8 @@ def partition_events(
         raise ConfigError(f"unknown partition scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
     if n_sites < 2:
         raise ConfigError(f"n_sites must be >= 2, not {n_sites}")
-    if not alpha > 0:
-        raise ConfigError(f"alpha must be > 0, not {alpha}")
+    if not is_positive_number(alpha):
+        raise ConfigError(f"alpha must be a positive number, not {alpha}")
     if min_shoppers < 1:
         raise ConfigError(f"min_shoppers must be >= 1, not {min_shoppers}")
     check_events(events, "partition_events")

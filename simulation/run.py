@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,13 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from seqanom_core.config import DPConfig, ModelConfig, TrainConfig
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.formats import FormatSpec
-from seqanom_core.ingest import read_events, write_events
+from seqanom_core.ingest import read_nonempty_events, write_events
 from seqanom_core.privacy import UNIT
 from seqanom_core.run_config import FEDERATED_TRAIN, settings_from_run_config
 from seqanom_core.sequences import split_events_by_shopper
@@ -79,9 +77,7 @@ def _load(cfg: SimulationConfig) -> tuple[pa.Table, dict[str, Any] | None]:
     if cfg.data is None:
         return synthesize_events(SynthConfig(n_shoppers=cfg.shoppers, n_sites=cfg.sites,
                                              seed=cfg.seed)), None
-    events, report = read_events(cfg.data, cfg.fmt, quarantine_path=cfg.quarantine)
-    if events.num_rows == 0:
-        raise ConfigError(f"{cfg.data}: no valid rows ({report.summary()})")
+    events, report = read_nonempty_events(cfg.data, cfg.fmt, quarantine_path=cfg.quarantine)
     return events, report.to_dict() | {"summary": report.summary()}
 
 
@@ -113,34 +109,23 @@ def clear_previous_run(out: Path) -> list[str]:
     return removed
 
 
-def check_simulation(cfg: SimulationConfig, events: pa.Table) -> None:
-    """Refuse settings the run would fail on, before an earlier run's outputs are replaced:
-    the run config as the ServerApp and sites will parse it, the partition, the output path."""
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise ConfigError(f"--out {cfg.out} is a file, not a run directory")
-    settings_from_run_config(run_config(cfg))
-    if cfg.partition == "dirichlet" and not (math.isfinite(cfg.alpha) and cfg.alpha > 0):
-        raise ConfigError(f"--alpha must be a positive number, not {cfg.alpha}")
-    if cfg.partition == "natural":
-        if "site" not in events.column_names:
-            raise ConfigError(f"--partition natural needs a 'site' column; {cfg.data} has none "
-                              "(use --partition iid or dirichlet)")
-        n_values = len(pc.unique(events.column("site")))
-        if n_values < cfg.sites:
-            raise ConfigError(f"--sites {cfg.sites}, but the data's site column has only "
-                              f"{n_values} value(s): use --sites {n_values} or another --partition")
-
-
 def prepare_sites(cfg: SimulationConfig, events: pa.Table
                   ) -> tuple[list[pa.Table], list[pa.Table], pd.DataFrame, list[dict]]:
     """Partition, split each site into train/test shoppers, inject into test, write site files
     and the pooled labels (``RUN_DIR/test_labels.csv``), in place of an earlier run's outputs.
 
+    Everything that can refuse the settings (the output path, the run config as the ServerApp
+    and sites will parse it, the partition) runs before an earlier run's outputs are replaced.
     Returns (train tables, test tables, pooled labels, partition summary)."""
-    check_simulation(cfg, events)  # before anything of an earlier run is replaced
-    clear_previous_run(cfg.out)
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise ConfigError(f"--out {cfg.out} is a file, not a run directory")
+    settings_from_run_config(run_config(cfg))
     scheme = cfg.partition
+    if scheme == "natural" and "site" not in events.column_names:
+        raise ConfigError(f"--partition natural needs a 'site' column; {cfg.data} has none "
+                          "(use --partition iid or dirichlet)")
     parts = partition_events(events, cfg.sites, scheme, alpha=cfg.alpha, seed=cfg.seed)
+    clear_previous_run(cfg.out)
     trains, tests, labels = [], [], []
     for k, part in enumerate(parts):
         train, test = split_events_by_shopper(part, cfg.test_fraction, cfg.seed + k)

@@ -124,6 +124,7 @@ def test_partition_summary(events: pa.Table) -> None:
         ({"n_sites": 3, "scheme": "dirichlet", "alpha": 0.0}, "alpha"),
         ({"n_sites": 3, "scheme": "iid", "min_shoppers": 101}, "min_shoppers"),
         ({"n_sites": 3, "scheme": "natural", "site_column": "region"}, "region"),
+        ({"n_sites": 9, "scheme": "natural"}, "only .* value"),
     ],
 )
 def test_errors(events: pa.Table, kwargs: dict, match: str) -> None:
