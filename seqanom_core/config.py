@@ -52,6 +52,9 @@ class ModelConfig:
     n_heads: int = 4
     dropout: float = 0.1
     max_len: int = 128  # window length (positions) the model sees at once
+    # copy term from the shopper's own history in the event logits (see models.py); model
+    # directories written before it existed load with False
+    history_copy: bool = True
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads"):
@@ -64,6 +67,8 @@ class ModelConfig:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.max_len < 8:
             raise ConfigError(f"max_len must be at least 8, not {self.max_len}")
+        if not isinstance(self.history_copy, bool):
+            raise ConfigError(f"history_copy must be true or false, not {self.history_copy!r}")
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ class DetectorConfig:
             dp = train.pop("dp", None)
             return cls(
                 tokenizer=TokenizerConfig(**data.get("tokenizer", {})),
-                model=ModelConfig(**data.get("model", {})),
+                model=ModelConfig(**{"history_copy": False, **data.get("model", {})}),
                 train=TrainConfig(**train, dp=DPConfig(**dp) if dp else None),
                 source=data.get("source", "events"),
             )

@@ -281,10 +281,12 @@ class SequenceDetector:
         if missing:
             raise ModelFileError(f"{d / CONFIG}: missing {', '.join(missing)}")
         vocab = cfg_raw.pop("vocab")
-        if not (isinstance(vocab, dict) and set(vocab) == set(CHANNELS)
-                and all(isinstance(v, int) and v > 0 for v in vocab.values())):
+        # event_groups: written since the history copy; older directories have none
+        if not (isinstance(vocab, dict) and set(vocab) - {"event_groups"} == set(CHANNELS)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                        for v in vocab.values())):
             raise ModelFileError(f"{d / CONFIG}: 'vocab' must give a positive size for each of "
-                                 f"{', '.join(CHANNELS)}")
+                                 f"{', '.join(CHANNELS)} (and optionally event_groups)")
         try:
             cfg = DetectorConfig.from_dict(cfg_raw)
         except SeqanomError as err:

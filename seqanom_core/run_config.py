@@ -185,6 +185,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "n-heads": ("model", "n_heads"),
     "dropout": ("model", "dropout"),
     "max-len": ("model", "max_len"),
+    "history-copy": ("model", "history_copy"),
     "category-buckets": ("tokenizer", "category_buckets"),
     "gap-buckets": ("tokenizer", "gap_buckets"),
     "session-gap-s": ("tokenizer", "session_gap_s"),

@@ -43,14 +43,18 @@ ITEM_NAMES = {ITEM_NEW: "new item", ITEM_SAME: "same item again", ITEM_REPEAT: "
 
 
 def vocab_sizes(tok: TokenizerConfig, source: str) -> dict[str, int]:
-    """Return the vocabulary size of each channel for an input source ("events" or "tokens")."""
+    """Return the vocabulary size of each channel for an input source ("events" or "tokens"),
+    and ``event_groups``, the number of behaviour blocks in the event vocabulary."""
     if source == "events":
         n_event = N_SPECIAL + len(BEHAVIORS) * tok.category_buckets
     elif source == "tokens":
         n_event = N_SPECIAL + tok.token_buckets
     else:
         raise ConfigError(f"unknown sequence source {source!r}")
-    return {"event": n_event, "gap": GAP_OFFSET + tok.gap_buckets, "item": 4}
+    # event_groups: behaviour blocks of the event vocabulary (the model's history copy needs them)
+    groups = len(BEHAVIORS) if source == "events" else 1
+    return {"event": n_event, "gap": GAP_OFFSET + tok.gap_buckets, "item": 4,
+            "event_groups": groups}
 
 
 @dataclass

@@ -130,6 +130,13 @@ class FederatedRun:
             return 0, None, None
         last, path = found[-1]
         det = SequenceDetector.load(path, device="cpu", progress=False)
+        for what, theirs, ours in (("model", det.model, self.settings.model),
+                                   ("tokenizer", det.tokenizer, self.settings.tokenizer)):
+            if theirs != ours:
+                diff = {k: v for k, v in asdict(theirs).items() if asdict(ours)[k] != v}
+                raise ConfigError(f"{path}: the checkpoint's {what} settings differ from this run "
+                                  f"config's ({', '.join(f'{k}={v}' for k, v in diff.items())} "
+                                  "there): resume with the run config that wrote it")
         self.arrays = model_arrays(det.model_)
         if restore_strategy_state(self.strategy, path):
             log.info("restored the server optimiser state of round %d", last)

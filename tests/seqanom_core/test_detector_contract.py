@@ -77,6 +77,22 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(loaded.decision_function(test), det.decision_function(test), rtol=1e-5)
 
 
+def test_model_directory_from_before_the_history_copy_loads(small_split, tmp_path):
+    """A directory written before ``history_copy`` existed (no such model key, no
+    ``event_groups`` in the vocabulary) loads as the copy-less model it was."""
+    train, test, _ = small_split
+    det = make_detector("transformer", model=ModelConfig(d_model=16, n_heads=2, n_layers=1,
+                                                         max_len=32, history_copy=False),
+                        train=TrainConfig(epochs=1, seed=0), progress=False).fit(train)
+    out = det.save(tmp_path / "old")
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["model"]["history_copy"], cfg["vocab"]["event_groups"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    loaded = SequenceDetector.load(out, device="cpu", progress=False)
+    assert loaded.model.history_copy is False
+    np.testing.assert_allclose(loaded.decision_function(test), det.decision_function(test), rtol=1e-5)
+
+
 def test_unfitted_and_bad_dirs(tmp_path):
     with pytest.raises(NotFittedError):
         TransformerDetector().decision_function(None)

@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord
 from client.app import app as client_app
 from seqanom_core import messages as K
 from seqanom_core.detector import SequenceDetector
+from seqanom_core.errors import ConfigError
 from seqanom_core.privacy_ledger import PrivacyLedger
 from seqanom_core.run_config import settings_from_run_config
 from server.checkpoints import list_checkpoints
@@ -99,6 +100,17 @@ def test_resume_continues_after_the_latest_checkpoint(tmp_path, site_dirs):
     train_rounds = {int(m.content[K.METRICS]["num-examples"] > 0) for m in grid.sent}
     assert train_rounds == {1}
     assert [r for r, _ in list_checkpoints(tmp_path / "ckpt")] == [1, 2]
+
+
+def test_resume_with_other_model_settings_is_refused(tmp_path, site_dirs):
+    """A checkpoint written under other model settings (here without the history copy, as
+    checkpoints of older versions are) cannot silently seed a run whose sites build another
+    model: the error names the checkpoint and the differing setting."""
+    cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1, "dp": False,
+                                                  "history-copy": False})
+    _run(cfg)
+    with pytest.raises(ConfigError, match=r"round-0001.*history_copy=False"):
+        _run(dict(cfg, **{"num-rounds": 2, "resume": True, "history-copy": True}))
 
 
 def test_round_without_usable_replies_fails_loudly(tmp_path, site_dirs):
