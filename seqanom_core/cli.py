@@ -429,7 +429,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         data = json.loads(Path(args.path).read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"{args.path}: cannot read privacy ledger: {err}") from err
-    if isinstance(data, dict) and "version" not in data and "history" in data:
+    accountant_file = isinstance(data, dict) and "version" not in data and "history" in data
+    if accountant_file:
         try:  # seqanom train --ledger
             ledger = PrivacyLedger(state=AccountantState.from_dict(data))
         except ConfigError as err:
@@ -442,6 +443,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         return 0
     delta = "not fixed yet (nothing spent)" if s["delta"] is None else f"{s['delta']:.1e}"
     budget = "none" if s["budget"] is None else f"{s['budget']:.3f}"
+    if accountant_file:  # it holds no budget: each 'train --dp --epsilon E' call gives one
+        budget = "not stored (each 'seqanom train --dp --epsilon E' call sets it)"
     remaining = "-" if s["remaining"] is None else f"{s['remaining']:.3f}"
     print(f"privacy ledger {args.path}" + (f" (site {s['site']})" if s["site"] else ""))
     print(f"  protects: {s['unit']}; accountant: {s['accountant']} over {s['steps']} DP-SGD steps")
