@@ -619,9 +619,10 @@ def configure_logging(verbose: bool) -> None:
     """Log to the console at INFO (``--verbose``) or WARNING, unless the process already has
     root handlers (embedding, tests): then like ``logging.basicConfig``, leave them alone.
 
-    The handler's own level matters: records of loggers that set a lower level themselves
-    (Flower's ``flwr`` logs at DEBUG) pass the root logger's level and would be printed; and
-    Flower prints its INFO lines through its own handler, so ``flwr`` does not propagate here."""
+    The ingest summary is not logged: the commands print it. The handler's own level matters:
+    records of loggers that set a lower level themselves (Flower's ``flwr`` logs at DEBUG) pass
+    the root logger's level and would be printed; and Flower prints its INFO lines through its
+    own handler, so ``flwr`` does not propagate here."""
     level = logging.INFO if verbose else logging.WARNING
     root = logging.getLogger()
     root.setLevel(level)
@@ -632,6 +633,8 @@ def configure_logging(verbose: bool) -> None:
     handler.setLevel(level)
     root.addHandler(handler)
     logging.getLogger("flwr").propagate = False
+    # every command that reads events prints the ingest summary itself (stdout)
+    logging.getLogger("seqanom_core.ingest.summary").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,6 +42,8 @@ from seqanom_core.schema import (
 )
 
 logger = logging.getLogger(__name__)
+# the per-file summary (rows read/kept/quarantined): a command that prints it silences this one
+summary_logger = logging.getLogger(__name__ + ".summary")
 
 #: Cell values read as missing (for ids this means "null id"); so is a blank (whitespace) cell.
 NULL_VALUES: list[str] = ["", "NA", "N/A", "NULL", "null", "None", "NaN", "nan"]
@@ -753,7 +755,8 @@ def read_events(
         _write_quarantine(Path(quarantine_path), raw, fields_of, rows, reason_of[rows] - 1, labels, lines, ragged)
     if n == 0 and not ragged:
         logger.warning("%s: no data rows", p)
-    (logger.warning if sum(rejected.values()) else logger.info)("%s", report.summary())
+    (summary_logger.warning if sum(rejected.values()) else summary_logger.info)(
+        "%s", report.summary())
     return table, report
 
 
@@ -952,5 +955,5 @@ def read_token_sequences(
             }
         )
         _write_csv(table, Path(quarantine_path))
-    (logger.warning if rejected else logger.info)("%s", report.summary())
+    (summary_logger.warning if rejected else summary_logger.info)("%s", report.summary())
     return seqs, report

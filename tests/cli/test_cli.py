@@ -120,6 +120,12 @@ def test_quarantine_is_reported(tmp_path, capsys, workdir):
     assert "2 quarantined" in out.replace(",", "") or "quarantined" in out
     rejected = pd.read_csv(q)
     assert len(rejected) == 2 and set(rejected.reason) == {"unparseable timestamp", "unknown behaviour"}
+    # as a process (the console's own logging): the summary is printed once, not also logged
+    proc = subprocess.run([sys.executable, "-m", "seqanom_core.cli", "score", "--model",
+                           str(workdir / "model"), "--data", str(f), "--out", str(tmp_path / "p.csv")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout + proc.stderr).count("2 quarantined (1 ") == 1, proc.stdout + proc.stderr
 
 
 @pytest.mark.integration
