@@ -381,7 +381,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         partition=args.partition or ("natural" if args.data is None else "iid"),
         alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, model=args.model,
         strategy=args.strategy, dp=args.dp, epsilon=8.0 if args.epsilon is None else args.epsilon,
-        baselines=not args.no_baselines,
+        baselines=not args.no_baselines, history_copy=not args.no_history_copy,
         seed=args.seed, privacy_mode=args.privacy_mode,
         central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
         central_epsilon=args.central_epsilon)
@@ -597,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--central-epsilon", type=float, default=10.0,
                    help="local+central: site-level budget; the run stops before passing it")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    p.add_argument("--no-history-copy", action="store_true",
+                   help="train the federation and the baselines without the model's copy term "
+                        "from each shopper's own history (README, How it works)")
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the sites and RUN_DIR/run-config.toml, for 'flwr run'")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")

@@ -64,6 +64,7 @@ class SimulationConfig:
     n_layers: int = 2
     max_len: int = 64
     batch_size: int = 32
+    history_copy: bool = True  # the model's copy term from the shopper's history (models.py)
     baselines: bool = True
     seed: int = 0
     privacy_mode: str = "local"  # or "local+central" (site-level DP), "local+secagg" (SecAgg+)
@@ -154,7 +155,8 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
     return {**privacy,
         "num-rounds": cfg.rounds, "strategy": cfg.strategy, "model": cfg.model,
         "local-epochs": cfg.local_epochs, "d-model": cfg.d_model, "n-layers": cfg.n_layers,
-        "max-len": cfg.max_len, "batch-size": cfg.batch_size, "dp": cfg.dp,
+        "max-len": cfg.max_len, "history-copy": cfg.history_copy, "batch-size": cfg.batch_size,
+        "dp": cfg.dp,
         "epsilon": cfg.epsilon, "seed": cfg.seed, "min-sites": cfg.sites,
         "data-dir": str((cfg.out / "sites").resolve()),
         "ledger-dir": str((cfg.out / "ledgers").resolve()),
@@ -215,7 +217,7 @@ def centralised_configs(cfg: SimulationConfig) -> tuple[ModelConfig, TrainConfig
     """(model, plain training, training with the run's DP setting) of the centralised baselines:
     the federation's model, trained for its total epochs (rounds x local epochs)."""
     model = ModelConfig(kind=cfg.model, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                        max_len=cfg.max_len)
+                        max_len=cfg.max_len, history_copy=cfg.history_copy)
     plain = TrainConfig(epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
                         seed=cfg.seed)
     dp = dataclasses.replace(plain, dp=DPConfig(epsilon=cfg.epsilon)) if cfg.dp else plain

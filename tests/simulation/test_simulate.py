@@ -134,3 +134,19 @@ def test_bad_settings_are_refused_before_an_earlier_run_is_replaced(tmp_path, ca
                  "--quarantine", str(data), "--out", str(out)])
     assert code == 2 and "--data and --quarantine" in capsys.readouterr().err
     assert data.stat().st_size > 1000
+
+
+def test_no_history_copy_reaches_the_sites_run_config_and_the_baselines(tmp_path):
+    import tomllib
+
+    from seqanom_core.cli import main
+    from seqanom_core.run_config import settings_from_run_config
+    from simulation.run import SimulationConfig, centralised_configs
+
+    out = tmp_path / "run"
+    assert main(["-q", "simulate", "--prepare-only", "--shoppers", "60", "--no-history-copy",
+                 "--out", str(out)]) == 0
+    written = tomllib.loads((out / "run-config.toml").read_text())
+    assert settings_from_run_config(written).model.history_copy is False
+    assert centralised_configs(SimulationConfig(history_copy=False))[0].history_copy is False
+    assert centralised_configs(SimulationConfig())[0].history_copy is True
