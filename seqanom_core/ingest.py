@@ -45,6 +45,12 @@ logger = logging.getLogger(__name__)
 # the per-file summary (rows read/kept/quarantined): a command that prints it silences this one
 summary_logger = logging.getLogger(__name__ + ".summary")
 
+def _log_summary(report: IngestReport) -> None:
+    """Log a file's ingest summary: a warning when any row was rejected, else info."""
+    (summary_logger.warning if sum(report.rejected.values()) else summary_logger.info)(
+        "%s", report.summary())
+
+
 #: Cell values read as missing (for ids this means "null id"); so is a blank (whitespace) cell.
 NULL_VALUES: list[str] = ["", "NA", "N/A", "NULL", "null", "None", "NaN", "nan"]
 #: Quarantine reason of a parsed timestamp outside the plausible window.
@@ -755,8 +761,7 @@ def read_events(
         _write_quarantine(Path(quarantine_path), raw, fields_of, rows, reason_of[rows] - 1, labels, lines, ragged)
     if n == 0 and not ragged:
         logger.warning("%s: no data rows", p)
-    (summary_logger.warning if sum(rejected.values()) else summary_logger.info)(
-        "%s", report.summary())
+    _log_summary(report)
     return table, report
 
 
@@ -955,5 +960,5 @@ def read_token_sequences(
             }
         )
         _write_csv(table, Path(quarantine_path))
-    (summary_logger.warning if rejected else summary_logger.info)("%s", report.summary())
+    _log_summary(report)
     return seqs, report

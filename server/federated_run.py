@@ -133,7 +133,8 @@ class FederatedRun:
         for what, theirs, ours in (("model", det.model, self.settings.model),
                                    ("tokenizer", det.tokenizer, self.settings.tokenizer)):
             if theirs != ours:
-                diff = {k: v for k, v in asdict(theirs).items() if asdict(ours)[k] != v}
+                wanted = asdict(ours)
+                diff = {k: v for k, v in asdict(theirs).items() if wanted[k] != v}
                 raise ConfigError(f"{path}: the checkpoint's {what} settings differ from this run "
                                   f"config's ({', '.join(f'{k}={v}' for k, v in diff.items())} "
                                   "there): resume with the run config that wrote it")
