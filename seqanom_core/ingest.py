@@ -165,12 +165,24 @@ def _decode_head(p: Path, head: bytes, encodings: tuple[str, ...]) -> tuple[str,
     """Decode the start of a file with the first encoding that fits; return (text, encoding)."""
     if len(head) >= _HEAD_BYTES and b"\n" in head:
         head = head[: head.rindex(b"\n")]
+    nul = head.find(b"\x00")  # text has no NUL bytes, except in UTF-16/32
     for encoding in encodings:
+        if nul >= 0 and not encoding.lower().replace("-", "").replace("_", "").startswith(
+                ("utf16", "utf32")):
+            continue
         try:
             return head.decode(encoding), encoding
         except UnicodeDecodeError:
             continue
+    _refuse_binary(p, head)
     raise DataFileError(f"{p}: not valid text in {' or '.join(encodings)}")
+
+
+def _refuse_binary(p: Path, head: bytes) -> None:
+    """Raise a DataFileError when the start of a file has a NUL byte (binary, not 8-bit text)."""
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise DataFileError(f"{p}: binary data, not a text file (a NUL byte at byte {nul})")
 
 
 def _arrow_error(p: Path, err: Exception) -> DataFileError:
@@ -901,6 +913,7 @@ def read_token_sequences(
         data = data[len(_UTF8_BOM) :]
     if not data.strip():
         raise DataFileError(f"{p}: file is empty")
+    _refuse_binary(p, data[:_HEAD_BYTES])
     buf = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(buf == 10) + 1
     offsets = np.concatenate([[0], ends, [] if data.endswith(b"\n") else [len(data)]]).astype(np.int64)

@@ -1,5 +1,6 @@
 """Input validation at the edges: blank ids, implausible or padded timestamps, headerless files
-with a bad first row, blank token lines, and generic mappings that contradict themselves."""
+with a bad first row, blank token lines, generic mappings that contradict themselves, and binary
+files."""
 
 from __future__ import annotations
 
@@ -346,3 +347,22 @@ def test_bad_mapping_is_a_one_line_cli_error(tmp_path: Path, capsys: pytest.Capt
         err = capsys.readouterr().err
         assert code != 0 and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1 and "mapping" in err
+
+
+# --------------------------------------------------------------------------- 6. binary input
+
+
+@pytest.mark.parametrize("name", ["bin.csv", "bin.csv.gz", "bin.txt"])
+def test_binary_file_is_named_as_binary(tmp_path: Path, name: str) -> None:
+    p = write(tmp_path, name, b"PK\x03\x04\x00\x00\x08\x00" + bytes(range(256)) * 4)
+    read = read_token_sequences if name.endswith(".txt") else (lambda q: read_events(q, "taobao"))
+    with pytest.raises(Exception, match=r"bin\.\S+: binary data, not a text file \(a NUL byte at byte 4\)"):
+        read(p)
+
+
+def test_utf16_text_is_not_taken_for_binary(tmp_path: Path) -> None:
+    text = "u,i,b,t\n" + "".join(f"{u},{u}{k},view,{1511544070 + k}\n" for u in range(3) for k in range(4))
+    p = tmp_path / "wide.csv"
+    p.write_bytes(text.encode("utf-16"))
+    table, report = read_events(p, GENERIC + ",encoding=utf-16")
+    assert report.rows_kept == 12 and table.num_rows == 12
