@@ -154,9 +154,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.epsilon is None and args.noise_multiplier is None:
             raise ConfigError("--dp needs --epsilon (a budget) or --noise-multiplier")
         dp = DPConfig(epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
-                      max_grad_norm=args.max_grad_norm)
-    elif args.epsilon is not None or args.noise_multiplier is not None:
-        raise ConfigError("--epsilon/--noise-multiplier need --dp")
+                      max_grad_norm=args.max_grad_norm, seed=args.dp_seed)
+    elif args.epsilon is not None or args.noise_multiplier is not None or args.dp_seed is not None:
+        raise ConfigError("--epsilon/--noise-multiplier/--dp-seed need --dp")
     model = ModelConfig(kind=args.model, d_model=args.d_model, n_layers=args.layers,
                         max_len=args.max_len)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -372,6 +372,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
     if not args.dp and args.epsilon is not None:
         raise ConfigError("--epsilon is a budget of DP training: it cannot go with --no-dp")
+    if not args.dp and args.dp_seed is not None:
+        raise ConfigError("--dp-seed seeds DP training: it cannot go with --no-dp")
     fmt = event_format(args)
     distinct_outputs(data=args.data, quarantine=args.quarantine)
     cfg = SimulationConfig(
@@ -382,7 +384,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, model=args.model,
         strategy=args.strategy, dp=args.dp, epsilon=8.0 if args.epsilon is None else args.epsilon,
         baselines=not args.no_baselines, history_copy=not args.no_history_copy,
-        seed=args.seed, privacy_mode=args.privacy_mode,
+        seed=args.seed, dp_seed=args.dp_seed, privacy_mode=args.privacy_mode,
         central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
         central_epsilon=args.central_epsilon)
     if args.prepare_only:
@@ -515,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, help="with --dp: delta (default min(1e-5, 1/(10 n)))")
     p.add_argument("--noise-multiplier", type=float, help="with --dp: fixed noise instead of --epsilon")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="with --dp: per-shopper clip")
+    p.add_argument("--dp-seed", type=seed_int, metavar="N",
+                   help="with --dp: seed DP-SGD's sampling and noise (reproducible runs; whoever "
+                        "knows N can remove the noise). Default: seeded from the OS, secret")
     p.add_argument("--ledger", metavar="PATH",
                    help="with --dp: accountant state to continue from and update (epsilon accumulates)")
     p.add_argument("--seed", type=seed_int, default=0)
@@ -603,7 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the sites and RUN_DIR/run-config.toml, for 'flwr run'")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")
-    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="partition, injection, initial model, shuffles (not DP noise: --dp-seed)")
+    p.add_argument("--dp-seed", type=seed_int, metavar="N",
+                   help="seed the sites' and baselines' DP sampling and noise (every site and "
+                        "round its own): a reproducible run whose noise anyone with N can remove. "
+                        "Default: seeded from the OS, secret, so runs differ a little")
 
     p = add("ledger", cmd_ledger, "show a site's privacy ledger (epsilon per run, total, budget)")
     p.add_argument("path", metavar="LEDGER.json")

@@ -79,8 +79,15 @@ class DPConfig:
     delta: float | None = None  # default: 1 / (10 * number of shoppers), capped at 1e-5
     noise_multiplier: float | None = None  # alternative to epsilon
     max_grad_norm: float = 1.0
+    # DP-SGD's randomness (Poisson sampling of shoppers, Gaussian noise). None (default): seeded
+    # from the OS at every training call, so nobody can predict it. A seed makes a run
+    # reproducible, and its noise removable by whoever knows the seed: for experiments only.
+    seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or self.seed < 0):
+            raise ConfigError(f"DP seed must be a non-negative integer, not {self.seed!r}")
         if (self.epsilon is None) == (self.noise_multiplier is None):
             raise ConfigError("DP needs exactly one of epsilon or noise_multiplier")
         if self.epsilon is not None and not is_positive_number(self.epsilon):

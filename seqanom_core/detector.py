@@ -27,7 +27,7 @@ from safetensors.torch import load_model, save_model
 from seqanom_core.config import DetectorConfig, ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError, SeqanomError
 from seqanom_core.models import NextEventModel, build_model, resolve_device
-from seqanom_core.privacy import UNIT, AccountantState
+from seqanom_core.privacy import UNIT, AccountantState, noise_source
 from seqanom_core.schema import BEHAVIORS
 from seqanom_core.scoring import DRIVER_TEXT, ScoreCalibrator, shopper_statistics, stat_names
 from seqanom_core.sequences import (
@@ -150,6 +150,7 @@ class SequenceDetector:
             "delta": r.delta,
             "accountant": "Opacus RDP accountant, Poisson sampling, cumulative over restored history",
             "noise_multiplier": r.noise_multiplier,
+            "randomness": noise_source(self.train.dp.seed if self.train.dp else None),
             "max_grad_norm": self.train.dp.max_grad_norm if self.train.dp else None,
             "covers": "model weights; calibration statistics and threshold are computed without "
                       "DP on held-out shoppers of the same site and stay with the model directory",

@@ -170,3 +170,12 @@ def noise_for_budget(
         else:
             hi = mid
     return hi
+
+
+def noise_source(seed: int | None) -> str:
+    """How a DP training's randomness (Poisson sampling, noise) was drawn, for privacy statements."""
+    if seed is None:
+        return ("seeded from the OS at every training call (secret; PyTorch generators, not "
+                "Opacus' cryptographic secure_mode)")
+    return (f"seeded with dp seed {seed} (reproducible: whoever knows the seed can regenerate "
+            "and remove the noise; for experiments, not a deployment)")

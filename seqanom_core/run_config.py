@@ -202,6 +202,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "delta": ("dp", "delta"),
     "noise-multiplier": ("dp", "noise_multiplier"),
     "max-grad-norm": ("dp", "max_grad_norm"),
+    "dp-seed": ("dp", "seed"),
     "privacy-mode": ("privacy", "mode"),
     "central-noise-multiplier": ("privacy", "central_noise_multiplier"),
     "central-clipping-norm": ("privacy", "central_clipping_norm"),
@@ -246,7 +247,7 @@ def default_run_config() -> dict[str, Any]:
                 "tokenizer": TokenizerConfig(), "train": FEDERATED_TRAIN,
                 "privacy": PrivacySettings()}
     flat = {"dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
-                   "max_grad_norm": 1.0},
+                   "max_grad_norm": 1.0, "seed": -1},
             "run": {"validation_fraction": 0.2, "max_noise": 50.0}}
     return {key: getattr(defaults[section], name) if section in defaults else flat[section][name]
             for key, (section, name) in _KEYS.items()}
@@ -268,7 +269,8 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
     if dp_in["enabled"]:
         noise = dp_in["noise_multiplier"] or None
         dp = DPConfig(epsilon=None if noise else dp_in["epsilon"], noise_multiplier=noise,
-                      delta=dp_in["delta"] or None, max_grad_norm=dp_in["max_grad_norm"])
+                      delta=dp_in["delta"] or None, max_grad_norm=dp_in["max_grad_norm"],
+                      seed=None if dp_in["seed"] < 0 else dp_in["seed"])
     run = {**{name: like[k] for k, (sec, name) in _KEYS.items() if sec == "run"}, **sections["run"]}
     if not 0 < run["validation_fraction"] < 1:
         raise ConfigError(f"validation-fraction must be in (0, 1), not {run['validation_fraction']}")

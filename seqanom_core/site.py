@@ -109,6 +109,13 @@ def _model(settings: RunSettings, source: str, arrays: dict[str, np.ndarray]) ->
     return model
 
 
+def site_seed(seed: int, site_name: str, server_round: int) -> int:
+    """A seed for one site's training in one round, mixed from the run's seed, the site's name
+    and the round (SeedSequence), so that no two sites or rounds share one."""
+    words = [seed, server_round, *site_name.encode("utf-8")]
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint32)[0]) >> 1
+
+
 @dataclass
 class RoundOutcome:
     """Result of one local training round (arrays is None when the site declined)."""
@@ -125,7 +132,10 @@ def train_round(
     run_id: str = "",
 ) -> RoundOutcome:
     """One round of local training from the global ``arrays``, within the site's budget."""
-    cfg = dataclasses.replace(settings.train, seed=settings.train.seed * 100003 + server_round)
+    # every site and round its own seed (shuffles, windows, dropout; and the DP seed, when one
+    # is set): sites that shared one would draw the same batches and the same noise
+    cfg = dataclasses.replace(settings.train, seed=site_seed(settings.train.seed, site.name,
+                                                             server_round))
     n = len(site.train)
     # the steps of this round: what is accounted under DP and what the lr schedule advances by
     q, steps = poisson_schedule(n, cfg.batch_size, cfg.epochs)
@@ -150,8 +160,11 @@ def train_round(
             return RoundOutcome(None, {"num-examples": 0.0, "declined": 1.0,
                                        "epsilon": ledger.spent(), "delta": delta,
                                        "budget": ledger.budget or 0.0}, ledger, str(err))
+        dp_seed = (None if cfg.dp.seed is None
+                   else site_seed(cfg.dp.seed, site.name, server_round))
         cfg = dataclasses.replace(cfg, dp=DPConfig(noise_multiplier=sigma, delta=delta,
-                                                   max_grad_norm=cfg.dp.max_grad_norm))
+                                                   max_grad_norm=cfg.dp.max_grad_norm,
+                                                   seed=dp_seed))
     result = train_model(model, site.train, cfg, device,
                          accountant_state=ledger.state if (ledger and cfg.dp) else None,
                          progress=False, proximal_mu=proximal_mu, schedule_span=span)

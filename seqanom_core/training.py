@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import warnings
 from dataclasses import dataclass, field
 
@@ -140,9 +141,28 @@ class TrainResult:
     steps: int = 0
     dp: bool = False
     noise_multiplier: float | None = None
+    noise_seeded: bool = False  # DP randomness from DPConfig.seed (reproducible), not the OS
     epsilon: float | None = None  # cumulative, including earlier calls restored from state
     delta: float | None = None
     accountant_state: AccountantState | None = None
+
+
+def dp_generators(seed: int | None, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(Poisson sampling, noise) generators of one DP training call.
+
+    Without a seed both are seeded from the OS (``secrets``), never from the training seed: that
+    seed is shared (in a federation, every site's run config has it), and noise that a server can
+    regenerate protects nobody; sites with the same seed would also all add the *same* noise, so
+    averaging their updates would not reduce it. PyTorch's generators are not cryptographic ones
+    (Opacus' secure_mode needs torchcsprng, which is not used).
+    """
+    if seed is None:
+        draws = (secrets.randbits(63), secrets.randbits(63))
+    else:
+        a, b = np.random.SeedSequence([seed, 0x5EED]).generate_state(2, dtype=np.uint64)
+        draws = (int(a) >> 1, int(b) >> 1)
+    return (torch.Generator().manual_seed(draws[0]),
+            torch.Generator(device=device).manual_seed(draws[1]))
 
 
 def train_model(
@@ -172,7 +192,9 @@ def train_model(
               if proximal_mu > 0 else None)
     data = ShopperWindows(seqs, model.config.max_len, cfg.seed)
     batch_size = min(cfg.batch_size, len(seqs))
-    gen = torch.Generator().manual_seed(cfg.seed)
+    dp_gens = dp_generators(cfg.dp.seed, device) if cfg.dp is not None else None
+    # under DP, Opacus draws the Poisson batches from the loader's generator: the secret one
+    gen = dp_gens[0] if dp_gens else torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
     optimizer_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.AdamW
     optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -203,7 +225,9 @@ def train_model(
             train_module, optimizer, loader = engine.make_private(
                 module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
                 max_grad_norm=cfg.dp.max_grad_norm, poisson_sampling=True,
+                noise_generator=dp_gens[1] if dp_gens else None,
             )
+        result.noise_seeded = cfg.dp.seed is not None
         if not math.isclose(loader.sample_rate, sample_rate):  # type: ignore[attr-defined]
             raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != planned {sample_rate}")
         result.noise_multiplier, result.delta = sigma, delta

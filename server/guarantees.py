@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seqanom_core.privacy import UNIT
+from seqanom_core.privacy import UNIT, noise_source
 from seqanom_core.run_config import RunSettings
 from server.secagg import PROTOCOL
 
@@ -32,7 +32,8 @@ def privacy_statement(settings: RunSettings, site_epsilon: dict[str, float],
                    "delta": max(site_delta.values(), default=None),
                    "epsilon_per_site": dict(site_epsilon), "delta_per_site": dict(site_delta),
                    "budget": settings.budget, "accounted_by": SHOPPER_ACCOUNTANT,
-                   "max_grad_norm": dp.max_grad_norm}
+                   "max_grad_norm": dp.max_grad_norm,
+                   "randomness": noise_source(dp.seed) + "; every site and round its own"}
         guarantees.append(shopper)
         # the shopper-level numbers stay at the top level too (what `seqanom simulate` prints)
         out.update({"unit": UNIT, "epsilon": shopper["epsilon"], "delta": shopper["delta"],

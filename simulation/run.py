@@ -67,6 +67,7 @@ class SimulationConfig:
     history_copy: bool = True  # the model's copy term from the shopper's history (models.py)
     baselines: bool = True
     seed: int = 0
+    dp_seed: int | None = None  # DP sampling and noise: None = from the OS (secret, not repeatable)
     privacy_mode: str = "local"  # or "local+central" (site-level DP), "local+secagg" (SecAgg+)
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
@@ -156,7 +157,7 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
         "num-rounds": cfg.rounds, "strategy": cfg.strategy, "model": cfg.model,
         "local-epochs": cfg.local_epochs, "d-model": cfg.d_model, "n-layers": cfg.n_layers,
         "max-len": cfg.max_len, "history-copy": cfg.history_copy, "batch-size": cfg.batch_size,
-        "dp": cfg.dp,
+        "dp": cfg.dp, "dp-seed": -1 if cfg.dp_seed is None else cfg.dp_seed,
         "epsilon": cfg.epsilon, "seed": cfg.seed, "min-sites": cfg.sites,
         "data-dir": str((cfg.out / "sites").resolve()),
         "ledger-dir": str((cfg.out / "ledgers").resolve()),
@@ -220,7 +221,8 @@ def centralised_configs(cfg: SimulationConfig) -> tuple[ModelConfig, TrainConfig
                         max_len=cfg.max_len, history_copy=cfg.history_copy)
     plain = TrainConfig(epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
                         seed=cfg.seed)
-    dp = dataclasses.replace(plain, dp=DPConfig(epsilon=cfg.epsilon)) if cfg.dp else plain
+    dp = (dataclasses.replace(plain, dp=DPConfig(epsilon=cfg.epsilon, seed=cfg.dp_seed))
+          if cfg.dp else plain)
     return model, plain, dp
 
 
