@@ -192,7 +192,8 @@ def privacy_line(p: dict[str, Any]) -> str:
         return "privacy: none (trained without differential privacy)"
     return (f"privacy: ({p['epsilon']:.3f}, {p['delta']:.1e})-DP for {p['unit']}; "
             f"{p['accountant']}; noise multiplier {p['noise_multiplier']:.3f}, "
-            f"clip {p['max_grad_norm']}")
+            f"clip {p['max_grad_norm']}"
+            + (f"; sampling and noise {p['randomness']}" if p.get("randomness") else ""))
 
 
 def cmd_score(args: argparse.Namespace) -> int:

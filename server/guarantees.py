@@ -39,7 +39,7 @@ def privacy_statement(settings: RunSettings, site_epsilon: dict[str, float],
         out.update({"unit": UNIT, "epsilon": shopper["epsilon"], "delta": shopper["delta"],
                     "epsilon_per_site": dict(site_epsilon), "delta_per_site": dict(site_delta),
                     "budget": settings.budget, "accountant": SHOPPER_ACCOUNTANT,
-                    "max_grad_norm": dp.max_grad_norm})
+                    "max_grad_norm": dp.max_grad_norm, "randomness": shopper["randomness"]})
     if central is not None:
         guarantees.append({"level": "site", **central})
     out["guarantees"] = guarantees

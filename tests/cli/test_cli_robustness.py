@@ -58,6 +58,7 @@ def test_no_valid_rows_is_an_error_for_every_command(wd, capsys, command):
     (["--category-buckets", "0"], "category_buckets"),
     (["--session-gap", "-1"], "session gap"),
     (["--device", "bogus"], "bogus"),
+    (["--dp-seed", "3"], "--dp-seed need --dp"),
 ])
 def test_bad_training_settings_are_refused_before_anything_is_written(wd, capsys, extra, needle):
     out = wd / "never"

@@ -29,7 +29,9 @@ def test_simulate_cli_runs_a_federation_and_writes_the_report(tmp_path):
     fed = metrics["evaluation"]["federated"]
     assert 0.5 < fed["auroc"] <= 1.0
     assert metrics["privacy"]["dp"] and metrics["privacy"]["epsilon"] <= 8.0
+    assert "seeded from the OS" in metrics["privacy"]["randomness"]  # no --dp-seed: secret noise
     assert (out / "report.md").is_file() and any((out / "figures").glob("*.png"))
+    assert "seeded from the OS" in (out / "report.md").read_text()
     rounds = (out / "checkpoints" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["round"] for r in rounds] == [1, 2]
     SequenceDetector.load(out / "model", progress=False)
@@ -150,3 +152,19 @@ def test_no_history_copy_reaches_the_sites_run_config_and_the_baselines(tmp_path
     assert settings_from_run_config(written).model.history_copy is False
     assert centralised_configs(SimulationConfig(history_copy=False))[0].history_copy is False
     assert centralised_configs(SimulationConfig())[0].history_copy is True
+
+
+def test_dp_seed_reaches_the_sites_and_the_baselines_only_when_given(capsys):
+    from seqanom_core.cli import main
+    from seqanom_core.run_config import settings_from_run_config
+    from simulation.run import SimulationConfig, centralised_configs, run_config
+
+    secret = SimulationConfig(out=Path("unused"))
+    assert run_config(secret)["dp-seed"] == -1
+    assert settings_from_run_config(run_config(secret)).train.dp.seed is None
+    assert centralised_configs(secret)[2].dp.seed is None
+    seeded = SimulationConfig(out=Path("unused"), dp_seed=11)
+    assert settings_from_run_config(run_config(seeded)).train.dp.seed == 11
+    assert centralised_configs(seeded)[2].dp.seed == 11
+    assert main(["simulate", "--no-dp", "--dp-seed", "3", "--out", "unused"]) == 2
+    assert "--dp-seed seeds DP training" in capsys.readouterr().err
