@@ -158,7 +158,9 @@ class RunSettings:
 #: local epochs, eps 8 per site, seeded): federated DP AUROC 0.841 -> 0.876 on the built-in data
 #: (centralised DP with AdamW 0.884) and 0.760 -> 0.784 on the Taobao sample in 4 IID sites
 #: (lr 0.5: 0.874 / 0.782, lr 1.5: 0.862 / 0.794, lr 3: diverges). Centralised DP training on
-#: Taobao does not gain from SGD (AdamW 0.851, SGD lr 1.0 0.844, lr 0.5 0.846).
+#: Taobao does not gain from SGD (AdamW 0.851, SGD lr 1.0 0.844, lr 0.5 0.846). These figures
+#: predate the fix of 2026-11-29 that gave every site its own DP noise (sites of equal size had
+#: added the same noise); `seqanom simulate` now runs its sites at lr 0.5, batch 16.
 FEDERATED_TRAIN = TrainConfig(epochs=1, optimizer="sgd", lr=1.0)
 
 # kebab-case key -> (section, field)

@@ -63,7 +63,11 @@ class SimulationConfig:
     d_model: int = 32
     n_layers: int = 2
     max_len: int = 64
-    batch_size: int = 32
+    # 32 -> 16 with the sites' lr 1.0 -> 0.5 (sites and baselines; fresh DP noise): federated DP
+    # AUROC on the Taobao sample in 4 IID sites 0.851 -> 0.864 (6 seeds, higher in all 6), Tmall
+    # 6 sites 0.875 -> 0.882 (2 seeds), built-in data 0.916 -> 0.917 (2 seeds)
+    batch_size: int = 16
+    site_lr: float = 0.5  # the sites' local SGD learning rate (run config lr), and site-alone's
     history_copy: bool = True  # the model's copy term from the shopper's history (models.py)
     baselines: bool = True
     seed: int = 0
@@ -157,6 +161,7 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
         "num-rounds": cfg.rounds, "strategy": cfg.strategy, "model": cfg.model,
         "local-epochs": cfg.local_epochs, "d-model": cfg.d_model, "n-layers": cfg.n_layers,
         "max-len": cfg.max_len, "history-copy": cfg.history_copy, "batch-size": cfg.batch_size,
+        "lr": cfg.site_lr,
         "dp": cfg.dp, "dp-seed": -1 if cfg.dp_seed is None else cfg.dp_seed,
         "epsilon": cfg.epsilon, "seed": cfg.seed, "min-sites": cfg.sites,
         "data-dir": str((cfg.out / "sites").resolve()),
@@ -238,7 +243,7 @@ def _baselines(cfg: SimulationConfig, trains: list[pa.Table], test: pa.Table,
         runs.append(("centralised-dp", pooled, dp))
     # each site alone trains as it does in the federation (same optimiser, lr, epochs and DP),
     # without the others: the comparison isolates what federating adds
-    local = dataclasses.replace(dp, optimizer=FEDERATED_TRAIN.optimizer, lr=FEDERATED_TRAIN.lr)
+    local = dataclasses.replace(dp, optimizer=FEDERATED_TRAIN.optimizer, lr=cfg.site_lr)
     runs += [(f"site-alone:site-{k}", t, local) for k, t in enumerate(trains)]
     for name, train, tcfg in runs:
         t0 = time.time()
