@@ -12,6 +12,7 @@ bad (that row is then quarantined like any other).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -165,10 +166,9 @@ def _decode_head(p: Path, head: bytes, encodings: tuple[str, ...]) -> tuple[str,
     """Decode the start of a file with the first encoding that fits; return (text, encoding)."""
     if len(head) >= _HEAD_BYTES and b"\n" in head:
         head = head[: head.rindex(b"\n")]
-    nul = head.find(b"\x00")  # text has no NUL bytes, except in UTF-16/32
+    has_nul = b"\x00" in head  # text has no NUL bytes, except in UTF-16/32
     for encoding in encodings:
-        if nul >= 0 and not encoding.lower().replace("-", "").replace("_", "").startswith(
-                ("utf16", "utf32")):
+        if has_nul and not codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
             continue
         try:
             return head.decode(encoding), encoding

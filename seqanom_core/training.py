@@ -141,7 +141,6 @@ class TrainResult:
     steps: int = 0
     dp: bool = False
     noise_multiplier: float | None = None
-    noise_seeded: bool = False  # DP randomness from DPConfig.seed (reproducible), not the OS
     epsilon: float | None = None  # cumulative, including earlier calls restored from state
     delta: float | None = None
     accountant_state: AccountantState | None = None
@@ -227,7 +226,6 @@ def train_model(
                 max_grad_norm=cfg.dp.max_grad_norm, poisson_sampling=True,
                 noise_generator=dp_gens[1] if dp_gens else None,
             )
-        result.noise_seeded = cfg.dp.seed is not None
         if not math.isclose(loader.sample_rate, sample_rate):  # type: ignore[attr-defined]
             raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != planned {sample_rate}")
         result.noise_multiplier, result.delta = sigma, delta

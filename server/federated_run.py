@@ -78,18 +78,9 @@ def _metrics(msg: Message) -> dict[str, float]:
 
 
 # Site metrics that a weighted mean over sites would misstate (a mean epsilon is no site's
-# guarantee): the round log keeps them per site (``sites``) and the worst case (below) only.
+# guarantee): the round log keeps them per site (``sites``); the worst site's cumulative epsilon
+# is the record's privacy statement (``privacy``).
 PER_SITE_ONLY = frozenset({"epsilon", "delta", "budget", "noise-multiplier", "declined"})
-
-
-def worst_site_privacy(sites: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """``epsilon-max``/``delta-max``: the largest cumulative epsilon (and delta) any site reported
-    this round, declined sites included; empty when no site reported one (no DP)."""
-    eps = [float(s["epsilon"]) for s in sites.values() if "epsilon" in s]
-    if not eps:
-        return {}
-    return {"epsilon-max": max(eps),
-            "delta-max": max(float(s.get("delta", 0.0)) for s in sites.values() if "epsilon" in s)}
 
 
 @dataclass
@@ -254,7 +245,6 @@ class FederatedRun:
                 [m.content for m in usable], "num-examples")
         rec.train = {k: float(v) for k, v in (metrics or {}).items()  # type: ignore[arg-type]
                      if k != central_dp.SITE_WEIGHT and k not in PER_SITE_ONLY}
-        rec.train.update(worst_site_privacy(rec.sites))
         return True
 
     def _train_secagg(self, secagg: SecAggTraining, r: int, rec: RoundRecord) -> bool:
@@ -273,7 +263,6 @@ class FederatedRun:
         rec.train = {"num-examples": n}
         if n > 0 and all("train-loss" in m for m in trained):
             rec.train["train-loss"] = sum(m["train-loss"] * m["num-examples"] for m in trained) / n
-        rec.train.update(worst_site_privacy(rec.sites))
         return True
 
     def _accept(self, r: int, new: dict[str, np.ndarray]) -> None:

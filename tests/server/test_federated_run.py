@@ -40,10 +40,10 @@ def test_rounds_write_checkpoints_ledgers_and_a_scorable_model(tmp_path, site_di
     rec = json.loads((ckpts[-1][1] / "round.json").read_text())
     assert set(rec["sites"]) == {"site-0", "site-1", "site-2"}
     assert all(0 < s["epsilon"] <= 8.0 for s in rec["sites"].values())
-    # the round's train metrics: no mean epsilon (no site's guarantee), the worst site's instead
+    # the round's train metrics: no mean epsilon (no site's guarantee); the worst site's is in
+    # the record's privacy statement
     assert not {"epsilon", "delta", "noise-multiplier", "budget"} & set(rec["train"])
-    assert rec["train"]["epsilon-max"] == max(
-        s["epsilon"] for s in rec["sites"].values())
+    assert rec["privacy"]["epsilon"] == max(s["epsilon"] for s in rec["sites"].values())
     assert rec["threshold"] is not None and np.isfinite(rec["threshold"])
     # every checkpoint and the final model load as model directories and score shoppers
     det = SequenceDetector.load(tmp_path / "model", progress=False)
