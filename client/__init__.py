@@ -1,4 +1,2 @@
-"""Merchant-site Flower ClientApp and CLI (thin adapter over seqanom_core).
-
-Not built yet: the federation issue adds the ClientApp (train/evaluate handlers, privacy ledger).
-"""
+"""A merchant site's side: the Flower ClientApp (a thin adapter over seqanom_core: local DP
+training under the site's privacy ledger, evaluation, score summaries) and its SuperNode command."""

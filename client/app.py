@@ -20,7 +20,9 @@ from client.records import from_array_record, to_array_record, to_metric_record
 from client.secagg import is_secagg_message, secagg_app
 from client.site_setup import site_setup, train_site
 from seqanom_core import messages as K
+from seqanom_core.calibration_summary import histogram_seed
 from seqanom_core.models import arrays_digest
+from seqanom_core.run_config import RunSettings
 from seqanom_core.scoring import ScoreCalibrator
 from seqanom_core.site import evaluate_round, load_site, score_summary
 
@@ -61,6 +63,11 @@ def _kept_valid_stats(context: Context, arrays: dict) -> np.ndarray | None:
     return from_array_record(context.state[_VALID_STATS])["stats"]
 
 
+def _histogram_seed(settings: RunSettings, site: str, cfg: ConfigRecord, query: int) -> int | None:
+    """This site's histogram noise seed: None (from the OS) unless the run sets a DP seed."""
+    return histogram_seed(settings.dp_seed, site, int(cfg[K.SERVER_ROUND]), query)
+
+
 def _reply(msg: Message, content: RecordDict, site: str) -> Message:
     content[K.SITE] = ConfigRecord({"name": site})
     return Message(content=content, reply_to=msg)
@@ -90,7 +97,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     paths, settings = site_setup(context)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     cfg = msg.content[K.CONFIG]
-    seed = settings.train.seed * 7919 + int(cfg[K.SERVER_ROUND])
+    seed = _histogram_seed(settings, paths.name, cfg, 0)
     arrays = from_array_record(msg.content[K.ARRAYS])
     ev = evaluate_round(site, settings, arrays,
                         noise_std=settings.federation.calibration_noise, seed=seed)
@@ -110,7 +117,7 @@ def query_score_summary(msg: Message, context: Context) -> Message:
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     cfg = msg.content[K.CONFIG]
     calibrator = ScoreCalibrator.from_dict(json.loads(str(cfg[K.CALIBRATOR])))
-    seed = settings.train.seed * 7919 + int(cfg[K.SERVER_ROUND]) + 1
+    seed = _histogram_seed(settings, paths.name, cfg, 1)
     arrays = from_array_record(msg.content[K.ARRAYS])
     hist = score_summary(site, settings, arrays, calibrator,
                          noise_std=settings.federation.calibration_noise, seed=seed,

@@ -74,16 +74,34 @@ def noisy_tree_histogram(
     return out
 
 
-def stat_histograms(stats: np.ndarray, noise_std: float, seed: int) -> np.ndarray:
-    """Noisy tree histogram of every statistic: ``(n_stats, TREE_SIZE)`` from ``(n, n_stats)``."""
+def stat_histograms(stats: np.ndarray, noise_std: float, seed: int | None) -> np.ndarray:
+    """Noisy tree histogram of every statistic: ``(n_stats, TREE_SIZE)`` from ``(n, n_stats)``.
+
+    ``seed`` None (what sites use): noise from the OS, secret; see ``histogram_seed``."""
     rng = np.random.default_rng(seed)
     return np.stack([noisy_tree_histogram(stats[:, j], STAT_EDGES, noise_std, rng)
                      for j in range(stats.shape[1])])
 
 
-def score_histogram(scores: np.ndarray, noise_std: float, seed: int) -> np.ndarray:
-    """Noisy tree histogram of shopper scores over ``SCORE_EDGES``: ``(TREE_SIZE,)``."""
+def score_histogram(scores: np.ndarray, noise_std: float, seed: int | None) -> np.ndarray:
+    """Noisy tree histogram of shopper scores over ``SCORE_EDGES``: ``(TREE_SIZE,)``
+    (``seed`` None: noise from the OS)."""
     return noisy_tree_histogram(scores, SCORE_EDGES, noise_std, np.random.default_rng(seed))
+
+
+def histogram_seed(dp_seed: int | None, site_name: str, server_round: int, query: int) -> int | None:
+    """Seed of a site's histogram noise: None (noise from the OS) unless the run fixes its DP
+    randomness (``dp-seed``, for reproducible experiments), then mixed from it, the site's name,
+    the round and the query (0: statistics, 1: scores).
+
+    The noise must differ between sites and be unknown to the server: a seed every site derives
+    from the run config gives each site the *same* noise (so the pooled histogram carries K
+    times one site's noise instead of sqrt(K) times, which once put a 4-site threshold above every
+    validation shopper's score: nobody flagged at a 5% target) and lets the server subtract it."""
+    if dp_seed is None:
+        return None
+    words = [dp_seed, server_round, query, *site_name.encode("utf-8")]
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0])
 
 
 def _cdf(tree: np.ndarray, total: float | None = None) -> np.ndarray:
@@ -143,12 +161,13 @@ def calibrator_from_histograms(hist: np.ndarray, total: float | None = None) -> 
     return ScoreCalibrator(np.asarray(centers), np.asarray(scales))
 
 
-def threshold_noise(noise_std: float, n_shoppers: float) -> float:
+def threshold_noise(noise_std: float, n_shoppers: float, n_sites: int = 1) -> float:
     """Standard deviation of a pooled tree histogram's CDF at a tail point, as a fraction of the
-    shoppers: a cumulative count sums at most ``LEVELS`` noisy counts, and the two estimates from
-    either side are averaged (about ``noise_std * sqrt(LEVELS / 2)`` counts). The threshold for
-    an alert rate much smaller than this is unreliable."""
-    return float(noise_std * math.sqrt(LEVELS / 2) / max(float(n_shoppers), 1.0))
+    shoppers: a cumulative count sums at most ``LEVELS`` noisy counts of each of the ``n_sites``
+    sites (independent noise), and the two estimates from either side are averaged (about
+    ``noise_std * sqrt(n_sites * LEVELS / 2)`` counts). The threshold for an alert rate much
+    smaller than this is unreliable."""
+    return float(noise_std * math.sqrt(max(n_sites, 1) * LEVELS / 2) / max(float(n_shoppers), 1.0))
 
 
 def threshold_from_histogram(hist: np.ndarray, alert_rate: float,

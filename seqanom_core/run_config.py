@@ -141,6 +141,9 @@ class RunSettings:
     budget: float | None = None  # per-site epsilon budget (None without DP)
     max_noise: float = 50.0  # a site declines rather than train with more noise than this
     privacy: PrivacySettings = PrivacySettings()
+    # run config dp-seed (None: -1, from the OS): seeds DP-SGD's sampling and noise (also in
+    # train.dp) and the sites' calibration-histogram noise, with or without DP
+    dp_seed: int | None = None
 
     def __post_init__(self) -> None:
         # a NaN or infinite budget would let every release through (no comparison fails)
@@ -150,17 +153,26 @@ class RunSettings:
             raise ConfigError(f"max-noise must be a positive number, not {self.max_noise}")
 
 
-#: A site's local training in a federation: plain SGD at lr 1.0 (clipped per-shopper gradients
-#: have norm <= max-grad-norm = 1), not AdamW at 1e-2 as in centralised training. Each round
-#: starts from the new global model, so an adaptive optimiser starts afresh every round: its
-#: first steps on DP-noised gradients are sign-like, full-size steps in noise directions. With
-#: SGD the sites' noise averages out in FedAvg. Measured with `seqanom simulate` (5 rounds x 4
-#: local epochs, eps 8 per site, seeded): federated DP AUROC 0.841 -> 0.876 on the built-in data
-#: (centralised DP with AdamW 0.884) and 0.760 -> 0.784 on the Taobao sample in 4 IID sites
-#: (lr 0.5: 0.874 / 0.782, lr 1.5: 0.862 / 0.794, lr 3: diverges). Centralised DP training on
-#: Taobao does not gain from SGD (AdamW 0.851, SGD lr 1.0 0.844, lr 0.5 0.846). These figures
-#: predate the fix of 2026-11-29 that gave every site its own DP noise (sites of equal size had
-#: added the same noise); `seqanom simulate` now runs its sites at lr 0.5, batch 16.
+#: A site's local training in a federation. Run config ``local-optimizer = "auto"`` (the
+#: default) trains with plain SGD under DP and with AdamW without DP; ``lr = 0`` (the default)
+#: takes that optimiser's rate from ``LOCAL_LR``.
+#:
+#: Under DP, plain SGD at lr 1.0 (clipped per-shopper gradients have norm <= max-grad-norm = 1):
+#: AdamW's per-weight scale is set by the DP noise, not by the gradient, and it did worse at the
+#: sites. Measured with `seqanom simulate` (5 rounds x 4 local epochs, eps 8 per site), before
+#: the fix of 2026-11-29 that gave every site its own DP noise: federated DP AUROC 0.841 -> 0.876
+#: on the built-in data and 0.760 -> 0.784 on the Taobao sample in 4 IID sites (lr 0.5: 0.874 /
+#: 0.782, lr 1.5: 0.862 / 0.794, lr 3: diverges). After it (Taobao 4 IID, batch 16, 3 partition
+#: seeds x 2 DP seeds, in-process rounds): SGD lr 0.5 0.861; AdamW lr 0.01 0.830 over 3 of
+#: those runs (SGD 0.855 there), 0.840 over all 6 with its moments kept across rounds. `seqanom simulate` runs DP sites at lr 0.5, batch 16.
+#:
+#: Without DP, AdamW at 0.01: SGD moves every weight at one rate and was the federation's
+#: bottleneck. Taobao 4 IID, seed 0: federated AUROC 0.861 (SGD lr 0.5) / 0.864 (lr 2.0) ->
+#: 0.902 (AdamW), against 0.901 for centralised AdamW on the pooled shoppers. Its moments start
+#: afresh every round, so a site keeps no state between rounds and a resumed run ends exactly as
+#: an uninterrupted one; keeping them in ``context.state`` gained only 0.001-0.002 (3 partition
+#: seeds, in-process rounds).
+LOCAL_LR: dict[str, float] = {"sgd": 1.0, "adamw": 1e-2}
 FEDERATED_TRAIN = TrainConfig(epochs=1, optimizer="sgd", lr=1.0)
 
 # kebab-case key -> (section, field)
@@ -251,8 +263,25 @@ def default_run_config() -> dict[str, Any]:
     flat = {"dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
                    "max_grad_norm": 1.0, "seed": -1},
             "run": {"validation_fraction": 0.2, "max_noise": 50.0}}
-    return {key: getattr(defaults[section], name) if section in defaults else flat[section][name]
-            for key, (section, name) in _KEYS.items()}
+    out = {key: getattr(defaults[section], name) if section in defaults else flat[section][name]
+           for key, (section, name) in _KEYS.items()}
+    # chosen by whether the run has DP (settings_from_run_config)
+    return out | {"local-optimizer": "auto", "lr": 0.0}
+
+
+def _local_optimizer(train: dict[str, Any], dp: bool) -> dict[str, Any]:
+    """Resolve ``local-optimizer = "auto"`` (SGD under DP, AdamW without) and ``lr = 0`` (that
+    optimiser's ``LOCAL_LR``) in the train section of a run config."""
+    optimizer = train.get("optimizer", "auto")
+    if optimizer == "auto":
+        optimizer = "sgd" if dp else "adamw"
+    lr = train.get("lr", 0.0)
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ConfigError(f"lr must be a positive number (or 0: the optimiser's default), not {lr}")
+    if optimizer not in LOCAL_LR:
+        raise ConfigError(f"local-optimizer must be auto, {' or '.join(LOCAL_LR)}, "
+                          f"not {optimizer!r}")
+    return train | {"optimizer": optimizer, "lr": lr or LOCAL_LR[optimizer]}
 
 
 def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
@@ -279,7 +308,8 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
     try:
         model = dataclasses.replace(ModelConfig(), **sections["model"])
         tok = dataclasses.replace(TokenizerConfig(), **sections["tokenizer"])
-        train = dataclasses.replace(FEDERATED_TRAIN, **sections["train"], dp=dp)
+        train = dataclasses.replace(FEDERATED_TRAIN, **_local_optimizer(sections["train"],
+                                                                        dp is not None), dp=dp)
         fed = dataclasses.replace(FederationConfig(), **sections["federation"])
         privacy = dataclasses.replace(PrivacySettings(), **sections["privacy"])
     except TypeError as err:
@@ -299,4 +329,4 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
     return RunSettings(tokenizer=tok, model=model, train=train, federation=fed,
                        validation_fraction=run["validation_fraction"],
                        budget=dp_in["epsilon"] if dp else None, max_noise=run["max_noise"],
-                       privacy=privacy)
+                       privacy=privacy, dp_seed=None if dp_in["seed"] < 0 else dp_in["seed"])

@@ -188,7 +188,7 @@ class Evaluation:
 
 
 def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray], *,
-                   noise_std: float, seed: int) -> Evaluation:
+                   noise_std: float, seed: int | None) -> Evaluation:
     """Next-event loss/accuracy on validation shoppers, local AUROC/AUPRC where labelled."""
     device = resolve_device(settings.train.device)
     model = _model(settings, site.valid.source, arrays)
@@ -209,7 +209,7 @@ def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.n
 
 
 def score_summary(site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray],
-                  calibrator: ScoreCalibrator, *, noise_std: float, seed: int,
+                  calibrator: ScoreCalibrator, *, noise_std: float, seed: int | None,
                   valid_stats: np.ndarray | None = None) -> np.ndarray:
     """Noisy histogram of the validation shoppers' scores under the federated calibration.
 

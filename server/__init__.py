@@ -1,4 +1,2 @@
-"""Central Flower ServerApp and CLI (thin adapter over seqanom_core).
-
-Not built yet: the federation issue adds the ServerApp (strategies, checkpoints, resume).
-"""
+"""The central team's side: the Flower ServerApp (a thin adapter over seqanom_core: strategies,
+guarded round loop, checkpoints, resume, federated threshold) and its deployment commands."""

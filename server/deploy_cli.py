@@ -11,6 +11,7 @@ refuses to start unless ``--insecure`` is given, and then prints a loud warning 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -227,8 +228,55 @@ def cmd_connection(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def cmd_rounds(args: argparse.Namespace) -> int:
+    """Show a federated run's progress from its checkpoint directory (the run config's
+    checkpoint-dir; RUN_DIR/checkpoints for 'seqanom simulate'): one line per completed round
+    with its losses, AUROC (where sites have labels), sites that trained, declined (privacy
+    budget) or were rejected, the worst site's cumulative epsilon (shopper level) and the
+    site-level epsilon of central DP, the federated threshold and the round's seconds; then the
+    privacy guarantees of the latest round. Each round's checkpoint is a model directory that
+    'seqanom score --model' accepts."""
+    from server.progress import (
+        follow_rows,
+        format_row,
+        header,
+        privacy_lines,
+        read_round,
+        read_rows,
+    )
+
+    root = Path(args.checkpoint_dir)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such checkpoint directory")
+    if args.interval <= 0:
+        raise ConfigError(f"--interval must be a positive number of seconds, not {args.interval}")
+    rows = read_rows(root)
+    if args.json:
+        last = read_round(Path(rows[-1]["checkpoint"])) if rows else {}
+        print(json.dumps({"checkpoint_dir": str(root), "rounds": rows,
+                          "privacy": last.get("privacy")}, indent=2))
+        return 0
+    print(f"checkpoints {root}: {len(rows)} completed round(s)")
+    print(header())
+    for row in rows:
+        print(format_row(row))
+    if args.follow:
+        print("(following: a new line per completed round; Ctrl-C to stop)", flush=True)
+        try:
+            for row in follow_rows(root, args.interval, seen=len(rows)):
+                print(format_row(row), flush=True)
+                rows.append(row)
+        except KeyboardInterrupt:
+            pass
+    if rows:
+        for line in privacy_lines(read_round(Path(rows[-1]["checkpoint"]))):
+            print(line)
+        print(f"latest model: {rows[-1]['checkpoint']} (seqanom score --model accepts it)")
+    return 0
+
+
 def add_central_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register credentials / superlink / connection with the seqanom parser's ``add``."""
+    """Register credentials / superlink / connection / rounds with the seqanom parser's ``add``."""
     p = add("credentials", cmd_credentials, "create the CA, SuperLink certificate and site keys")
     p.add_argument("--out", required=True, metavar="DIR", help="credentials directory")
     p.add_argument("--sites", nargs="+", required=True, metavar="SITE",
@@ -258,6 +306,14 @@ def add_central_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="no TLS and no node authentication (test machines only; loud warning)")
     p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
+
+    p = add("rounds", cmd_rounds, "show a federated run's rounds: losses, AUROC, sites, epsilon")
+    p.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR")
+    p.add_argument("--json", action="store_true", help="print the rounds as JSON")
+    p.add_argument("--follow", action="store_true",
+                   help="keep printing rounds as they complete (Ctrl-C to stop)")
+    p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                   help="with --follow: how often to look for new checkpoints")
 
     p = add("connection", cmd_connection, "write the flwr CLI's SuperLink connection")
     p.add_argument("--name", default="seqanom", help="connection name (flwr run . NAME)")

@@ -305,7 +305,7 @@ class FederatedRun:
         n_scored = sum(_metrics(m).get("num-examples", 0.0) for m in answers)
         threshold = threshold_from_histogram(np.asarray(score_hist), self.fed.alert_rate,
                                              n_scored or None)
-        rec.threshold_noise = threshold_noise(self.fed.calibration_noise, n_scored)
+        rec.threshold_noise = threshold_noise(self.fed.calibration_noise, n_scored, len(answers))
         if rec.threshold_noise > self.fed.alert_rate / 2:
             log.warning("round %d: the federated threshold rests on %d validation shoppers; the "
                         "histogram noise moves its tail by about %.1f%% of them, against an "

@@ -28,7 +28,7 @@ from seqanom_core.errors import ConfigError
 from seqanom_core.formats import FormatSpec
 from seqanom_core.ingest import read_nonempty_events, write_events
 from seqanom_core.privacy import UNIT
-from seqanom_core.run_config import FEDERATED_TRAIN, settings_from_run_config
+from seqanom_core.run_config import settings_from_run_config
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
 from simulation.federation import run_federation, toml_lines
@@ -38,6 +38,10 @@ from simulation.report import write_report
 from simulation.synth import SynthConfig, synthesize_events
 
 log = logging.getLogger(__name__)
+
+
+#: The sites' SGD learning rate under DP at batch 16 (32 -> 16 with lr 1.0 -> 0.5: see batch_size)
+DP_SITE_LR = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,9 @@ class SimulationConfig:
     # AUROC on the Taobao sample in 4 IID sites 0.851 -> 0.864 (6 seeds, higher in all 6), Tmall
     # 6 sites 0.875 -> 0.882 (2 seeds), built-in data 0.916 -> 0.917 (2 seeds)
     batch_size: int = 16
-    site_lr: float = 0.5  # the sites' local SGD learning rate (run config lr), and site-alone's
+    # the sites' local learning rate (run config lr), and site-alone's; None: SGD at 0.5 under
+    # DP (the measured best at batch 16), without DP the AdamW default (run_config.LOCAL_LR)
+    site_lr: float | None = None
     history_copy: bool = True  # the model's copy term from the shopper's history (models.py)
     baselines: bool = True
     seed: int = 0
@@ -161,7 +167,7 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
         "num-rounds": cfg.rounds, "strategy": cfg.strategy, "model": cfg.model,
         "local-epochs": cfg.local_epochs, "d-model": cfg.d_model, "n-layers": cfg.n_layers,
         "max-len": cfg.max_len, "history-copy": cfg.history_copy, "batch-size": cfg.batch_size,
-        "lr": cfg.site_lr,
+        "lr": cfg.site_lr if cfg.site_lr is not None else (DP_SITE_LR if cfg.dp else 0.0),
         "dp": cfg.dp, "dp-seed": -1 if cfg.dp_seed is None else cfg.dp_seed,
         "epsilon": cfg.epsilon, "seed": cfg.seed, "min-sites": cfg.sites,
         "data-dir": str((cfg.out / "sites").resolve()),
@@ -243,7 +249,8 @@ def _baselines(cfg: SimulationConfig, trains: list[pa.Table], test: pa.Table,
         runs.append(("centralised-dp", pooled, dp))
     # each site alone trains as it does in the federation (same optimiser, lr, epochs and DP),
     # without the others: the comparison isolates what federating adds
-    local = dataclasses.replace(dp, optimizer=FEDERATED_TRAIN.optimizer, lr=cfg.site_lr)
+    site = settings_from_run_config(run_config(cfg)).train
+    local = dataclasses.replace(dp, optimizer=site.optimizer, lr=site.lr)
     runs += [(f"site-alone:site-{k}", t, local) for k, t in enumerate(trains)]
     for name, train, tcfg in runs:
         t0 = time.time()

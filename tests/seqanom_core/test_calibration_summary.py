@@ -75,3 +75,25 @@ def test_threshold_noise_matches_the_spread_of_noisy_tail_quantiles():
     stated = threshold_noise(0.5, 40)
     assert 0.5 * stated < float(np.std(cdfs)) < 1.5 * stated
     assert threshold_noise(0.5, 20) > 0.025 > threshold_noise(0.5, 200)  # vs a 5% alert rate / 2
+    # four sites of 10 shoppers, each with its own noise: the pooled CDF has twice the noise
+    parts = np.split(scores, 4)
+    pooled = [_cdf(sum(noisy_tree_histogram(p, SCORE_EDGES, 0.5, rng) for p in parts),
+                   total=40)[j] for _ in range(400)]
+    stated = threshold_noise(0.5, 40, n_sites=4)
+    assert stated == 2 * threshold_noise(0.5, 40)
+    assert 0.5 * stated < float(np.std(pooled)) < 1.5 * stated
+
+
+def test_histogram_noise_is_secret_unless_seeded_and_never_shared_between_sites():
+    from seqanom_core.calibration_summary import histogram_seed, score_histogram
+
+    assert histogram_seed(None, "site-0", 3, 0) is None
+    scores = np.linspace(-1, 3, 50)
+    a, b = score_histogram(scores, 0.5, None), score_histogram(scores, 0.5, None)
+    assert not np.array_equal(a, b)  # from the OS: two calls differ
+    seeds = {histogram_seed(7, site, r, q) for site in ("site-0", "site-1") for r in (1, 2)
+             for q in (0, 1)}
+    assert len(seeds) == 8  # every site, round and query its own noise
+    assert histogram_seed(7, "site-0", 1, 0) == histogram_seed(7, "site-0", 1, 0)
+    assert np.array_equal(score_histogram(scores, 0.5, histogram_seed(7, "a", 1, 1)),
+                          score_histogram(scores, 0.5, histogram_seed(7, "a", 1, 1)))

@@ -32,15 +32,22 @@ def test_defaults_round_trip_and_overrides_are_typed():
     assert s.federation.num_rounds == 3 and s.budget == 2.0 and s.train.dp is not None
 
 
-def test_sites_train_with_plain_sgd_unless_told_otherwise():
-    s = settings_from_run_config({})
+def test_sites_train_with_sgd_under_dp_and_adamw_without_unless_told_otherwise():
+    s = settings_from_run_config({"dp": True})
     assert (s.train.optimizer, s.train.lr) == ("sgd", 1.0)
-    s = settings_from_run_config({"local-optimizer": "adamw", "lr": 0.01})
+    s = settings_from_run_config({"dp": False})
     assert (s.train.optimizer, s.train.lr) == ("adamw", 0.01)
+    s = settings_from_run_config({"dp": True, "local-optimizer": "adamw", "lr": 0.02})
+    assert (s.train.optimizer, s.train.lr) == ("adamw", 0.02)
+    s = settings_from_run_config({"dp": False, "local-optimizer": "sgd"})
+    assert (s.train.optimizer, s.train.lr) == ("sgd", 1.0)
+    s = settings_from_run_config({"dp": True, "lr": 0.5})
+    assert (s.train.optimizer, s.train.lr) == ("sgd", 0.5)
 
 
 @pytest.mark.parametrize("bad", [{"num-round": 3}, {"strategy": "fedsgd"}, {"num-rounds": 0},
-                                 {"dp": "maybe"}, {"local-optimizer": "adam"},
+                                 {"dp": "maybe"}, {"local-optimizer": "adam"}, {"lr": -0.1},
+                                 {"lr": float("nan")},
                                  # non-finite numbers: a NaN budget would let every release through
                                  {"epsilon": float("nan")}, {"epsilon": float("inf")},
                                  {"privacy-mode": "local+central", "central-clipping-norm": float("nan")},

@@ -147,3 +147,15 @@ def test_resumed_fedadam_keeps_its_moments_and_matches_an_uninterrupted_run(tmp_
     assert [r.round for r in records] == [1, 2]
     for k, v in full.arrays.items():
         np.testing.assert_allclose(resumed.arrays[k], v, atol=2e-3, err_msg=k)
+
+
+def test_sites_with_the_same_shoppers_add_different_calibration_noise(tmp_path, site_dirs):
+    # two nodes holding the same partition: their histograms differ only by their noise, which
+    # used to be drawn from one seed that every site derived from the run config
+    cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1, "dp": False})
+    _, _, grid = _run(cfg, nodes={101: {"partition-id": 0}, 102: {"partition-id": 0}})
+    hists = [np.asarray(r.content[K.HISTOGRAMS][K.STAT_HIST].numpy()) for r in grid.sent
+             if K.HISTOGRAMS in r.content and K.STAT_HIST in r.content[K.HISTOGRAMS]]
+    assert len(hists) == 2
+    diff = hists[0] - hists[1]
+    assert np.all(np.isfinite(diff)) and np.std(diff) > 0.5  # two independent N(0, 0.5^2)
