@@ -250,9 +250,12 @@ def cmd_score(args: argparse.Namespace) -> int:
                   f"{'anomalous' if y[0] else 'normal'}, so AUROC and AUPRC are undefined")
             return 0
         rep = detection_report(y, scored.scores, det.threshold_, kinds)
+        at = rep["at_threshold"]
         print(f"against {args.labels}: AUROC {rep['auroc']:.4f}, AUPRC {rep['auprc']:.4f}, "
-              f"precision {rep['at_threshold']['precision']:.3f} / recall "
-              f"{rep['at_threshold']['recall']:.3f} at the threshold")
+              f"precision {at['precision']:.3f} / recall {at['recall']:.3f} at the threshold")
+        print(f"  normal shoppers flagged: {int(at['false_alerts'])} of {int((y == 0).sum())} "
+              f"({at['false_alert_rate']:.2%}; the threshold targets "
+              f"{det.metadata_.get('alert_rate', float('nan')):.1%} of normal shoppers)")
         for k, v in rep.get("auroc_per_kind", {}).items():
             print(f"  {k:20s} AUROC {v:.3f}  recall@threshold {rep['recall_per_kind'][k]:.3f}")
         if args.metrics_out:

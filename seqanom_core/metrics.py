@@ -41,14 +41,19 @@ def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def precision_recall_f1(labels: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
-    """Precision, recall and F1 of 0/1 flags."""
+    """Precision, recall and F1 of 0/1 flags, the alert rate over all rows and the false alert
+    rate (the fraction of normal rows flagged: what a threshold's target alert rate is for)."""
     y = np.asarray(labels).astype(bool)
     f = np.asarray(flagged).astype(bool)
     tp = float(np.sum(y & f))
     precision = tp / f.sum() if f.sum() else 0.0
     recall = tp / y.sum() if y.sum() else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "alert_rate": float(f.mean())}
+    normal = ~y
+    false_alerts = float(np.sum(f & normal))
+    return {"precision": precision, "recall": recall, "f1": f1, "alert_rate": float(f.mean()),
+            "false_alerts": false_alerts,
+            "false_alert_rate": false_alerts / normal.sum() if normal.sum() else float("nan")}
 
 
 def best_f1(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -36,6 +37,12 @@ def test_train_score_with_labels(workdir, capsys):
     assert "AUROC" in out
     scores = pd.read_csv(d / "scores.csv", dtype={"user_id": str})
     labels = pd.read_csv(d / "labels.csv", dtype={"user_id": str})
+    # the false alert rate printed and written is the flagged share of the normal shoppers
+    normal = scores.merge(labels, on="user_id").query("is_anomalous == 0")
+    line = next(x for x in out.splitlines() if "normal shoppers flagged" in x)
+    assert f"{int(normal.flagged.sum())} of {len(normal)} " in line and "targets 5.0%" in line
+    at = json.loads((d / "m.json").read_text())["at_threshold"]
+    assert at["false_alert_rate"] == pytest.approx(normal.flagged.mean())
     assert list(scores.columns[:3]) == ["user_id", "score", "flagged"]
     assert set(scores.user_id) == set(labels.user_id)
     flagged = scores[scores.flagged == 1]

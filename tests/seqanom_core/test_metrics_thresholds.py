@@ -45,6 +45,8 @@ def test_metrics_known_values():
     assert precision_at_k(y, s, 2) == 0.5
     prf = precision_recall_f1(y, s > 0.3)
     assert prf["precision"] == pytest.approx(2 / 3) and prf["recall"] == 1.0
+    assert prf["false_alerts"] == 1 and prf["false_alert_rate"] == 0.5  # 0.4 of the two normals
+    assert prf["alert_rate"] == 0.75
     assert best_f1(y, s)["f1"] == pytest.approx(0.8)
     kinds = ["", "", "a", "b"]
     assert recall_per_kind(kinds, s > 0.5) == {"a": 0.0, "b": 1.0}
