@@ -407,7 +407,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     for name, m in ev.items():
         eps = metrics.get("methods", {}).get(name, {}).get("epsilon")
         eps_txt = f", epsilon {eps:.2f}" if isinstance(eps, (int, float)) else ""
-        print(f"  {name:24s} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}{eps_txt}")
+        fa = m.get("false_alert_rate")
+        fa_txt = f"  normal flagged {fa:6.1%}" if isinstance(fa, (int, float)) else " " * 22
+        print(f"  {name:24s} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}{fa_txt}{eps_txt}"
+              .rstrip())
     priv = metrics.get("privacy", {})
     print(f"privacy mode: {priv.get('mode', 'local')}")
     for g in priv.get("guarantees", []):

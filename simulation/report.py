@@ -85,9 +85,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _recall(
     curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: pd.DataFrame, thresholds: dict
-) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """Recall per kind per method, and the rule used (threshold or top-k) per method."""
-    recall, rule = {}, {}
+) -> tuple[dict[str, dict[str, float]], dict[str, str], dict[str, float | None]]:
+    """Recall per kind per method, the rule used (threshold or top-k) per method, and the share
+    of normal test shoppers a method's own threshold flags (None for top-k)."""
+    recall, rule, false_alert = {}, {}, {}
     for name, (ids, scores) in curves.items():
         y, kinds = aligned_labels(np.asarray(ids), labels)
         s = np.asarray(scores, dtype=np.float64)
@@ -95,13 +96,21 @@ def _recall(
         if t is not None:
             flagged = s > t
             rule[name] = f"score > threshold {t:.4g}"
+            false_alert[name] = float(flagged[y == 0].mean()) if (y == 0).any() else None
         else:
             k = int(y.sum())
             flagged = np.zeros(s.size, dtype=bool)
             flagged[np.argsort(-s, kind="stable")[:k]] = True
             rule[name] = f"top-k, k = {k} anomalous shoppers"
+            false_alert[name] = None
         recall[name] = recall_per_kind(kinds, flagged)
-    return recall, rule
+    return recall, rule, false_alert
+
+
+def _alert_rate(metrics: dict[str, Any]) -> str:
+    """The run's target alert rate as a percentage ("the run's" when not recorded)."""
+    rate = number(metrics.get("alert_rate"))
+    return "the run's target" if rate is None else f"{100 * rate:g}%"
 
 
 def _privacy_lines(privacy: Any) -> list[str]:
@@ -193,7 +202,7 @@ def write_report(
     rounds = [r for r in (rounds or []) if isinstance(r, dict)]
     evaluation = {name: evaluate_scores(ids, scores, labels) for name, (ids, scores) in curves.items()}
     thresholds = metrics.get("thresholds") or {}
-    recall, rule = _recall(curves, labels, thresholds)
+    recall, rule, false_alert = _recall(curves, labels, thresholds)
     labelled = {name: (aligned_labels(np.asarray(ids), labels)[0], np.asarray(scores, float))
                 for name, (ids, scores) in curves.items()}
 
@@ -218,7 +227,9 @@ def write_report(
     for name, ev in evaluation.items():
         given = methods_meta.get(name)
         meta: dict = given if isinstance(given, dict) else {}
+        fa = false_alert.get(name)
         summary_rows.append([name, _fmt(ev["auroc"]), _fmt(ev["auprc"]),
+                             "-" if fa is None else f"{100 * fa:.1f}%",
                              _as_given(meta.get("epsilon")), _as_given(meta.get("delta"))])
     kinds = sorted({k for ev in evaluation.values() for k in ev["auroc_per_kind"]})
     kind_rows = [[name, *(_fmt(ev["auroc_per_kind"].get(k)) for k in kinds)]
@@ -228,7 +239,11 @@ def write_report(
     if curves:
         n = next(iter(evaluation.values()))
         lines += [f"Test shoppers: {n['n']} ({n['n_anomalous']} with injected anomalies).", "",
-                  "## Summary", "", *_table(["method", "AUROC", "AUPRC", "ε", "δ"], summary_rows),
+                  "## Summary", "",
+                  *_table(["method", "AUROC", "AUPRC", "normal flagged", "ε", "δ"], summary_rows),
+                  "", "*normal flagged*: the share of normal test shoppers above the method's own "
+                  f"threshold (calibrated for an alert rate of {_alert_rate(metrics)}); "
+                  "IsolationForest has no threshold.",
                   "", "### AUROC per anomaly kind", "", *_table(["method", *kinds], kind_rows), ""]
     else:
         lines += ["No method scores were given.", ""]
@@ -251,7 +266,8 @@ def write_report(
     report.write_text("\n".join(lines))
     out = dict(metrics)
     out.setdefault("evaluation", {name: {**ev, "recall_per_kind": recall[name],
-                                         "recall_rule": rule[name]}
+                                         "recall_rule": rule[name],
+                                         "false_alert_rate": false_alert[name]}
                                   for name, ev in evaluation.items()})
     (run_dir / METRICS).write_text(json.dumps(plain_json(out), indent=2, allow_nan=False))
     logger.info("wrote %s (%d figures)", report, sum(p is not None for p, _ in figures))

@@ -219,6 +219,8 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
         "privacy": privacy | {"unit": UNIT if cfg.dp else None},
         "stop_reason": det.metadata_.get("stop_reason") or None,
         "partition": partition, "thresholds": thresholds, "methods": methods,
+        # the target of every method's threshold (the federation's and the baselines' default)
+        "alert_rate": settings_from_run_config(run_config(cfg)).federation.alert_rate,
         "seconds": round(time.time() - t0, 1),
     }
     write_report(cfg.out, metrics, curves, labels, rounds)

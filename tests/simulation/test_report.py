@@ -81,6 +81,13 @@ def test_report_and_figures(tmp_path: Path, scored: tuple) -> None:
     assert data["privacy"]["epsilon"] == {"site-0": 1.2, "site-1": 1.4}
     assert data["evaluation"]["centralised"]["auroc"] > data["evaluation"]["isolation-forest"]["auroc"]
     assert set(data["evaluation"]["federated"]["recall_per_kind"]) == set(KINDS)
+    # the share of normal shoppers above the method's own threshold; none without a threshold
+    ids, s = curves["federated"]
+    normal = labels.set_index("user_id").loc[ids, "is_anomalous"].to_numpy() == 0
+    expected = float(np.mean(s[normal] > 0.5))
+    assert data["evaluation"]["federated"]["false_alert_rate"] == pytest.approx(expected)
+    assert data["evaluation"]["isolation-forest"]["false_alert_rate"] is None
+    assert f"| {100 * expected:.1f}% |" in text and "alert rate of the run's target" in text
 
 
 def test_robust_to_missing_keys(tmp_path: Path, scored: tuple) -> None:
