@@ -164,7 +164,8 @@ class RunSettings:
 #: on the built-in data and 0.760 -> 0.784 on the Taobao sample in 4 IID sites (lr 0.5: 0.874 /
 #: 0.782, lr 1.5: 0.862 / 0.794, lr 3: diverges). After it (Taobao 4 IID, batch 16, 3 partition
 #: seeds x 2 DP seeds, in-process rounds): SGD lr 0.5 0.861; AdamW lr 0.01 0.830 over 3 of
-#: those runs (SGD 0.855 there), 0.840 over all 6 with its moments kept across rounds. `seqanom simulate` runs DP sites at lr 0.5, batch 16.
+#: those runs (SGD 0.855 there), 0.840 over all 6 with its moments kept across rounds.
+#: `seqanom simulate` runs DP sites at lr 0.5, batch 16.
 #:
 #: Without DP, AdamW at 0.01: SGD moves every weight at one rate and was the federation's
 #: bottleneck. Taobao 4 IID, seed 0: federated AUROC 0.861 (SGD lr 0.5) / 0.864 (lr 2.0) ->

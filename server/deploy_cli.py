@@ -1,4 +1,5 @@
-"""The central team's deployment commands: ``seqanom credentials``, ``superlink``, ``connection``.
+"""The central team's commands: ``seqanom credentials``, ``superlink``, ``connection`` (deployment)
+and ``rounds`` (a run's progress from its checkpoints, ``server/progress.py``).
 
 ``superlink`` builds the ``flower-superlink`` command line (TLS on every API, SuperNode
 authentication on, no runtime dependency installation) from a credentials directory and runs it
