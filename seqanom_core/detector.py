@@ -45,6 +45,11 @@ from seqanom_core.training import EventScores, TrainResult, score_events, train_
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: Held-out shoppers expected above the threshold (calibration shoppers x alert rate) below which
+#: the fit warns: the share of new normal shoppers above an empirical quantile with k shoppers
+#: beyond it varies by about 1/sqrt(k + 1) of the target (4 synthetic sites trained alone with
+#: DP, 40-44 calibration shoppers each, 5% target: 0.8% to 15.1% of normal test shoppers flagged)
+MIN_TAIL_SHOPPERS = 5.0
 WEIGHTS, CONFIG, CALIBRATION, METADATA, ACCOUNTANT = (
     "model.safetensors", "config.json", "calibration.json", "metadata.json", "accountant.json")
 
@@ -118,6 +123,13 @@ class SequenceDetector:
         self.calibrator_ = ScoreCalibrator().fit(calib_stats)
         calib_scores, _ = self.calibrator_.score(calib_stats)
         self.threshold_ = calibrate_threshold(calib_scores, self.train.alert_rate)
+        tail = len(calib_seqs) * self.train.alert_rate
+        if tail < MIN_TAIL_SHOPPERS:
+            log.warning("the threshold rests on %d held-out shoppers, of whom about %.1f lie above "
+                        "it at a %.1f%% alert rate: on new shoppers the alert rate may be far from "
+                        "the target (more shoppers, a larger calibration fraction or a higher "
+                        "alert rate steady it)", len(calib_seqs), tail,
+                        100 * self.train.alert_rate)
         r = self.train_result_
         self.metadata_: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -127,6 +139,8 @@ class SequenceDetector:
             "n_train_shoppers": len(train_seqs),
             "n_train_events": train_seqs.n_events,
             "n_calibration_shoppers": len(calib_seqs),
+            # expected held-out shoppers above the threshold; below MIN_TAIL_SHOPPERS it is unsteady
+            "calibration_tail_shoppers": tail,
             "epochs": self.train.epochs,
             "steps": r.steps,
             "epoch_losses": r.epoch_losses,

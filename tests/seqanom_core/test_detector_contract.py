@@ -130,3 +130,17 @@ def test_same_seed_same_detector(kind, small_split):
     first = fit(0)
     assert np.array_equal(first, fit(0))  # initial weights, batches and dropout all seeded
     assert not np.array_equal(first, fit(1))
+
+
+def test_fit_warns_when_few_held_out_shoppers_lie_above_the_threshold(small_split, caplog):
+    train, _, _ = small_split
+    cfg = dict(model=ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=32), progress=False)
+    # about 280 training shoppers: 56 held out, 2.8 of them above a 5% threshold
+    det = make_detector("transformer", train=TrainConfig(epochs=1, seed=0), **cfg).fit(train)
+    assert det.metadata_["calibration_tail_shoppers"] == pytest.approx(
+        det.metadata_["n_calibration_shoppers"] * 0.05)
+    assert "may be far from the target" in caplog.text
+    caplog.clear()
+    make_detector("transformer", train=TrainConfig(epochs=1, seed=0, alert_rate=0.2),
+                  **cfg).fit(train)
+    assert "may be far from the target" not in caplog.text
