@@ -125,11 +125,9 @@ class SequenceDetector:
         self.threshold_ = calibrate_threshold(calib_scores, self.train.alert_rate)
         tail = len(calib_seqs) * self.train.alert_rate
         if tail < MIN_TAIL_SHOPPERS:
-            log.warning("the threshold rests on %d held-out shoppers, of whom about %.1f lie above "
-                        "it at a %.1f%% alert rate: on new shoppers the alert rate may be far from "
-                        "the target (more shoppers, a larger calibration fraction or a higher "
-                        "alert rate steady it)", len(calib_seqs), tail,
-                        100 * self.train.alert_rate)
+            log.warning("threshold set on %d held-out shoppers (about %.1f above it at %.1f%%): "
+                        "the alert rate on new shoppers may be far from the target",
+                        len(calib_seqs), tail, 100 * self.train.alert_rate)
         r = self.train_result_
         self.metadata_: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
