@@ -1,4 +1,4 @@
-"""The seqanom ClientApp: one per merchant site (a thin adapter over ``seqanom_core.site``).
+"""The seqanom ClientApp: one per merchant site (a thin adapter over ``seqanom_core.federation.site_round``).
 
 Node config keys: ``client/site_setup.py``. One ClientApp serves every privacy mode: the train
 handler hands SecAgg+ protocol messages (``privacy-mode = "local+secagg"``, Flower's legacy
@@ -13,21 +13,31 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.records import from_array_record, to_array_record, to_metric_record
 from client.secagg import is_secagg_message, secagg_app
 from client.site_setup import site_setup, train_site
-from seqanom_core import messages as K
-from seqanom_core.calibration_summary import histogram_seed
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.calibration_histograms import histogram_seed
+from seqanom_core.federation.records import as_arrays, as_metrics, contiguous
+from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.federation.site_round import evaluate_round, load_site, score_summary
 from seqanom_core.models import arrays_digest
-from seqanom_core.run_config import RunSettings
 from seqanom_core.scoring import ScoreCalibrator
-from seqanom_core.site import evaluate_round, load_site, score_summary
 
 log = logging.getLogger(__name__)
 app = ClientApp()
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Named arrays -> ArrayRecord (names and order kept)."""
+    return ArrayRecord({k: Array.from_numpy_ndarray(v) for k, v in contiguous(arrays).items()})
+
+
+def to_metric_record(metrics: dict[str, float]) -> MetricRecord:
+    """Scalar metrics -> MetricRecord (NaN kept as NaN floats)."""
+    return MetricRecord(as_metrics(metrics))
 
 
 class SiteError(RuntimeError):
@@ -60,16 +70,16 @@ def _kept_valid_stats(context: Context, arrays: dict) -> np.ndarray | None:
         return None
     if str(context.state[_VALID_STATS_MODEL]["digest"]) != arrays_digest(arrays):
         return None
-    return from_array_record(context.state[_VALID_STATS])["stats"]
+    return as_arrays(context.state[_VALID_STATS])["stats"]
 
 
 def _histogram_seed(settings: RunSettings, site: str, cfg: ConfigRecord, query: int) -> int | None:
     """This site's histogram noise seed: None (from the OS) unless the run sets a DP seed."""
-    return histogram_seed(settings.dp_seed, site, int(cfg[K.SERVER_ROUND]), query)
+    return histogram_seed(settings.dp_seed, site, int(cfg[message_keys.SERVER_ROUND]), query)
 
 
 def _reply(msg: Message, content: RecordDict, site: str) -> Message:
-    content[K.SITE] = ConfigRecord({"name": site})
+    content[message_keys.SITE] = ConfigRecord({"name": site})
     return Message(content=content, reply_to=msg)
 
 
@@ -82,11 +92,11 @@ def train(msg: Message, context: Context) -> Message:
     """
     if is_secagg_message(msg):
         return secagg_app(msg, context)
-    paths, _, out = train_site(context, from_array_record(msg.content[K.ARRAYS]),
-                               msg.content[K.CONFIG])
-    content = RecordDict({K.METRICS: to_metric_record(out.metrics)})
+    paths, _, out = train_site(context, as_arrays(msg.content[message_keys.ARRAYS]),
+                               msg.content[message_keys.CONFIG])
+    content = RecordDict({message_keys.METRICS: to_metric_record(out.metrics)})
     if out.arrays is not None:
-        content[K.ARRAYS] = to_array_record(out.arrays)
+        content[message_keys.ARRAYS] = to_array_record(out.arrays)
     return _reply(msg, content, paths.name)
 
 
@@ -96,32 +106,32 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Validation loss/accuracy (+ AUROC/AUPRC where labelled) and calibration histograms."""
     paths, settings = site_setup(context)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
-    cfg = msg.content[K.CONFIG]
+    cfg = msg.content[message_keys.CONFIG]
     seed = _histogram_seed(settings, paths.name, cfg, 0)
-    arrays = from_array_record(msg.content[K.ARRAYS])
+    arrays = as_arrays(msg.content[message_keys.ARRAYS])
     ev = evaluate_round(site, settings, arrays,
                         noise_std=settings.federation.calibration_noise, seed=seed)
     # kept (at the site only) for this round's score-summary query on the same model
     context.state[_VALID_STATS] = to_array_record({"stats": ev.valid_stats})
     context.state[_VALID_STATS_MODEL] = ConfigRecord({"digest": arrays_digest(arrays)})
-    content = RecordDict({K.METRICS: to_metric_record(ev.metrics),
-                          K.HISTOGRAMS: to_array_record({K.STAT_HIST: ev.stat_histograms})})
+    content = RecordDict({message_keys.METRICS: to_metric_record(ev.metrics),
+                          message_keys.HISTOGRAMS: to_array_record({message_keys.STAT_HIST: ev.stat_histograms})})
     return _reply(msg, content, paths.name)
 
 
-@app.query(K.SCORE_SUMMARY)
+@app.query(message_keys.SCORE_SUMMARY)
 @_contained
 def query_score_summary(msg: Message, context: Context) -> Message:
     """Noisy histogram of validation scores under the federated calibration (for the threshold)."""
     paths, settings = site_setup(context)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
-    cfg = msg.content[K.CONFIG]
-    calibrator = ScoreCalibrator.from_dict(json.loads(str(cfg[K.CALIBRATOR])))
+    cfg = msg.content[message_keys.CONFIG]
+    calibrator = ScoreCalibrator.from_dict(json.loads(str(cfg[message_keys.CALIBRATOR])))
     seed = _histogram_seed(settings, paths.name, cfg, 1)
-    arrays = from_array_record(msg.content[K.ARRAYS])
+    arrays = as_arrays(msg.content[message_keys.ARRAYS])
     hist = score_summary(site, settings, arrays, calibrator,
                          noise_std=settings.federation.calibration_noise, seed=seed,
                          valid_stats=_kept_valid_stats(context, arrays))
-    content = RecordDict({K.METRICS: to_metric_record({"num-examples": float(len(site.valid))}),
-                          K.HISTOGRAMS: to_array_record({K.SCORE_HIST: hist})})
+    content = RecordDict({message_keys.METRICS: to_metric_record({"num-examples": float(len(site.valid))}),
+                          message_keys.HISTOGRAMS: to_array_record({message_keys.SCORE_HIST: hist})})
     return _reply(msg, content, paths.name)

@@ -30,7 +30,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from client.site_setup import train_site
-from seqanom_core import messages as K
+from seqanom_core.federation import message_keys
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ class SecAggSite(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict
             ) -> tuple[list[np.ndarray], int, dict]:
         """One round of local DP training; the update goes to secaggplus_mod, never in clear."""
-        names = json.loads(str(config[K.ARRAY_NAMES]))
+        names = json.loads(str(config[message_keys.ARRAY_NAMES]))
         if len(names) != len(parameters):
             raise ValueError(f"{len(parameters)} arrays for {len(names)} names")
         global_arrays = dict(zip(names, parameters, strict=True))
         paths, settings, out = train_site(self.context, global_arrays, config)
-        metrics: dict = {**out.metrics, K.SITE_NAME: paths.name}
+        metrics: dict = {**out.metrics, message_keys.SITE_NAME: paths.name}
         if out.arrays is None:
             metrics.update({"secagg-weight": 0.0, "secagg-clipped": 0.0})
             return [np.zeros_like(v) for v in parameters], 0, metrics

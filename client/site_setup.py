@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from seqanom_core import messages as K
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.run_config import RunSettings, settings_from_run_config
+from seqanom_core.federation.site_round import RoundOutcome, SitePaths, load_site, train_round
 from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
-from seqanom_core.run_config import RunSettings, settings_from_run_config
-from seqanom_core.site import RoundOutcome, SitePaths, load_site, train_round
 
 NODE_KEYS = {"data-path", "format", "ledger-path", "privacy-budget", "device", "site-name",
               "test-path", "labels-path", "partition-id", "num-partitions"}
@@ -84,8 +84,8 @@ def train_site(context: Context, arrays: dict[str, np.ndarray], cfg: Mapping[str
     ledger = _restore_ledger(context, paths, settings.budget) if settings.train.dp else None
     out = train_round(
         site, settings, arrays, ledger=ledger,
-        server_round=int(cfg[K.SERVER_ROUND]), rounds_left=int(cfg.get(K.ROUNDS_LEFT, 1)),
-        proximal_mu=float(cfg.get(K.PROXIMAL_MU, 0.0)), run_id=str(cfg.get(K.RUN_ID, "")),
+        server_round=int(cfg[message_keys.SERVER_ROUND]), rounds_left=int(cfg.get(message_keys.ROUNDS_LEFT, 1)),
+        proximal_mu=float(cfg.get(message_keys.PROXIMAL_MU, 0.0)), run_id=str(cfg.get(message_keys.RUN_ID, "")),
     )
     if ledger is not None:
         _keep_ledger(context, paths, ledger)

@@ -1,6 +1,6 @@
 """The seqanom ServerApp: builds the strategy and runs the guarded round loop (thin adapter).
 
-Run config keys are listed in ``seqanom_core.run_config`` (defaults in pyproject.toml's
+Run config keys are listed in ``seqanom_core.federation.run_config`` (defaults in pyproject.toml's
 ``[tool.flwr.app.config]``). The final global model goes to ``final-model-dir``, by default
 ``<checkpoint-dir>/final``.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from seqanom_core.run_config import settings_from_run_config
+from seqanom_core.federation.run_config import settings_from_run_config
 from server.federated_run import FederatedRun
 from server.strategies import build_strategy
 

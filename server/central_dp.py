@@ -32,11 +32,11 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
-from client.records import to_array_record
-from seqanom_core import messages as K
 from seqanom_core.errors import ConfigError
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.run_config import PrivacySettings
 from seqanom_core.privacy import default_delta
-from seqanom_core.run_config import PrivacySettings
+from server.records import to_array_record
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +118,18 @@ def equal_weight_replies(sent: list[Message], usable: list[Message],
     Returns (replies to aggregate, node ids that were given a null update).
     """
     by_node = {m.metadata.src_node_id: m for m in usable}
-    keys = list(usable[0].content[K.METRICS].keys()) if usable else ["num-examples"]
+    keys = list(usable[0].content[message_keys.METRICS].keys()) if usable else ["num-examples"]
     out, padded = [], []
     for msg in sent:
         nid = msg.metadata.dst_node_id
         reply = by_node.get(nid)
         if reply is None:
             metrics = MetricRecord({k: 0.0 for k in keys})
-            content = RecordDict({K.ARRAYS: to_array_record(null_update(global_arrays)),
-                                  K.METRICS: metrics})
+            content = RecordDict({message_keys.ARRAYS: to_array_record(null_update(global_arrays)),
+                                  message_keys.METRICS: metrics})
             reply = Message(content=content, reply_to=msg)
             padded.append(nid)
-        reply.content[K.METRICS][SITE_WEIGHT] = 1.0
+        reply.content[message_keys.METRICS][SITE_WEIGHT] = 1.0
         out.append(reply)
     return out, padded
 
@@ -137,7 +137,7 @@ def equal_weight_replies(sent: list[Message], usable: list[Message],
 def weight_evaluations(replies: list[Message]) -> None:
     """Evaluation metrics are averaged by validation shoppers: SITE_WEIGHT = num-examples."""
     for msg in replies:
-        metrics = msg.content[K.METRICS]
+        metrics = msg.content[message_keys.METRICS]
         metrics[SITE_WEIGHT] = float(metrics.get("num-examples", 0.0))
 
 

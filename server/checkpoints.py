@@ -14,8 +14,8 @@ from safetensors.numpy import load_file, save_file
 
 from seqanom_core.config import DetectorConfig
 from seqanom_core.detector import SequenceDetector
+from seqanom_core.federation.run_config import RunSettings
 from seqanom_core.models import build_model, load_arrays
-from seqanom_core.run_config import RunSettings
 from seqanom_core.scoring import ScoreCalibrator
 from seqanom_core.sequences import vocab_sizes
 

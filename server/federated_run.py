@@ -36,17 +36,18 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 
-from client.records import from_array_record, to_array_record
-from seqanom_core import messages as K
-from seqanom_core.calibration_summary import (
+from seqanom_core.detector import SequenceDetector
+from seqanom_core.errors import ConfigError
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.calibration_histograms import (
     calibrator_from_histograms,
     threshold_from_histogram,
     threshold_noise,
 )
-from seqanom_core.detector import SequenceDetector
-from seqanom_core.errors import ConfigError
+from seqanom_core.federation.privacy_statement import privacy_statement
+from seqanom_core.federation.records import as_arrays
+from seqanom_core.federation.run_config import RunSettings
 from seqanom_core.models import build_model, check_arrays, model_arrays
-from seqanom_core.run_config import RunSettings
 from seqanom_core.scoring import ScoreCalibrator
 from seqanom_core.sequences import vocab_sizes
 from server import central_dp
@@ -57,23 +58,23 @@ from server.checkpoints import (
     strategy_state,
     write_checkpoint,
 )
-from server.guarantees import privacy_statement
+from server.records import to_array_record
 from server.secagg import SecAggTraining
 
 log = logging.getLogger(__name__)
 
 
 def _site(msg: Message) -> str:
-    if K.SITE in msg.content:
-        return str(msg.content[K.SITE]["name"])
+    if message_keys.SITE in msg.content:
+        return str(msg.content[message_keys.SITE]["name"])
     return f"node-{msg.metadata.src_node_id}"
 
 
 def _metrics(msg: Message) -> dict[str, float]:
     """The site's scalar metrics (without the aggregation weight the server itself sets)."""
-    if K.METRICS not in msg.content:
+    if message_keys.METRICS not in msg.content:
         return {}
-    return {k: float(v) for k, v in msg.content[K.METRICS].items()  # type: ignore[arg-type]
+    return {k: float(v) for k, v in msg.content[message_keys.METRICS].items()  # type: ignore[arg-type]
             if k != central_dp.SITE_WEIGHT}
 
 
@@ -180,10 +181,10 @@ class FederatedRun:
             if m.get("declined", 0.0):
                 log.info("round %d: %s declined (privacy budget)", rec.round, name)
                 continue
-            if K.ARRAYS not in msg.content:
+            if message_keys.ARRAYS not in msg.content:
                 problems = ["no model arrays"]
             else:
-                problems = check_arrays(self.shapes, from_array_record(msg.content[K.ARRAYS]))
+                problems = check_arrays(self.shapes, as_arrays(msg.content[message_keys.ARRAYS]))
             if "num-examples" not in m or not np.isfinite(m["num-examples"]) or m["num-examples"] <= 0:
                 problems.append("num-examples missing or not positive")
             if problems:
@@ -213,7 +214,7 @@ class FederatedRun:
         """Training step of round ``r``; False on a planned stop (``self.stop_reason``)."""
         if self.secagg is not None:
             return self._train_secagg(self.secagg, r, rec)
-        cfg = ConfigRecord({K.ROUNDS_LEFT: self.fed.num_rounds - r + 1, K.RUN_ID: self.run_id})
+        cfg = ConfigRecord({message_keys.ROUNDS_LEFT: self.fed.num_rounds - r + 1, message_keys.RUN_ID: self.run_id})
         try:
             msgs = list(self.strategy.configure_train(r, to_array_record(self.arrays), cfg,
                                                       self.grid))
@@ -239,7 +240,7 @@ class FederatedRun:
         agg, metrics = self.strategy.aggregate_train(r, to_aggregate)
         if agg is None:
             raise RuntimeError(f"round {r}: the strategy aggregated nothing")
-        self._accept(r, from_array_record(agg))
+        self._accept(r, as_arrays(agg))
         if self.central is not None:  # train metrics of the sites that trained, not of null updates
             metrics = self.central.strategy.train_metrics_aggr_fn(
                 [m.content for m in usable], "num-examples")
@@ -277,7 +278,7 @@ class FederatedRun:
         arrays = to_array_record(self.arrays)
         msgs = list(self.strategy.configure_evaluate(r, arrays, ConfigRecord(), self.grid))
         replies = [m for m in self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout)
-                   if not m.has_error() and K.HISTOGRAMS in m.content]
+                   if not m.has_error() and message_keys.HISTOGRAMS in m.content]
         if not replies:
             raise RuntimeError(f"round {r}: no site returned an evaluation")
         if self.central is not None:
@@ -288,20 +289,20 @@ class FederatedRun:
         for msg in replies:
             rec.sites.setdefault(_site(msg), {}).update(
                 {f"eval-{k}": v for k, v in _metrics(msg).items()})
-        hist = sum(from_array_record(m.content[K.HISTOGRAMS])[K.STAT_HIST] for m in replies)
+        hist = sum(as_arrays(m.content[message_keys.HISTOGRAMS])[message_keys.STAT_HIST] for m in replies)
         n_valid = sum(_metrics(m).get("num-examples", 0.0) for m in replies)
         calibrator = calibrator_from_histograms(np.asarray(hist), n_valid or None)
         # second query: score histograms under the federated calibration
-        content = {K.ARRAYS: arrays, K.CONFIG: ConfigRecord({
-            K.SERVER_ROUND: r, K.CALIBRATOR: json.dumps(calibrator.to_dict())})}
+        content = {message_keys.ARRAYS: arrays, message_keys.CONFIG: ConfigRecord({
+            message_keys.SERVER_ROUND: r, message_keys.CALIBRATOR: json.dumps(calibrator.to_dict())})}
         queries = [Message(content=RecordDict(content), dst_node_id=m.metadata.src_node_id,
-                           message_type=f"{MessageType.QUERY}.{K.SCORE_SUMMARY}")
+                           message_type=f"{MessageType.QUERY}.{message_keys.SCORE_SUMMARY}")
                    for m in replies]
         answers = [m for m in self.grid.send_and_receive(queries, timeout=self.fed.round_timeout)
-                   if not m.has_error() and K.HISTOGRAMS in m.content]
+                   if not m.has_error() and message_keys.HISTOGRAMS in m.content]
         if not answers:
             raise RuntimeError(f"round {r}: no site returned a score summary")
-        score_hist = sum(from_array_record(m.content[K.HISTOGRAMS])[K.SCORE_HIST] for m in answers)
+        score_hist = sum(as_arrays(m.content[message_keys.HISTOGRAMS])[message_keys.SCORE_HIST] for m in answers)
         n_scored = sum(_metrics(m).get("num-examples", 0.0) for m in answers)
         threshold = threshold_from_histogram(np.asarray(score_hist), self.fed.alert_rate,
                                              n_scored or None)

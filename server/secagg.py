@@ -31,11 +31,10 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from seqanom_core import messages as K
-from seqanom_core.run_config import RunSettings
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.run_config import RunSettings
 
 log = logging.getLogger(__name__)
-PROTOCOL = "SecAgg+ (Flower SecAggPlusWorkflow / secaggplus_mod, legacy stack)"
 
 
 @dataclass
@@ -97,9 +96,9 @@ class SecAggTraining:
     def train(self, server_round: int, arrays: dict[str, np.ndarray]) -> SecAggRound:
         """One SecAgg+ fit step from the global ``arrays``."""
         self._register_nodes()
-        config = {K.SERVER_ROUND: server_round, K.ROUNDS_LEFT: self.fed.num_rounds - server_round + 1,
-                  K.RUN_ID: self.run_id, K.ARRAY_NAMES: json.dumps(self.names),
-                  K.PROXIMAL_MU: self.proximal_mu}
+        config = {message_keys.SERVER_ROUND: server_round, message_keys.ROUNDS_LEFT: self.fed.num_rounds - server_round + 1,
+                  message_keys.RUN_ID: self.run_id, message_keys.ARRAY_NAMES: json.dumps(self.names),
+                  message_keys.PROXIMAL_MU: self.proximal_mu}
         self.strategy.on_fit_config_fn = lambda _r: dict(config)
         state = self.context.state
         state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
@@ -111,8 +110,8 @@ class SecAggTraining:
         sites = {}
         for nid, res in self.workflow.results:
             m = dict(res.metrics)
-            name = str(m.pop(K.SITE_NAME, f"node-{nid}"))
-            sites[name] = {k: float(v) for k, v in m.items() if k in K.SITE_METRICS}
+            name = str(m.pop(message_keys.SITE_NAME, f"node-{nid}"))
+            sites[name] = {k: float(v) for k, v in m.items() if k in message_keys.SITE_METRICS}
         out = SecAggRound(None, sites, self.workflow.failures,
                           all_declined=bool(sites) and all(s.get("declined") for s in sites.values()))
         aggregated = state.array_records[MAIN_PARAMS_RECORD]

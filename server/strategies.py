@@ -12,9 +12,9 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from seqanom_core import messages as K
 from seqanom_core.errors import ConfigError
-from seqanom_core.run_config import FederationConfig, PrivacySettings
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.run_config import FederationConfig, PrivacySettings
 from server import central_dp
 
 
@@ -27,8 +27,8 @@ def build_strategy(fed: FederationConfig, privacy: PrivacySettings | None = None
     """
     common = dict(fraction_train=fed.fraction_train, fraction_evaluate=1.0,
                   min_train_nodes=fed.min_sites, min_evaluate_nodes=fed.min_sites,
-                  min_available_nodes=fed.min_sites, arrayrecord_key=K.ARRAYS,
-                  configrecord_key=K.CONFIG)
+                  min_available_nodes=fed.min_sites, arrayrecord_key=message_keys.ARRAYS,
+                  configrecord_key=message_keys.CONFIG)
     if privacy is not None and privacy.central:
         # a fraction too small to round up to a site: FedAvg then samples exactly min_train_nodes
         common.update(fraction_train=1e-9, min_train_nodes=privacy.central_sites_per_round,

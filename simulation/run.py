@@ -25,10 +25,10 @@ import pyarrow as pa
 from seqanom_core.config import DPConfig, ModelConfig, TrainConfig
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
+from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.formats import FormatSpec
 from seqanom_core.ingest import read_nonempty_events, write_events
 from seqanom_core.privacy import UNIT
-from seqanom_core.run_config import settings_from_run_config
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
 from simulation.federation import run_federation, toml_lines

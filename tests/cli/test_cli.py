@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from seqanom_core.cli import main
+from simulation.cli import main
 
 SMALL = ["--epochs", "2", "--d-model", "32", "--layers", "1", "--max-len", "64"]
 
@@ -128,7 +128,7 @@ def test_quarantine_is_reported(tmp_path, capsys, workdir):
     rejected = pd.read_csv(q)
     assert len(rejected) == 2 and set(rejected.reason) == {"unparseable timestamp", "unknown behaviour"}
     # as a process (the console's own logging): the summary is printed once, not also logged
-    proc = subprocess.run([sys.executable, "-m", "seqanom_core.cli", "score", "--model",
+    proc = subprocess.run([sys.executable, "-m", "simulation.cli", "score", "--model",
                            str(workdir / "model"), "--data", str(f), "--out", str(tmp_path / "p.csv")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -138,12 +138,12 @@ def test_quarantine_is_reported(tmp_path, capsys, workdir):
 @pytest.mark.integration
 def test_console_command_runs_as_a_process(tmp_path):
     missing = tmp_path / "missing.csv"
-    proc = subprocess.run([sys.executable, "-m", "seqanom_core.cli", "score", "--model",
+    proc = subprocess.run([sys.executable, "-m", "simulation.cli", "score", "--model",
                            str(tmp_path), "--data", str(missing), "--out", str(tmp_path / "o.csv")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "error" in proc.stderr
-    help_ = subprocess.run([sys.executable, "-m", "seqanom_core.cli", "train", "--help"],
+    help_ = subprocess.run([sys.executable, "-m", "simulation.cli", "train", "--help"],
                            capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "--epsilon" in help_.stdout and "--format" in help_.stdout
 
@@ -163,7 +163,7 @@ def test_split_keeps_whole_shoppers(workdir, tmp_path):
 def test_console_logging_hides_flower_debug_lines(tmp_path):
     # Flower sets its own logger to DEBUG; the console must still show only what the level allows
     code = (
-        "import logging; from seqanom_core.cli import configure_logging\n"
+        "import logging; from simulation.cli import configure_logging\n"
         "configure_logging(False)\n"
         "flwr = logging.getLogger('flwr'); flwr.setLevel(logging.DEBUG)\n"
         "flwr.debug('flower debug line'); logging.getLogger('seqanom').info('hidden info')\n"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from seqanom_core.cli import main
+from simulation.cli import main
 
 SMALL = ["--epochs", "1", "--d-model", "16", "--layers", "1", "--max-len", "32"]
 
@@ -174,7 +174,7 @@ def test_colliding_outputs_are_refused(wd, capsys):
 @pytest.mark.integration
 def test_console_command_error_exit_status(wd, tmp_path):
     # the installed entry point leaves at once on an error (no teardown abort: status 2, not 134)
-    code = ("import sys; from seqanom_core.cli import console_main; sys.argv = ['seqanom'] + "
+    code = ("import sys; from simulation.cli import console_main; sys.argv = ['seqanom'] + "
             f"{['-q', 'score', '--model', str(wd / 'model'), '--data', str(wd / 'header_only.csv'), '--out', str(tmp_path / 's.csv')]!r}; console_main()")
     for _ in range(3):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

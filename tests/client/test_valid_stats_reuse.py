@@ -7,12 +7,12 @@ import torch
 from flwr.app import Context, RecordDict
 
 import client.app as client_app
-from seqanom_core.calibration_summary import tree_levels
+from seqanom_core.federation.calibration_histograms import tree_levels
+from seqanom_core.federation.run_config import settings_from_run_config
+from seqanom_core.federation.site_round import SitePaths, evaluate_round, load_site, score_summary
 from seqanom_core.models import arrays_digest, build_model, model_arrays
-from seqanom_core.run_config import settings_from_run_config
 from seqanom_core.scoring import ScoreCalibrator
 from seqanom_core.sequences import vocab_sizes
-from seqanom_core.site import SitePaths, evaluate_round, load_site, score_summary
 
 CONFIG = {"d-model": 16, "n-layers": 1, "n-heads": 2, "max-len": 32, "dp": False}
 

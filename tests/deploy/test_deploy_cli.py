@@ -10,9 +10,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from client.deploy_cli import node_config
 from seqanom_core import cli
 from server.credentials import CredentialPaths, create_credentials
+from simulation.cli.site_commands import node_config
 
 
 def test_credentials_make_a_ca_a_server_certificate_and_site_keys(tmp_path):

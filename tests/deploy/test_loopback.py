@@ -126,7 +126,7 @@ class Federation:
 
 
 def seqanom(*args: str) -> list[str]:
-    return [sys.executable, "-m", "seqanom_core.cli", *args]
+    return [sys.executable, "-m", "simulation.cli", *args]
 
 
 def run_ok(argv: list[str], env: dict[str, str]) -> None:

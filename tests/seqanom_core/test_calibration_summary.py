@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seqanom_core.calibration_summary import (
+from seqanom_core.federation.calibration_histograms import (
     calibrator_from_histograms,
     score_histogram,
     stat_histograms,
@@ -60,7 +60,7 @@ def test_tree_histogram_levels_each_count_every_shopper_once():
 
 def test_threshold_noise_matches_the_spread_of_noisy_tail_quantiles():
     # the stated noise of the CDF at a tail point is what repeated noisy histograms show
-    from seqanom_core.calibration_summary import (
+    from seqanom_core.federation.calibration_histograms import (
         SCORE_EDGES,
         _cdf,
         noisy_tree_histogram,
@@ -85,7 +85,7 @@ def test_threshold_noise_matches_the_spread_of_noisy_tail_quantiles():
 
 
 def test_histogram_noise_is_secret_unless_seeded_and_never_shared_between_sites():
-    from seqanom_core.calibration_summary import histogram_seed, score_histogram
+    from seqanom_core.federation.calibration_histograms import histogram_seed, score_histogram
 
     assert histogram_seed(None, "site-0", 3, 0) is None
     scores = np.linspace(-1, 3, 50)

@@ -9,11 +9,11 @@ import pytest
 from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.detector import make_detector
 from seqanom_core.errors import ConfigError
+from seqanom_core.federation.run_config import settings_from_run_config
+from seqanom_core.federation.site_round import SiteData, site_seed, train_round
 from seqanom_core.models import build_model, model_arrays
 from seqanom_core.privacy_ledger import PrivacyLedger
-from seqanom_core.run_config import settings_from_run_config
 from seqanom_core.sequences import build_sequences, split_shoppers, vocab_sizes
-from seqanom_core.site import SiteData, site_seed, train_round
 
 TINY = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=32)
 

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seqanom_core.cli import main
 from seqanom_core.errors import ConfigError, SchemaError
 from seqanom_core.formats import FormatSpec, parse_mapping
 from seqanom_core.ingest import OUT_OF_RANGE, read_events, read_token_sequences, write_events
 from seqanom_core.schema import BEHAVIOR_CODE, TIMESTAMP_MAX, TIMESTAMP_MIN
+from simulation.cli import main
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"public data samples not found at {DATA}")

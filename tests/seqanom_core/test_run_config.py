@@ -12,7 +12,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from seqanom_core.errors import ConfigError
-from seqanom_core.run_config import default_run_config, settings_from_run_config
+from seqanom_core.federation.run_config import default_run_config, settings_from_run_config
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

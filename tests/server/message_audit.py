@@ -1,6 +1,6 @@
 """Audit of what sites send: every reply of a run against the allowed shapes and the site's ids.
 
-A site may send only (``seqanom_core.messages``): the model's arrays (train), scalar metrics
+A site may send only (``seqanom_core.federation.message_keys``): the model's arrays (train), scalar metrics
 named in ``SITE_METRICS``, calibration tree histograms over the fixed bins (``STAT_EDGES``,
 ``SCORE_EDGES``) that hold counts, and one ConfigRecord with its own name. ``audit_replies``
 checks each reply against that exactly and scans every string, every scalar and every array for
@@ -26,17 +26,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 
-from seqanom_core import messages as K
-from seqanom_core.calibration_summary import TREE_SIZE, tree_levels
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.calibration_histograms import TREE_SIZE, tree_levels
+from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.models import build_model, model_arrays
-from seqanom_core.run_config import settings_from_run_config
 from seqanom_core.scoring import stat_names
 from seqanom_core.sequences import vocab_sizes
 
 MIN_SUBSTRING_ID = 4
 MIN_NUMERIC_ID = 1000
 MIN_BYTES_ID = 6
-SCORE_QUERY = f"{MessageType.QUERY}.{K.SCORE_SUMMARY}"
+SCORE_QUERY = f"{MessageType.QUERY}.{message_keys.SCORE_SUMMARY}"
 _TOKEN = re.compile(rb"[0-9A-Za-z_.:-]{%d,}" % MIN_BYTES_ID)
 
 
@@ -188,9 +188,9 @@ def audit_reply(reply: Message, node_id: int, policy: ReplyPolicy, scan: _IdScan
             problems.append(f"{where}: error reason holds id(s) {hits}")
         return problems
     content = reply.content
-    allowed = {MessageType.TRAIN: {K.METRICS, K.SITE, K.ARRAYS},
-               MessageType.EVALUATE: {K.METRICS, K.SITE, K.HISTOGRAMS},
-               SCORE_QUERY: {K.METRICS, K.SITE, K.HISTOGRAMS}}.get(mtype)
+    allowed = {MessageType.TRAIN: {message_keys.METRICS, message_keys.SITE, message_keys.ARRAYS},
+               MessageType.EVALUATE: {message_keys.METRICS, message_keys.SITE, message_keys.HISTOGRAMS},
+               SCORE_QUERY: {message_keys.METRICS, message_keys.SITE, message_keys.HISTOGRAMS}}.get(mtype)
     if allowed is None:
         return problems + [f"{where}: unexpected message type {mtype!r}"]
     for key in content.keys():
@@ -212,25 +212,25 @@ def audit_reply(reply: Message, node_id: int, policy: ReplyPolicy, scan: _IdScan
                 problems.extend(_metric_problems(f"{where} {key!r}", rec, scan))
 
     # the site's name: one ConfigRecord with one string, equal to the node's site name
-    site = content.get(K.SITE)
+    site = content.get(message_keys.SITE)
     if not isinstance(site, ConfigRecord):
-        problems.append(f"{where}: no ConfigRecord {K.SITE!r} with the site name")
+        problems.append(f"{where}: no ConfigRecord {message_keys.SITE!r} with the site name")
     else:
         expected = policy.site_names.get(node_id)
         if dict(site) != {"name": expected}:
-            problems.append(f"{where}: {K.SITE!r} is {dict(site)!r}, expected only "
+            problems.append(f"{where}: {message_keys.SITE!r} is {dict(site)!r}, expected only "
                             f"{{'name': {expected!r}}}")
         for k, v in site.items():
             for s in [k, *_strings(v)]:
                 if hits := scan.in_string(s):
-                    problems.append(f"{where}: {K.SITE!r} holds id(s) {hits}")
+                    problems.append(f"{where}: {message_keys.SITE!r} holds id(s) {hits}")
 
-    metrics = content.get(K.METRICS)
+    metrics = content.get(message_keys.METRICS)
     n = None
     if not isinstance(metrics, MetricRecord):
-        problems.append(f"{where}: no MetricRecord {K.METRICS!r}")
+        problems.append(f"{where}: no MetricRecord {message_keys.METRICS!r}")
     else:
-        problems.extend(_metric_problems(f"{where} {K.METRICS!r}", metrics, scan))
+        problems.extend(_metric_problems(f"{where} {message_keys.METRICS!r}", metrics, scan))
         if isinstance(metrics.get("num-examples"), (int, float)):
             n = float(metrics["num-examples"])
         if mtype == SCORE_QUERY and set(metrics.keys()) != {"num-examples"}:
@@ -239,19 +239,19 @@ def audit_reply(reply: Message, node_id: int, policy: ReplyPolicy, scan: _IdScan
 
     if mtype == MessageType.TRAIN:
         declined = isinstance(metrics, MetricRecord) and metrics.get("declined") == 1.0
-        if K.ARRAYS in content:
+        if message_keys.ARRAYS in content:
             if declined:
                 problems.append(f"{where}: a declined round sent model arrays")
-            _check_arrays(f"{where} {K.ARRAYS!r}", content[K.ARRAYS], policy.param_shapes,
+            _check_arrays(f"{where} {message_keys.ARRAYS!r}", content[message_keys.ARRAYS], policy.param_shapes,
                           scan, problems)
         elif not declined:
             problems.append(f"{where}: neither model arrays nor declined=1")
-    elif K.HISTOGRAMS not in content:
-        problems.append(f"{where}: no {K.HISTOGRAMS!r} record")
+    elif message_keys.HISTOGRAMS not in content:
+        problems.append(f"{where}: no {message_keys.HISTOGRAMS!r} record")
     else:
-        name, shape = ((K.STAT_HIST, policy.stat_shape) if mtype == MessageType.EVALUATE
-                       else (K.SCORE_HIST, policy.score_shape))
-        arrays = _check_arrays(f"{where} {K.HISTOGRAMS!r}", content[K.HISTOGRAMS],
+        name, shape = ((message_keys.STAT_HIST, policy.stat_shape) if mtype == MessageType.EVALUATE
+                       else (message_keys.SCORE_HIST, policy.score_shape))
+        arrays = _check_arrays(f"{where} {message_keys.HISTOGRAMS!r}", content[message_keys.HISTOGRAMS],
                                {name: shape}, scan, problems)
         if name in arrays and arrays[name].shape == shape:
             _check_counts(f"{where} {name!r}", arrays[name], n, policy.calibration_noise,
@@ -264,7 +264,7 @@ def _metric_problems(where: str, record, scan: _IdScan) -> list[str]:
         return [f"{where}: a {type(record).__name__}, expected a MetricRecord"]
     problems = []
     for k, v in record.items():
-        if k not in K.SITE_METRICS:
+        if k not in message_keys.SITE_METRICS:
             problems.append(f"{where}: metric {k!r} is not in SITE_METRICS")
         if hits := scan.in_string(k):
             problems.append(f"{where}: metric name {k!r} holds id(s) {hits}")
@@ -285,9 +285,9 @@ def audit_replies(replies: Iterable[Message], policy: ReplyPolicy) -> Counter:
     for reply in replies:
         nid = reply.metadata.src_node_id
         problems += audit_reply(reply, nid, policy, scan)
-        declined = (not reply.has_error() and isinstance(reply.content.get(K.METRICS),
+        declined = (not reply.has_error() and isinstance(reply.content.get(message_keys.METRICS),
                                                          MetricRecord)
-                    and reply.content[K.METRICS].get("declined") == 1.0)
+                    and reply.content[message_keys.METRICS].get("declined") == 1.0)
         seen[(reply.metadata.message_type, declined)] += 1
     if problems:
         raise MessageAuditError(f"{len(problems)} problem(s) in site replies:\n  "

@@ -11,11 +11,11 @@ from fedtools import InProcessGrid, tiny_run_config
 from flwr.app import Array, ArrayRecord
 
 from client.app import app as client_app
-from seqanom_core import messages as K
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.privacy_ledger import PrivacyLedger
-from seqanom_core.run_config import settings_from_run_config
 from server.checkpoints import list_checkpoints
 from server.federated_run import FederatedRun
 from server.strategies import build_strategy
@@ -56,17 +56,17 @@ def test_rounds_write_checkpoints_ledgers_and_a_scorable_model(tmp_path, site_di
         assert len(ledger.entries) == 2 and ledger.spent() <= 8.0
     # nothing but arrays, histograms, the site name and whitelisted scalars left the sites
     for reply in grid.sent:
-        assert set(reply.content.keys()) <= {K.ARRAYS, K.METRICS, K.HISTOGRAMS, K.SITE}
-        if K.METRICS in reply.content:
-            assert set(reply.content[K.METRICS].keys()) <= K.SITE_METRICS
+        assert set(reply.content.keys()) <= {message_keys.ARRAYS, message_keys.METRICS, message_keys.HISTOGRAMS, message_keys.SITE}
+        if message_keys.METRICS in reply.content:
+            assert set(reply.content[message_keys.METRICS].keys()) <= message_keys.SITE_METRICS
 
 
 def test_nan_update_is_rejected_and_does_not_poison_the_model(tmp_path, site_dirs):
     def poison(nid, reply):
-        if nid == 102 and K.ARRAYS in reply.content:
+        if nid == 102 and message_keys.ARRAYS in reply.content:
             arrays = {k: np.full(v.shape, np.nan, dtype=np.float32) if v.dtype.kind == "f" else v
-                      for k, v in ((k, a.numpy()) for k, a in reply.content[K.ARRAYS].items())}
-            reply.content[K.ARRAYS] = ArrayRecord({k: Array.from_numpy_ndarray(v)
+                      for k, v in ((k, a.numpy()) for k, a in reply.content[message_keys.ARRAYS].items())}
+            reply.content[message_keys.ARRAYS] = ArrayRecord({k: Array.from_numpy_ndarray(v)
                                                    for k, v in arrays.items()})
         return reply
 
@@ -101,7 +101,7 @@ def test_resume_continues_after_the_latest_checkpoint(tmp_path, site_dirs):
     _run(cfg)
     resumed, records, grid = _run(dict(cfg, **{"num-rounds": 2, "resume": True}))
     assert [r.round for r in records] == [1, 2]
-    train_rounds = {int(m.content[K.METRICS]["num-examples"] > 0) for m in grid.sent}
+    train_rounds = {int(m.content[message_keys.METRICS]["num-examples"] > 0) for m in grid.sent}
     assert train_rounds == {1}
     assert [r for r, _ in list_checkpoints(tmp_path / "ckpt")] == [1, 2]
 
@@ -119,8 +119,8 @@ def test_resume_with_other_model_settings_is_refused(tmp_path, site_dirs):
 
 def test_round_without_usable_replies_fails_loudly(tmp_path, site_dirs):
     def break_all(nid, reply):
-        if K.ARRAYS in reply.content and K.HISTOGRAMS not in reply.content:
-            reply.content[K.ARRAYS] = ArrayRecord({"bogus": Array.from_numpy_ndarray(np.zeros(3))})
+        if message_keys.ARRAYS in reply.content and message_keys.HISTOGRAMS not in reply.content:
+            reply.content[message_keys.ARRAYS] = ArrayRecord({"bogus": Array.from_numpy_ndarray(np.zeros(3))})
         return reply
 
     with pytest.raises(RuntimeError, match="no usable training replies"):
@@ -154,8 +154,8 @@ def test_sites_with_the_same_shoppers_add_different_calibration_noise(tmp_path, 
     # used to be drawn from one seed that every site derived from the run config
     cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1, "dp": False})
     _, _, grid = _run(cfg, nodes={101: {"partition-id": 0}, 102: {"partition-id": 0}})
-    hists = [np.asarray(r.content[K.HISTOGRAMS][K.STAT_HIST].numpy()) for r in grid.sent
-             if K.HISTOGRAMS in r.content and K.STAT_HIST in r.content[K.HISTOGRAMS]]
+    hists = [np.asarray(r.content[message_keys.HISTOGRAMS][message_keys.STAT_HIST].numpy()) for r in grid.sent
+             if message_keys.HISTOGRAMS in r.content and message_keys.STAT_HIST in r.content[message_keys.HISTOGRAMS]]
     assert len(hists) == 2
     diff = hists[0] - hists[1]
     assert np.all(np.isfinite(diff)) and np.std(diff) > 0.5  # two independent N(0, 0.5^2)

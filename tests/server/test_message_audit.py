@@ -26,9 +26,9 @@ from message_audit import (
 
 import client.app as client_module
 from client.app import app as client_app
-from seqanom_core import messages as K
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.ingest import write_events
-from seqanom_core.run_config import settings_from_run_config
 from seqanom_core.sequences import split_events_by_shopper
 from server.federated_run import FederatedRun
 from server.strategies import build_strategy
@@ -181,18 +181,18 @@ def test_audit_catches_per_shopper_values_and_ids_in_arrays(tmp_path, audit_site
         if msg.metadata.message_type == SCORE_QUERY:
             # per-shopper values instead of bin counts, and user ids as numbers
             per_shopper = np.arange(60, dtype=np.float64)
-            reply.content[K.HISTOGRAMS] = ArrayRecord(
-                {K.SCORE_HIST: Array.from_numpy_ndarray(per_shopper)})
+            reply.content[message_keys.HISTOGRAMS] = ArrayRecord(
+                {message_keys.SCORE_HIST: Array.from_numpy_ndarray(per_shopper)})
             reply.content["debug"] = ArrayRecord(
                 {"user-ids": Array.from_numpy_ndarray(np.array([float(user)]))})
-        if K.ARRAYS in reply.content:  # an item id packed into the bytes of a model array
-            arrays = {k: a.numpy() for k, a in reply.content[K.ARRAYS].items()}
+        if message_keys.ARRAYS in reply.content:  # an item id packed into the bytes of a model array
+            arrays = {k: a.numpy() for k, a in reply.content[message_keys.ARRAYS].items()}
             first = next(iter(arrays))
             raw = bytearray(arrays[first].tobytes())
             raw[:len(item)] = item.encode()
             arrays[first] = np.frombuffer(bytes(raw), dtype=arrays[first].dtype).reshape(
                 arrays[first].shape)
-            reply.content[K.ARRAYS] = ArrayRecord(
+            reply.content[message_keys.ARRAYS] = ArrayRecord(
                 {k: Array.from_numpy_ndarray(v) for k, v in arrays.items()})
         return reply
 

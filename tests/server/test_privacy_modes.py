@@ -14,11 +14,11 @@ from flwr.serverapp import GaussianPrivacyEvent, RdpAccountant
 
 import client.secagg
 from client.app import app as client_app
-from seqanom_core import messages as K
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.privacy_ledger import PrivacyLedger
-from seqanom_core.run_config import settings_from_run_config
 from server import central_dp
 from server.app import main as server_main
 from server.checkpoints import list_checkpoints
@@ -48,8 +48,8 @@ def test_central_dp_clips_noises_accounts_and_counts_a_declined_site_as_null(tmp
     settings = settings_from_run_config(cfg)
 
     def measure(nid, reply):
-        if K.ARRAYS in reply.content and K.HISTOGRAMS not in reply.content:
-            local = {n: a.numpy() for n, a in reply.content[K.ARRAYS].items()}
+        if message_keys.ARRAYS in reply.content and message_keys.HISTOGRAMS not in reply.content:
+            local = {n: a.numpy() for n, a in reply.content[message_keys.ARRAYS].items()}
             raw_norms[nid] = _norm(local, start)
         return reply
 
@@ -63,8 +63,8 @@ def test_central_dp_clips_noises_accounts_and_counts_a_declined_site_as_null(tmp
     assert records[0].sites["site-2"]["declined"] is True
     assert set(raw_norms) == {101, 102} and min(raw_norms.values()) > 4 * clip
     # the wrapper clipped each site's update (in place, in the replies it aggregated) ...
-    clipped = [{n: a.numpy() for n, a in m.content[K.ARRAYS].items()} for m in grid.sent
-               if K.ARRAYS in m.content and K.HISTOGRAMS not in m.content]
+    clipped = [{n: a.numpy() for n, a in m.content[message_keys.ARRAYS].items()} for m in grid.sent
+               if message_keys.ARRAYS in m.content and message_keys.HISTOGRAMS not in m.content]
     assert len(clipped) == 2
     assert all(_norm(c, start) <= clip * (1 + 1e-4) for c in clipped)
     # ... and added Gaussian noise of std noise * clip / k to the average
@@ -132,7 +132,7 @@ def test_secagg_sums_masked_updates_the_server_never_sees(tmp_path, site_dirs, m
 
     def spy(self, parameters, config):
         update, weight, metrics = fit(self, parameters, config)
-        sent_by_sites[metrics[K.SITE_NAME]] = ([u.copy() for u in update], weight)
+        sent_by_sites[metrics[message_keys.SITE_NAME]] = ([u.copy() for u in update], weight)
         return update, weight, metrics
 
     monkeypatch.setattr(client.secagg.SecAggSite, "fit", spy)

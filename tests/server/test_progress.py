@@ -11,12 +11,12 @@ from fedtools import InProcessGrid, tiny_run_config
 from flwr.app import Array, ArrayRecord
 
 from client.app import app as client_app
-from seqanom_core import messages as K
-from seqanom_core.cli import main
-from seqanom_core.run_config import settings_from_run_config
+from seqanom_core.federation import message_keys
+from seqanom_core.federation.run_config import settings_from_run_config
 from server.federated_run import FederatedRun
 from server.progress import follow_rows, read_rows
 from server.strategies import build_strategy
+from simulation.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,12 @@ def finished_run(tmp_path_factory, site_dirs) -> Path:
              103: {"partition-id": 2, "privacy-budget": 6.0}}
 
     def poison(nid, reply):
-        if nid == 102 and K.ARRAYS in reply.content and K.HISTOGRAMS not in reply.content \
+        if nid == 102 and message_keys.ARRAYS in reply.content and message_keys.HISTOGRAMS not in reply.content \
                 and not (tmp / "poisoned").exists():
-            arrays = {k: v.numpy() for k, v in reply.content[K.ARRAYS].items()}
+            arrays = {k: v.numpy() for k, v in reply.content[message_keys.ARRAYS].items()}
             first = next(iter(arrays))
             arrays[first] = np.full_like(arrays[first], np.nan)
-            reply.content[K.ARRAYS] = ArrayRecord(
+            reply.content[message_keys.ARRAYS] = ArrayRecord(
                 {k: Array.from_numpy_ndarray(v) for k, v in arrays.items()})
             (tmp / "poisoned").touch()
         return reply

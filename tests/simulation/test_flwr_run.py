@@ -21,7 +21,7 @@ CONN = "seqanom-sim"
 
 def prepare(run_dir: Path, *extra: str) -> Path:
     """Sites and run config through the CLI (``seqanom simulate --prepare-only``)."""
-    cmd = [sys.executable, "-m", "seqanom_core.cli", "-q", "simulate", "--prepare-only",
+    cmd = [sys.executable, "-m", "simulation.cli", "-q", "simulate", "--prepare-only",
            "--shoppers", "160", "--sites", "2", "--local-epochs", "1", "--out", str(run_dir),
            *extra]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ def _simulate(cmd: list[str]) -> str:
 @pytest.mark.integration
 def test_simulate_cli_runs_a_federation_and_writes_the_report(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "seqanom_core.cli", "-q", "simulate", "--shoppers", "240",
+    cmd = [sys.executable, "-m", "simulation.cli", "-q", "simulate", "--shoppers", "240",
            "--sites", "2", "--rounds", "2", "--local-epochs", "1", "--no-baselines",
            "--out", str(out)]
     output = _simulate(cmd)
@@ -44,7 +44,7 @@ def test_simulate_cli_runs_a_federation_and_writes_the_report(tmp_path):
 @pytest.mark.parametrize("mode", ["local+central", "local+secagg"])
 def test_simulate_each_privacy_mode_reports_its_guarantees(tmp_path, mode):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "seqanom_core.cli", "-q", "simulate", "--shoppers", "150",
+    cmd = [sys.executable, "-m", "simulation.cli", "-q", "simulate", "--shoppers", "150",
            "--sites", "3", "--rounds", "1", "--local-epochs", "1", "--no-baselines",
            "--privacy-mode", mode, "--central-noise", "1.0", "--central-epsilon", "10",
            "--out", str(out)]
@@ -86,7 +86,7 @@ def test_a_new_simulation_replaces_an_earlier_one_in_the_same_run_dir(tmp_path):
 def test_simulate_reads_a_generic_mapping_and_quarantines_bad_rows(tmp_path, capsys):
     import pandas as pd
 
-    from seqanom_core.cli import main
+    from simulation.cli import main
 
     src = tmp_path / "ev.csv"
     assert main(["-q", "synth", "--shoppers", "80", "--out", str(src), "--seed", "4"]) == 0
@@ -112,7 +112,7 @@ def test_simulate_reads_a_generic_mapping_and_quarantines_bad_rows(tmp_path, cap
 
 
 def test_bad_settings_are_refused_before_an_earlier_run_is_replaced(tmp_path, capsys):
-    from seqanom_core.cli import main
+    from simulation.cli import main
 
     out = tmp_path / "run"
     ledger = out / "ledgers" / "site-0.json"
@@ -141,8 +141,8 @@ def test_bad_settings_are_refused_before_an_earlier_run_is_replaced(tmp_path, ca
 def test_no_history_copy_reaches_the_sites_run_config_and_the_baselines(tmp_path):
     import tomllib
 
-    from seqanom_core.cli import main
-    from seqanom_core.run_config import settings_from_run_config
+    from seqanom_core.federation.run_config import settings_from_run_config
+    from simulation.cli import main
     from simulation.run import SimulationConfig, centralised_configs
 
     out = tmp_path / "run"
@@ -155,8 +155,8 @@ def test_no_history_copy_reaches_the_sites_run_config_and_the_baselines(tmp_path
 
 
 def test_dp_seed_reaches_the_sites_and_the_baselines_only_when_given(capsys):
-    from seqanom_core.cli import main
-    from seqanom_core.run_config import settings_from_run_config
+    from seqanom_core.federation.run_config import settings_from_run_config
+    from simulation.cli import main
     from simulation.run import SimulationConfig, centralised_configs, run_config
 
     secret = SimulationConfig(out=Path("unused"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from seqanom_core.config import is_positive_number
 from seqanom_core.errors import ConfigError
-from server.deploy_cli import (
+from simulation.cli.flower_launch import (
     existing_file,
     flower_env,
     flower_executable,

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from seqanom_core.calibration_summary import score_histogram, stat_histograms
 from seqanom_core.config import DPConfig, TokenizerConfig
 from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceeded
+from seqanom_core.federation.calibration_histograms import score_histogram, stat_histograms
+from seqanom_core.federation.run_config import RunSettings
 from seqanom_core.metrics import auprc, auroc
 from seqanom_core.models import build_model, load_arrays, model_arrays, resolve_device
 from seqanom_core.privacy import default_delta
 from seqanom_core.privacy_ledger import PrivacyLedger
-from seqanom_core.run_config import RunSettings
 from seqanom_core.scoring import ScoreCalibrator, shopper_statistics
 from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers, vocab_sizes
 from seqanom_core.thresholds import calibrate_threshold

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from seqanom_core.federation.run_config import RunSettings
 from seqanom_core.privacy import UNIT, noise_source
-from seqanom_core.run_config import RunSettings
-from server.secagg import PROTOCOL
 
+SECAGG_PROTOCOL = "SecAgg+ (Flower SecAggPlusWorkflow / secaggplus_mod, legacy stack)"
 SHOPPER_ACCOUNTANT = ("Opacus RDP accountant per site, cumulative over the site's ledger (all "
                       "runs it took part in), Poisson sampling of shoppers")
 COVERS = ("model weights sent by each site; the calibration histograms are noised but not "
@@ -46,7 +46,7 @@ def privacy_statement(settings: RunSettings, site_epsilon: dict[str, float],
     out["server_saw_individual_updates"] = not p.secagg
     if p.secagg:
         out["secure_aggregation"] = {
-            "protocol": PROTOCOL,
+            "protocol": SECAGG_PROTOCOL,
             "server_sees": "the weighted sum of the sites' masked, quantised model updates; "
                            "each site's scalar metrics (loss, epsilon, weight) in clear",
             "num_shares": p.secagg_num_shares,

@@ -1,0 +1,5 @@
+"""The federation's plain logic, below the Flower adapters (``client/``, ``server/``) and above the
+detector library: run settings, message keys, what a site does in a round, calibration
+histograms, the privacy statement, record contents. No Flower import here; the rest of
+``seqanom_core`` never imports this package (tests/test_architecture.py).
+"""

@@ -1,0 +1,5 @@
+"""``python -m simulation.cli``: the ``seqanom`` command."""
+
+from simulation.cli.main import console_main
+
+console_main()

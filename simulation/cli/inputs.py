@@ -1,0 +1,125 @@
+"""Input options and readers the commands share: seeds, event files, labels."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqanom_core.errors import ConfigError
+
+
+# --------------------------------------------------------------------------- input helpers
+def seed_int(text: str) -> int:
+    """argparse type of --seed: a non-negative integer (NumPy rejects negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def distinct_outputs(**paths: str | None) -> None:
+    """Refuse options that name the same file: an output would silently overwrite the input
+    (``data``) or another output."""
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        key = Path(path).expanduser().resolve()
+        flag = "--" + option.replace("_", "-")
+        if key in seen:
+            raise ConfigError(f"{seen[key]} and {flag} both name {path}; give them different files")
+        seen[key] = flag
+
+
+def add_input_args(p: argparse.ArgumentParser, required: bool = True, tokens: bool = True) -> None:
+    """--data / --format / --mapping / --quarantine (``tokens``: the command reads token files)."""
+    from seqanom_core.formats import list_formats
+
+    p.add_argument("--data", required=required, metavar="PATH",
+                   help="events file: .csv, .csv.gz or .parquet"
+                   + (" (or .txt for --format tokens)" if tokens else ""))
+    token_text = ("'tokens' (one sequence of space-separated integer event ids per line), "
+                  if tokens else "")
+    p.add_argument("--format", default="seqanom", metavar="NAME",
+                   help="input format: " + ", ".join(list_formats()) + ", " + token_text
+                   + "or 'generic' with --mapping "
+                   "(default: seqanom, the canonical format written by synth/inject)")
+    p.add_argument("--mapping", metavar="SPEC",
+                   help="with --format generic: column mapping, e.g. "
+                   "'user_id=visitorid,item_id=itemid,category_id=-,behavior=event,"
+                   "timestamp=timestamp,behaviors=view:view;addtocart:cart;transaction:buy,"
+                   "time=unix_ms' (see README)")
+    p.add_argument("--quarantine", metavar="PATH",
+                   help="write rejected rows (with reason and line) to this CSV")
+
+
+def event_format(args: argparse.Namespace) -> Any:
+    """--format (with --mapping for generic) as what ``read_events`` takes: a name or a spec."""
+    from seqanom_core.formats import parse_mapping
+
+    if args.format == "tokens":
+        raise ConfigError(f"'{args.command}' works on event logs, not on pre-tokenised sequences")
+    if args.format == "generic":
+        if not args.mapping:
+            raise ConfigError("--format generic needs --mapping")
+        return parse_mapping(args.mapping)
+    if args.mapping:
+        raise ConfigError("--mapping is only used with --format generic")
+    return args.format
+
+
+def read_event_input(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Read --data (--format, --mapping, --quarantine) as an events table: (table, report)."""
+    from seqanom_core.ingest import read_nonempty_events
+
+    return read_nonempty_events(args.data, event_format(args), quarantine_path=args.quarantine)
+
+
+def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]:
+    """Read --data: returns (SequenceSet, events table or None, ingest report)."""
+    from seqanom_core.ingest import read_token_sequences
+    from seqanom_core.sequences import build_sequences, sequences_from_tokens
+
+    if args.format == "tokens":
+        toks, report = read_token_sequences(args.data, quarantine_path=args.quarantine)
+        return sequences_from_tokens(toks.ids, toks.tokens, tokenizer), None, report
+    events, report = read_event_input(args)
+    return build_sequences(events, tokenizer), events, report
+
+
+def shopper_ids(events: Any) -> Any:
+    """Distinct shopper ids of an events table."""
+    import pyarrow.compute as pc
+
+    return pc.unique(events.column("user_id"))
+
+
+def read_labels(path: str) -> dict[str, tuple[int, str]]:
+    """Labels CSV (user_id,is_anomalous[,kind]) -> {user_id: (label, kind)}."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, dtype={"user_id": str}, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read labels: {err}") from err
+    for col in ("user_id", "is_anomalous"):
+        if col not in df.columns:
+            raise ConfigError(f"{path}: labels need a '{col}' column (found {list(df.columns)})")
+    flags = df["is_anomalous"].astype(str).str.strip()
+    bad = ~flags.isin(["0", "1"])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ConfigError(f"{path}: line {row + 2}: is_anomalous must be 0 or 1, not "
+                          f"{df['is_anomalous'].iloc[row]!r} ({int(bad.sum())} such rows)")
+    dup = df["user_id"].duplicated(keep=False)
+    if dup.any():
+        raise ConfigError(f"{path}: user_id {df['user_id'][dup].iloc[0]!r} is listed more than once "
+                          f"({int(dup.sum())} rows share an id)")
+    kinds = df["kind"].astype(str) if "kind" in df.columns else [""] * len(df)
+    return {u: (int(y), str(k)) for u, y, k in zip(df["user_id"], flags, kinds, strict=True)}

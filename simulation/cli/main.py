@@ -1,0 +1,124 @@
+"""The ``seqanom`` parser and entry point: every layer's commands under one program.
+
+Any ``SeqanomError`` is shown as one line on stderr with exit status 2; an unexpected failure as
+one line with status 3 (the traceback with ``--verbose``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from seqanom_core.errors import SeqanomError
+from simulation.cli.central_commands import add_central_commands
+from simulation.cli.detector_commands import add_detector_commands
+from simulation.cli.research_commands import add_research_commands
+from simulation.cli.site_commands import add_site_commands
+
+EXIT_ERROR = 2  # bad input or settings: a one-line error
+EXIT_INTERNAL = 3  # an unexpected failure (traceback with --verbose)
+log = logging.getLogger("seqanom")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (naming the command and the option)
+    and exit status 2, like every other error of the command; ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit 2."""
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (``--help`` on every command is complete)."""
+    parser = OneLineParser(
+        prog="seqanom",
+        description="Privacy-preserving anomaly detection on e-commerce shopper event sequences.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=fn.__doc__)
+        p.set_defaults(func=fn)
+        return p
+
+    add_detector_commands(add)
+    add_research_commands(add)
+    add_central_commands(add)
+    add_site_commands(add)
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to the console at INFO (``--verbose``) or WARNING, unless the process already has
+    root handlers (embedding, tests): then like ``logging.basicConfig``, leave them alone.
+
+    The ingest summary is not logged: the commands print it. The handler's own level matters:
+    records of loggers that set a lower level themselves (Flower's ``flwr`` logs at DEBUG) pass
+    the root logger's level and would be printed; and Flower prints its INFO lines through its
+    own handler, so ``flwr`` does not propagate here."""
+    level = logging.INFO if verbose else logging.WARNING
+    root = logging.getLogger()
+    root.setLevel(level)
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)
+    root.addHandler(handler)
+    logging.getLogger("flwr").propagate = False
+    # every command that reads events prints the ingest summary itself (stdout)
+    logging.getLogger("seqanom_core.ingest.summary").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``seqanom`` console command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except SeqanomError as err:
+        print(f"seqanom {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # a path we cannot read or write: name it
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"seqanom {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a case the checks above missed: one line, traceback on request
+        if args.verbose:
+            raise
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else ""
+        print(f"seqanom {args.command}: internal error: {type(err).__name__}: {first} "
+              "(run again with --verbose for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def console_main() -> None:
+    """The ``seqanom`` console command: ``main``, then exit with its status.
+
+    An error exit leaves the process at once after flushing the console (``os._exit``): an
+    error can interrupt a multi-threaded Arrow read, and the interpreter's teardown of Arrow's
+    thread pool then sometimes aborts the process ("terminate called without an active
+    exception", status 134 instead of 2). Every file this command writes is closed by then; a
+    Ray runtime a failed simulation left running is shut down first (``os._exit`` skips the
+    atexit hook that would otherwise stop it)."""
+    code = main()
+    if code:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
