@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from seqanom_core import cli
 from seqanom_core.privacy import AccountantState
 from seqanom_core.privacy_ledger import PrivacyLedger
+from simulation import cli
 
 
 def _ledger(tmp_path):

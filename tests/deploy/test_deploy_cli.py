@@ -10,8 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from seqanom_core import cli
 from server.credentials import CredentialPaths, create_credentials
+from simulation import cli
 from simulation.cli.site_commands import node_config
 
 

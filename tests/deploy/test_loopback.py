@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from process_tree import free_port, stop_trees
 
-from seqanom_core import cli
 from seqanom_core.detector import SequenceDetector
+from simulation import cli
 
 pytestmark = pytest.mark.integration
 
