@@ -22,13 +22,16 @@ def _check_positive_int(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a positive integer, not {value}")
 
 
+SESSION_GAP_S = 1800.0  # default: a gap between two events longer than this starts a new session
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """How events become model tokens (fixed-size hashing: nothing is shared between sites)."""
 
     category_buckets: int = 64  # hashed category buckets per behaviour
     gap_buckets: int = 14  # log2-spaced within-session time-gap buckets
-    session_gap_s: float = 1800.0  # a gap longer than this starts a new session
+    session_gap_s: float = SESSION_GAP_S  # a gap longer than this starts a new session
     token_buckets: int = 512  # pre-tokenised format: event ids are folded into this many buckets
     hash_seed: int = 0  # seed of the category hash (all sites must use the same)
 

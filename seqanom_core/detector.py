@@ -192,7 +192,12 @@ class SequenceDetector:
 
     def predict(self, data: SequenceSet | pa.Table) -> np.ndarray:
         """0/1 per shopper at the calibrated threshold ``(n,)``."""
-        return (self.decision_function(data) > self.threshold_).astype(np.int64)
+        return self.flag(self.decision_function(data))
+
+    def flag(self, scores: np.ndarray) -> np.ndarray:
+        """0/1 for shopper scores already computed ``(n,)``: 1 above the calibrated threshold."""
+        self._check_fitted()
+        return (np.asarray(scores) > self.threshold_).astype(np.int64)
 
     def explain(
         self, scored: ShopperScores, index: int, events: pa.Table | None = None, top_k: int = 3

@@ -179,3 +179,11 @@ def noise_source(seed: int | None) -> str:
                 "Opacus' cryptographic secure_mode)")
     return (f"seeded with dp seed {seed} (reproducible: whoever knows the seed can regenerate "
             "and remove the noise; for experiments, not a deployment)")
+
+
+def guarantee_text(epsilon: float | None, delta: float | None, protects: str) -> str:
+    """A guarantee rounded for people, one form everywhere: ``(7.997, 1.0e-05)-DP for <unit>``
+    (``-`` for a figure that is not known)."""
+    eps = "-" if epsilon is None else f"{epsilon:.3f}"
+    dlt = "-" if delta is None else f"{delta:.1e}"
+    return f"({eps}, {dlt})-DP for {protects}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: Behaviour names, in code order: ``behavior`` column values are indexes into this tuple.
 BEHAVIORS: tuple[str, ...] = ("view", "cart", "fav", "buy")
@@ -35,10 +36,19 @@ TIMESTAMP_MAX: float = 4102444800.0
 TIMESTAMP_WINDOW: str = "1990-01-01..2100-01-01 UTC"
 
 
-def empty_events(with_site: bool = False) -> pa.Table:
-    """Return an events table with no rows."""
-    schema = EVENT_SCHEMA.append(SITE_FIELD) if with_site else EVENT_SCHEMA
-    return schema.empty_table()
+def encode_values(values: pa.Array | pa.ChunkedArray, sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Dictionary-encode a column: (int64 code per row ``(n,)``, distinct values ``(k,)`` as an
+    object array), the distinct values in first-seen order, or sorted by their text (``sort``)."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    encoded = pc.dictionary_encode(arr)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    distinct = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    if not sort:
+        return codes, distinct
+    order = np.argsort(distinct.astype(str), kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return rank[codes], distinct[order]
 
 
 def events_from_arrays(

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from seqanom_core.config import TokenizerConfig
 from seqanom_core.errors import ConfigError
-from seqanom_core.schema import BEHAVIORS, check_events
+from seqanom_core.schema import BEHAVIORS, check_events, encode_values
 
 log = logging.getLogger(__name__)
 
@@ -120,29 +120,18 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def hash_buckets(values: pa.Array | pa.ChunkedArray, buckets: int, seed: int = 0) -> np.ndarray:
     """Map string values to ``[0, buckets)`` with a keyed BLAKE2b hash, stable across sites."""
-    encoded = pc.dictionary_encode(values)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks() if encoded.num_chunks != 1 else encoded.chunk(0)
+    codes, distinct = encode_values(values)
     key = seed.to_bytes(8, "little", signed=False)
     table = np.fromiter(
         (
             int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8, key=key).digest(), "little")
             % buckets
-            for v in encoded.dictionary.to_pylist()
+            for v in distinct
         ),
         dtype=np.int64,
-        count=len(encoded.dictionary),
+        count=len(distinct),
     )
-    return table[encoded.indices.to_numpy(zero_copy_only=False)]
-
-
-def _codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Dictionary-encode values: return (codes per row, unique values in first-seen order)."""
-    encoded = pc.dictionary_encode(values)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks() if encoded.num_chunks != 1 else encoded.chunk(0)
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return codes, np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    return table[codes]
 
 
 def gap_bucket(gaps: np.ndarray, tok: TokenizerConfig) -> np.ndarray:
@@ -173,8 +162,8 @@ def build_sequences(events: pa.Table, tok: TokenizerConfig) -> SequenceSet:
     """Group an events table into per-shopper, time-ordered token sequences."""
     events = check_events(events)
     n = events.num_rows
-    user_codes, user_ids = _codes(events.column("user_id"))
-    item_codes, _ = _codes(events.column("item_id"))
+    user_codes, user_ids = encode_values(events.column("user_id"))
+    item_codes, _ = encode_values(events.column("item_id"))
     ts = events.column("timestamp").to_numpy()
     behavior = events.column("behavior").to_numpy().astype(np.int64)
     cat_bucket = hash_buckets(events.column("category_id"), tok.category_buckets, tok.hash_seed)
@@ -295,36 +284,6 @@ def split_events_by_shopper(
     test = np.random.default_rng(seed).choice(users, size=n_test, replace=False)
     is_test = pc.is_in(events.column("user_id"), value_set=pa.array(test.astype(str)))
     return events.filter(pc.invert(is_test)), events.filter(is_test)
-
-
-def split_chronological(seqs: SequenceSet, fraction: float) -> tuple[SequenceSet, SequenceSet]:
-    """Split every shopper's events at one global time cut: the last ``fraction`` of time is held out.
-
-    Returns (earlier, later); shoppers with no events on a side get an empty sequence there.
-    """
-    if seqs.timestamp is None:
-        raise ConfigError("a chronological split needs timestamps (not available for tokens)")
-    if not 0 < fraction < 1:
-        raise ConfigError(f"split fraction must be in (0, 1), not {fraction}")
-    cut = float(np.quantile(seqs.timestamp, 1 - fraction)) if seqs.n_events else 0.0
-    seq_of = np.repeat(np.arange(len(seqs)), seqs.lengths)
-    parts = []
-    for mask in (seqs.timestamp < cut, seqs.timestamp >= cut):
-        counts = np.bincount(seq_of[mask], minlength=len(seqs))
-        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        parts.append(
-            SequenceSet(
-                ids=seqs.ids.copy(),
-                offsets=offsets,
-                channels={k: v[mask] for k, v in seqs.channels.items()},
-                source=seqs.source,
-                timestamp=seqs.timestamp[mask],
-                session=None if seqs.session is None else seqs.session[mask],
-                rows=None if seqs.rows is None else seqs.rows[mask],
-            )
-        )
-    return parts[0], parts[1]
 
 
 def decode_event(token: int, tok: TokenizerConfig, source: str) -> str:

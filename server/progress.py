@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from seqanom_core.errors import ConfigError
+from seqanom_core.privacy import guarantee_text
 from server.checkpoints import ROUND_FILE, list_checkpoints
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -113,8 +114,8 @@ def privacy_lines(record: dict[str, Any]) -> list[str]:
     lines = []
     for g in privacy.get("guarantees") or []:
         eps, delta = _number(g.get("epsilon")), _number(g.get("delta"))
-        figure = "-" if eps is None else f"({eps:.3f}, {delta if delta is not None else '-'})-DP"
-        lines.append(f"privacy: {figure} for {g.get('protects', g.get('level', '?'))}; "
+        protects = str(g.get("protects", g.get("level", "?")))
+        lines.append(f"privacy: {guarantee_text(eps, delta, protects)}; "
                      f"{g.get('accounted_by', '')}".rstrip("; "))
     return lines or ["privacy: the round record states no guarantee"]
 

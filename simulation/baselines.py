@@ -9,20 +9,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
 
-from seqanom_core.config import ModelConfig, TokenizerConfig, TrainConfig
+from seqanom_core.config import SESSION_GAP_S, ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.detector import make_detector
 from seqanom_core.errors import ConfigError
+from seqanom_core.labels import align_labels
 from seqanom_core.metrics import auprc, auroc, auroc_per_kind, precision_at_k
-from seqanom_core.schema import BEHAVIORS, check_events
+from seqanom_core.schema import BEHAVIORS, check_events, encode_values
 
 logger = logging.getLogger(__name__)
 
-#: Session split threshold (seconds) of the aggregates, as in the tokenizer default.
-SESSION_GAP_S = 1800.0
 #: A gap below this (seconds) counts as machine-fast.
 FAST_GAP_S = 2.0
 
@@ -42,16 +40,6 @@ AGGREGATE_NAMES: tuple[str, ...] = (
 )
 
 
-def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes per row into the sorted distinct values, and those values."""
-    enc = pc.dictionary_encode(col.combine_chunks())
-    values = np.asarray(enc.dictionary.to_pylist(), dtype=object).astype(str)
-    order = np.argsort(values, kind="stable")
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    return rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)], values[order]
-
-
 def _distinct_per_user(user: np.ndarray, value: np.ndarray, n_users: int) -> np.ndarray:
     """Number of distinct values per shopper ``(n_users,)``."""
     span = int(value.max()) + 1 if value.size else 1
@@ -62,9 +50,10 @@ def _distinct_per_user(user: np.ndarray, value: np.ndarray, n_users: int) -> np.
 def shopper_aggregates(events: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per shopper (ids sorted): ids ``(n,)``, aggregates ``(n, 14)``, and the feature names."""
     t = check_events(events, "shopper_aggregates")
-    user, ids = _codes(t.column("user_id"))
-    item, _ = _codes(t.column("item_id"))
-    cat, _ = _codes(t.column("category_id"))
+    user, ids = encode_values(t.column("user_id"), sort=True)
+    ids = ids.astype(str)
+    item, _ = encode_values(t.column("item_id"), sort=True)
+    cat, _ = encode_values(t.column("category_id"), sort=True)
     beh = t.column("behavior").to_numpy().astype(np.int64)
     ts = t.column("timestamp").to_numpy().astype(np.float64)
     order = np.lexsort((np.arange(user.size), ts, user))
@@ -148,30 +137,13 @@ def detector_scores(
     return scored.ids.astype(str)[order], np.asarray(scored.scores, np.float64)[order], info
 
 
-def aligned_labels(ids: np.ndarray, labels: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(0/1 labels, kinds) of ``ids`` from a labels frame (user_id, is_anomalous, kind)."""
-    missing_cols = {"user_id", "is_anomalous", "kind"} - set(labels.columns)
-    if missing_cols:
-        raise ConfigError(f"labels lack column(s) {sorted(missing_cols)}")
-    table = labels.assign(user_id=labels["user_id"].astype(str)).drop_duplicates("user_id")
-    table = table.set_index("user_id")
-    keys = pd.Index(np.asarray(ids).astype(str))
-    missing = keys.difference(table.index)
-    if len(missing):
-        raise ConfigError(f"{len(missing)} scored ids are not in labels.user_id, "
-                          f"e.g. {list(missing[:5])}")
-    rows = table.loc[keys]
-    return rows["is_anomalous"].to_numpy().astype(np.int64), \
-        rows["kind"].fillna("").astype(str).to_numpy(dtype=object)
-
-
 def evaluate_scores(ids: np.ndarray, scores: np.ndarray, labels: pd.DataFrame) -> dict[str, Any]:
     """AUROC, AUPRC, precision at k = #anomalous, and AUROC per anomaly kind of shopper scores."""
     ids = np.asarray(ids).astype(str)
     scores = np.asarray(scores, dtype=np.float64)
     if ids.shape != scores.shape:
         raise ConfigError(f"{ids.size} ids but {scores.size} scores")
-    y, kinds = aligned_labels(ids, labels)
+    y, kinds = align_labels(ids, labels)
     n_pos = int(y.sum())
     return {
         "n": int(y.size),

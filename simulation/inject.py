@@ -39,8 +39,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from seqanom_core.config import SESSION_GAP_S
 from seqanom_core.errors import ConfigError
-from seqanom_core.schema import BEHAVIOR_CODE, check_events
+from seqanom_core.schema import BEHAVIOR_CODE, check_events, encode_values
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ ANOMALY_KINDS: tuple[str, ...] = (
 ORDER_ONLY_KINDS: tuple[str, ...] = ("impossible_order", "shuffle")
 
 _VIEW, _CART, _FAV, _BUY = (BEHAVIOR_CODE[b] for b in ("view", "cart", "fav", "buy"))
-_SESSION_GAP_S = 1800.0
 
 
 @dataclass
@@ -82,12 +82,6 @@ class _Pools:
     cat_start: np.ndarray  # start of each category in by_cat_order
     cat_count: np.ndarray
     hot: np.ndarray  # indexes of high-turnover items (most bought)
-
-
-def _encode(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Dictionary-encode a column: (int64 codes, dictionary of strings)."""
-    enc = col.combine_chunks().dictionary_encode()
-    return np.asarray(enc.indices.to_numpy(zero_copy_only=False), np.int64), enc.dictionary
 
 
 def _build_pools(item: np.ndarray, cat: np.ndarray, beh: np.ndarray, n_cat: int) -> _Pools:
@@ -204,7 +198,7 @@ def _account_takeover(s: _Shopper, rng: np.random.Generator, p: _Pools) -> _Shop
     idx = np.asarray(items[:m])
     gaps = _int_gaps(rng, m, 8.0, 0.6)
     breaks = rng.random(m) < 0.08  # a few short pauses between bursts
-    gaps[breaks] = np.round(rng.uniform(_SESSION_GAP_S + 1, 4 * 3600, size=int(breaks.sum())))
+    gaps[breaks] = np.round(rng.uniform(SESSION_GAP_S + 1, 4 * 3600, size=int(breaks.sum())))
     return _splice(
         s, rng, p.item[idx], p.cat[idx], np.asarray(behs[:m]), _rel_times(gaps), start=start
     )
@@ -213,7 +207,7 @@ def _account_takeover(s: _Shopper, rng: np.random.Generator, p: _Pools) -> _Shop
 def _bot_replay(s: _Shopper, rng: np.random.Generator, p: _Pools) -> _Shopper:
     """A real session replayed back to back at machine speed with regular sub-second gaps."""
     n = s.ts.size
-    starts = np.flatnonzero(np.concatenate([[True], np.diff(s.ts) > _SESSION_GAP_S]))
+    starts = np.flatnonzero(np.concatenate([[True], np.diff(s.ts) > SESSION_GAP_S]))
     ends = np.concatenate([starts[1:], [n]])
     ok = np.flatnonzero((ends - starts >= 3) & (ends - starts <= 30))
     if ok.size:
@@ -332,13 +326,13 @@ def inject_anomalies(
         raise ConfigError(f"rate must be in (0, 1], got {rate!r}")
     t = check_events(events, "inject_anomalies")
     rng = np.random.default_rng(seed)
-    ucode, udict = _encode(t["user_id"])
-    icode, idict = _encode(t["item_id"])
-    ccode, cdict = _encode(t["category_id"])
+    ucode, udict = encode_values(t["user_id"])
+    icode, idict = encode_values(t["item_id"])
+    ccode, cdict = encode_values(t["category_id"])
     beh = t["behavior"].to_numpy().astype(np.int8)
     ts = t["timestamp"].to_numpy().astype(np.float64)
     n_users = len(udict)
-    user_names = np.asarray(udict.to_pylist(), dtype=object)
+    user_names = udict
 
     if users is None:
         n_pick = min(n_users, max(1, round(rate * n_users)))
@@ -384,9 +378,9 @@ def inject_anomalies(
         new_user = new_item = new_cat = new_k = np.zeros(0, np.int64)
         new_beh, new_ts = np.zeros(0, np.int8), np.zeros(0)
     cols = {
-        "user_id": udict.take(pa.array(new_user, pa.int64())),
-        "item_id": idict.take(pa.array(new_item, pa.int64())),
-        "category_id": cdict.take(pa.array(new_cat, pa.int64())),
+        "user_id": pa.array(udict, t.schema.field("user_id").type).take(pa.array(new_user, pa.int64())),
+        "item_id": pa.array(idict, t.schema.field("item_id").type).take(pa.array(new_item, pa.int64())),
+        "category_id": pa.array(cdict, t.schema.field("category_id").type).take(pa.array(new_cat, pa.int64())),
         "behavior": pa.array(new_beh, pa.int8()),
         "timestamp": pa.array(new_ts, pa.float64()),
     }

@@ -11,22 +11,11 @@ import pyarrow.compute as pc
 
 from seqanom_core.config import is_positive_number
 from seqanom_core.errors import ConfigError
-from seqanom_core.schema import BEHAVIORS, SITE_FIELD, check_events
+from seqanom_core.schema import BEHAVIORS, SITE_FIELD, check_events, encode_values
 
 logger = logging.getLogger(__name__)
 
 SCHEMES: tuple[str, ...] = ("natural", "iid", "dirichlet")
-
-
-def _encode_sorted(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes per row into the sorted distinct values, and those values ``(n_distinct,)``."""
-    enc = pc.dictionary_encode(col.combine_chunks())
-    values = np.asarray(enc.dictionary.to_pylist(), dtype=object)
-    order = np.argsort(values.astype(str), kind="stable")
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return rank[codes], values[order]
 
 
 def _mode_per_shopper(user: np.ndarray, value: np.ndarray, n_users: int) -> np.ndarray:
@@ -47,7 +36,7 @@ def _natural(
     """Sites from the distinct values of ``site_column``; extra values merged into the smallest sites."""
     if site_column not in events.column_names:
         raise ConfigError(f"scheme 'natural' needs column '{site_column}', which the events lack")
-    value, names = _encode_sorted(events.column(site_column).cast(pa.string()))
+    value, names = encode_values(events.column(site_column).cast(pa.string()), sort=True)
     if names.size < 2:
         raise ConfigError(
             f"scheme 'natural': column '{site_column}' has {names.size} distinct value(s); need >= 2"
@@ -91,7 +80,7 @@ def _dirichlet(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Each shopper to a site drawn from the Dirichlet proportions of their top category."""
-    cat, cat_names = _encode_sorted(events.column("category_id"))
+    cat, cat_names = encode_values(events.column("category_id"), sort=True)
     top = _mode_per_shopper(user, cat, n_users)
     props = rng.dirichlet(np.full(n_sites, alpha), size=cat_names.size)  # (n_cat, n_sites)
     bad = ~np.isfinite(props).all(axis=1) | (props.sum(axis=1) <= 0)
@@ -155,7 +144,7 @@ def partition_events(
     if min_shoppers < 1:
         raise ConfigError(f"min_shoppers must be >= 1, not {min_shoppers}")
     check_events(events, "partition_events")
-    user, user_ids = _encode_sorted(events.column("user_id"))
+    user, user_ids = encode_values(events.column("user_id"), sort=True)
     n_users = user_ids.size
     if n_users < n_sites * min_shoppers:
         raise ConfigError(

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from seqanom_core.labels import align_labels
 from seqanom_core.metrics import recall_per_kind
-from simulation.baselines import aligned_labels, evaluate_scores
+from simulation.baselines import evaluate_scores
 from simulation.figures import (
     nested,
     number,
@@ -90,7 +91,7 @@ def _recall(
     of normal test shoppers a method's own threshold flags (None for top-k)."""
     recall, rule, false_alert = {}, {}, {}
     for name, (ids, scores) in curves.items():
-        y, kinds = aligned_labels(np.asarray(ids), labels)
+        y, kinds = align_labels(np.asarray(ids), labels)
         s = np.asarray(scores, dtype=np.float64)
         t = number(thresholds.get(name)) if isinstance(thresholds, dict) else None
         if t is not None:
@@ -203,7 +204,7 @@ def write_report(
     evaluation = {name: evaluate_scores(ids, scores, labels) for name, (ids, scores) in curves.items()}
     thresholds = metrics.get("thresholds") or {}
     recall, rule, false_alert = _recall(curves, labels, thresholds)
-    labelled = {name: (aligned_labels(np.asarray(ids), labels)[0], np.asarray(scores, float))
+    labelled = {name: (align_labels(np.asarray(ids), labels)[0], np.asarray(scores, float))
                 for name, (ids, scores) in curves.items()}
 
     figures: list[tuple[Path | None, str]] = [

@@ -36,8 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.special import ndtr, ndtri
 
+from seqanom_core.config import SESSION_GAP_S
 from seqanom_core.errors import ConfigError
-from seqanom_core.schema import BEHAVIORS, EVENT_SCHEMA, SITE_FIELD, check_events
+from seqanom_core.schema import BEHAVIORS, EVENT_SCHEMA, SITE_FIELD, check_events, encode_values
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +47,11 @@ logger = logging.getLogger(__name__)
 TAOBAO_BEHAVIOR_MIX: tuple[float, float, float, float] = (0.8980, 0.0533, 0.0279, 0.0208)
 #: Events per shopper: min 4, median 78, max 539; log(count) mean 4.269, std 0.915.
 TAOBAO_EVENTS_MEDIAN = 78.0
-TAOBAO_EVENTS_LOG_MEAN = 4.269
 TAOBAO_EVENTS_LOG_STD = 0.915
 TAOBAO_EVENTS_MIN = 4
-#: Session split threshold (seconds) used for all session statistics.
-SESSION_GAP_S = 1800.0
+#: Session statistics split sessions at SESSION_GAP_S (the tokenizer default).
 #: Sessions per shopper: median 15 (mean 17.3); session length mean 5.98, median 3,
 #: 31.2% single-event sessions, 90th percentile 15.
-TAOBAO_SESSIONS_MEDIAN = 15.0
-TAOBAO_SESSION_LEN_MEAN = 5.98
-TAOBAO_SESSION_SINGLE_FRAC = 0.312
 #: Sessions per shopper grow as 1.63 * n_events ** 0.513 (log-log fit over shoppers), so the
 #: mean session length is about 0.613 * n_events ** 0.487.
 TAOBAO_SESSION_LEN_SCALE = 0.613
@@ -64,7 +60,6 @@ TAOBAO_SESSION_LEN_EXPONENT = 0.487
 TAOBAO_WITHIN_GAP_LOG_MEAN = 4.026
 TAOBAO_WITHIN_GAP_LOG_STD = 1.365
 #: Gaps between sessions (> 30 min): log mean 9.884, log std 1.273 (median 21,136 s = 5.9 h).
-TAOBAO_BETWEEN_GAP_LOG_MEAN = 9.884
 TAOBAO_BETWEEN_GAP_LOG_STD = 1.273
 #: Category rank-frequency slope over the top 100 categories: -0.895 (top 500: -1.03);
 #: top-10 categories hold 26.5% of events.
@@ -72,17 +67,12 @@ TAOBAO_CATEGORY_ZIPF = 0.895
 #: Item rank-frequency slope inside the five biggest categories: about -0.33..-0.42.
 TAOBAO_ITEM_ZIPF = 0.40
 #: Distinct categories per shopper: median 21; distinct/events median 0.286.
-TAOBAO_DISTINCT_CATEGORIES_MEDIAN = 21.0
 #: Category switch rate between consecutive events of a shopper: 0.587.
 TAOBAO_CATEGORY_SWITCH_RATE = 0.587
 #: Share of events whose item the shopper already had an event on: 0.243.
-TAOBAO_ITEM_REVISIT_RATE = 0.243
 #: Share of buys / carts / favs preceded by a view of the same item by the same shopper:
 #: 0.526 / 0.159 / 0.098; buys preceded by a cart of the same item: 0.167.
 TAOBAO_BUY_AFTER_VIEW = 0.526
-TAOBAO_CART_AFTER_VIEW = 0.159
-TAOBAO_FAV_AFTER_VIEW = 0.098
-TAOBAO_BUY_AFTER_CART = 0.167
 #: 2017-11-25 00:00 in UTC+8, the start of the Taobao window (Unix seconds).
 TAOBAO_START_TIME = 1511539200.0
 
@@ -433,13 +423,6 @@ def synthesize_events(config: SynthConfig) -> pa.Table:
 # ------------------------------------------------------------------------------------------
 
 
-def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Dictionary-encode a column and return its int64 codes."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    enc = arr.dictionary_encode()
-    return np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
 def _preceded_frac(
     key: np.ndarray, beh: np.ndarray, target_code: int, prior_code: int, any_order: bool = False
 ) -> float:
@@ -461,9 +444,9 @@ def _preceded_frac(
 def synthesis_stats(table: pa.Table, session_gap_s: float = SESSION_GAP_S) -> dict:
     """Compute the calibration statistics of any events table (sorted by shopper and time)."""
     t = check_events(table, "synthesis_stats")
-    user = _codes(t["user_id"])
-    item = _codes(t["item_id"])
-    cat = _codes(t["category_id"])
+    user = encode_values(t["user_id"])[0]
+    item = encode_values(t["item_id"])[0]
+    cat = encode_values(t["category_id"])[0]
     beh = t["behavior"].to_numpy().astype(np.int64)
     ts = t["timestamp"].to_numpy()
     order = np.lexsort((ts, user))
@@ -534,8 +517,8 @@ def synthesis_stats(table: pa.Table, session_gap_s: float = SESSION_GAP_S) -> di
 
 def site_category_tv(table: pa.Table) -> float:
     """Mean pairwise total-variation distance between the sites' category distributions."""
-    site = _codes(table["site"])
-    cat = _codes(table["category_id"])
+    site = encode_values(table["site"])[0]
+    cat = encode_values(table["category_id"])[0]
     n_sites = int(site.max()) + 1 if site.size else 0
     if n_sites < 2:
         return 0.0

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from seqanom_core.config import DPConfig, TokenizerConfig
 from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceeded
 from seqanom_core.federation.calibration_histograms import score_histogram, stat_histograms
 from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.metrics import auprc, auroc
 from seqanom_core.models import build_model, load_arrays, model_arrays, resolve_device
 from seqanom_core.privacy import default_delta
@@ -90,13 +90,8 @@ def load_site(paths: SitePaths, tok: TokenizerConfig, validation_fraction: float
     if paths.test is not None and paths.test.is_file():
         site.test = build_sequences(_read(paths.test, paths.fmt), tok)
         if paths.labels is not None and paths.labels.is_file():
-            labels = pd.read_csv(paths.labels, dtype={"user_id": str})
-            lab = dict(zip(labels["user_id"], labels["is_anomalous"].astype(int), strict=True))
-            missing = [u for u in site.test.ids if u not in lab]
-            if missing:
-                raise DataFileError(f"{paths.labels}: no label for {len(missing)} test shoppers "
-                                    f"(e.g. {missing[0]!r})")
-            site.test_labels = np.array([lab[u] for u in site.test.ids], dtype=np.int64)
+            site.test_labels, _ = align_labels(site.test.ids, read_labels(paths.labels),
+                                               str(paths.labels))
     log.info("site %s: %d train, %d validation, %d test shoppers", paths.name, len(train),
              len(valid), 0 if site.test is None else len(site.test))
     _CACHE[key] = site

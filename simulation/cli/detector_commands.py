@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from seqanom_core.config import SESSION_GAP_S
 from seqanom_core.errors import ConfigError
+from seqanom_core.labels import align_labels, read_labels
+from seqanom_core.privacy import guarantee_text
 from simulation.cli.inputs import (
     add_input_args,
     distinct_outputs,
     load_input,
-    read_labels,
     seed_int,
 )
 
@@ -73,7 +73,7 @@ def privacy_line(p: dict[str, Any]) -> str:
     """One exact sentence about the privacy of a model's weights."""
     if not p.get("dp"):
         return "privacy: none (trained without differential privacy)"
-    return (f"privacy: ({p['epsilon']:.3f}, {p['delta']:.1e})-DP for {p['unit']}; "
+    return (f"privacy: {guarantee_text(p['epsilon'], p['delta'], p['unit'])}; "
             f"{p['accountant']}; noise multiplier {p['noise_multiplier']:.3f}, "
             f"clip {p['max_grad_norm']}"
             + (f"; sampling and noise {p['randomness']}" if p.get("randomness") else ""))
@@ -102,7 +102,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     seqs, events, report = load_input(args, det.tokenizer)
     print(report.summary())
     scored = det.score_shoppers(seqs)
-    flagged = scored.scores > det.threshold_
+    flagged = det.flag(scored.scores)
     explanations = []
     for i in range(len(scored.ids)):
         if flagged[i] or args.explain_all:
@@ -112,7 +112,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             explanations.append(("", ""))
     df = pd.DataFrame({
         # scores as computed: a rounded score equal to the threshold could look flagged
-        "user_id": scored.ids, "score": scored.scores, "flagged": flagged.astype(int),
+        "user_id": scored.ids, "score": scored.scores, "flagged": flagged,
         "driver": [e[0] for e in explanations], "top_events": [e[1] for e in explanations],
     })
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -121,13 +121,7 @@ def cmd_score(args: argparse.Namespace) -> int:
           f"(alert rate {flagged.mean():.2%} at threshold {det.threshold_:.3f}, "
           f"calibrated for {det.metadata_.get('alert_rate', float('nan')):.1%}); wrote {args.out}")
     if args.labels:
-        labels = read_labels(args.labels)
-        missing = [u for u in scored.ids if u not in labels]
-        if missing:
-            raise ConfigError(f"{args.labels}: no label for {len(missing)} scored shoppers "
-                              f"(e.g. {str(missing[0])!r})")
-        y = np.array([labels[u][0] for u in scored.ids])
-        kinds = [labels[u][1] for u in scored.ids]
+        y, kinds = align_labels(scored.ids, read_labels(args.labels), str(args.labels))
         if len(set(y.tolist())) < 2:
             print(f"against {args.labels}: all {len(y)} scored shoppers are labelled "
                   f"{'anomalous' if y[0] else 'normal'}, so AUROC and AUPRC are undefined")
@@ -225,7 +219,7 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--category-buckets", type=int, default=64)
-    p.add_argument("--session-gap", type=float, default=1800.0, metavar="SECONDS",
+    p.add_argument("--session-gap", type=float, default=SESSION_GAP_S, metavar="SECONDS",
                    help="a gap longer than this starts a new session")
     p.add_argument("--dp", action="store_true",
                    help="train with Opacus DP-SGD (one shopper = one example)")

@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from seqanom_core.errors import ConfigError
 
 
@@ -98,28 +96,3 @@ def shopper_ids(events: Any) -> Any:
     import pyarrow.compute as pc
 
     return pc.unique(events.column("user_id"))
-
-
-def read_labels(path: str) -> dict[str, tuple[int, str]]:
-    """Labels CSV (user_id,is_anomalous[,kind]) -> {user_id: (label, kind)}."""
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, dtype={"user_id": str}, keep_default_na=False)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read labels: {err}") from err
-    for col in ("user_id", "is_anomalous"):
-        if col not in df.columns:
-            raise ConfigError(f"{path}: labels need a '{col}' column (found {list(df.columns)})")
-    flags = df["is_anomalous"].astype(str).str.strip()
-    bad = ~flags.isin(["0", "1"])
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ConfigError(f"{path}: line {row + 2}: is_anomalous must be 0 or 1, not "
-                          f"{df['is_anomalous'].iloc[row]!r} ({int(bad.sum())} such rows)")
-    dup = df["user_id"].duplicated(keep=False)
-    if dup.any():
-        raise ConfigError(f"{path}: user_id {df['user_id'][dup].iloc[0]!r} is listed more than once "
-                          f"({int(dup.sum())} rows share an id)")
-    kinds = df["kind"].astype(str) if "kind" in df.columns else [""] * len(df)
-    return {u: (int(y), str(k)) for u, y, k in zip(df["user_id"], flags, kinds, strict=True)}

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from seqanom_core import __version__
 from seqanom_core.errors import SeqanomError
 from simulation.cli.central_commands import add_central_commands
 from simulation.cli.detector_commands import add_detector_commands
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seqanom",
         description="Privacy-preserving anomaly detection on e-commerce shopper event sequences.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"seqanom {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from seqanom_core.errors import ConfigError
+from seqanom_core.privacy import guarantee_text
 from simulation.cli.inputs import (
     add_input_args,
     distinct_outputs,
@@ -164,7 +165,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"privacy mode: {priv.get('mode', 'local')}")
     for g in priv.get("guarantees", []):
         scope = "worst site" if g["level"] == "shopper" else "whole federation"
-        print(f"  ({g['epsilon']:.2f}, {g['delta']:.1e})-DP for {g['protects']} ({scope}), "
+        print(f"  {guarantee_text(g['epsilon'], g['delta'], g['protects'])} ({scope}), "
               f"over {priv['rounds']} rounds; accounted by {g['accounted_by'].split(':')[0]}")
     if not priv.get("guarantees"):
         print("  no differential privacy (no epsilon is claimed)")

@@ -16,7 +16,6 @@ from seqanom_core.sequences import (
     build_sequences,
     hash_buckets,
     sequences_from_tokens,
-    split_chronological,
     split_shoppers,
     vocab_sizes,
 )
@@ -83,9 +82,6 @@ def test_splits():
         split_shoppers(s, 1.5, 0)
     a, b = split_shoppers(s, 0.5, 0)
     assert sorted(list(a.ids) + list(b.ids)) == ["a", "b"]
-    early, late = split_chronological(s, 0.34)
-    assert early.n_events + late.n_events == s.n_events
-    assert early.timestamp.max() < late.timestamp.min()
     sub = s.subset(np.array([1]))
     assert sub.ids.tolist() == ["a"] and sub.n_events == 4
 
