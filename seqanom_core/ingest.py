@@ -21,7 +21,7 @@ import os
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -477,7 +477,7 @@ def _missing_mask(col: pa.ChunkedArray) -> np.ndarray | None:
 def _describe_time(seconds: float) -> str:
     """Return Unix seconds as a UTC date-time, or as a number when no calendar date fits."""
     try:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, OSError, ValueError):
         year = 1970 + seconds / 31_556_952
         return f"{seconds:.6g} s from 1970, about year {year:.0f}" if abs(year) < 1e9 else f"{seconds:.6g} s from 1970"

@@ -66,7 +66,6 @@ class SequenceSet:
     channels: dict[str, np.ndarray]  # name -> (n_events,) int64
     source: str  # "events" or "tokens"
     timestamp: np.ndarray | None = None  # (n_events,) float64 seconds
-    session: np.ndarray | None = None  # (n_events,) session index within the shopper
     rows: np.ndarray | None = None  # (n_events,) row in the source table, for explanations
 
     def __len__(self) -> int:
@@ -100,7 +99,6 @@ class SequenceSet:
             channels={k: v[gather] for k, v in self.channels.items()},
             source=self.source,
             timestamp=take(self.timestamp),
-            session=take(self.session),
             rows=take(self.rows),
         )
 
@@ -183,8 +181,6 @@ def build_sequences(events: pa.Table, tok: TokenizerConfig) -> SequenceSet:
     gap = gap_bucket(gaps, tok)
     gap[new_session] = GAP_SESSION
     gap[new_seq] = GAP_FIRST
-    session = np.cumsum(new_session) - 1
-    session -= np.repeat(session[offsets[:-1][counts > 0]], counts[counts > 0])
 
     event = N_SPECIAL + behavior[order] * tok.category_buckets + cat_bucket[order]
     item = _item_state(user_sorted, item_codes[order], new_seq)
@@ -195,7 +191,6 @@ def build_sequences(events: pa.Table, tok: TokenizerConfig) -> SequenceSet:
         channels={"event": event, "gap": gap, "item": item},
         source="events",
         timestamp=ts_sorted,
-        session=session,
         rows=order.astype(np.int64),
     )
 
@@ -261,7 +256,7 @@ def shuffle_within(seqs: SequenceSet, seed: int, keep: tuple[str, ...] = ("gap",
     order = np.lexsort((_sequence_keys(seqs, seed), seq_of))
     channels = {k: v if k in keep else v[order] for k, v in seqs.channels.items()}
     return SequenceSet(ids=seqs.ids, offsets=seqs.offsets, channels=channels, source=seqs.source,
-                       timestamp=seqs.timestamp, session=seqs.session, rows=seqs.rows)
+                       timestamp=seqs.timestamp, rows=seqs.rows)
 
 
 def split_shoppers(seqs: SequenceSet, fraction: float, seed: int) -> tuple[SequenceSet, SequenceSet]:

@@ -105,7 +105,7 @@ def _load_or_create_ca(paths: CredentialPaths, days: int, report: CredentialRepo
         report.kept += [paths.ca_cert, paths.ca_key]
         return key, x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
     key = ec.generate_private_key(_CURVE)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (x509.CertificateBuilder()
             .subject_name(_name("seqanom federation CA")).issuer_name(_name("seqanom federation CA"))
@@ -144,7 +144,7 @@ def _server_certificate(paths: CredentialPaths, ca_key: ec.EllipticCurvePrivateK
         report.kept += [p for p in (paths.server_cert, paths.server_key) if p.exists()]
         return
     key = ec.generate_private_key(_CURVE)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(_name(hosts[0] if hosts else "localhost"))
             .issuer_name(ca_cert.subject).public_key(key.public_key())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ DIGINETICA = "diginetica_train_item_views_sample.csv.gz"
 
 def utc(text: str) -> float:
     """Return Unix seconds of an ISO date-time taken as UTC."""
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 def write(tmp_path: Path, name: str, text: str, encoding: str = "utf-8") -> Path:
@@ -316,7 +316,7 @@ def test_parquet_input_mapped_by_names(tmp_path: Path) -> None:
 
 def test_parquet_timestamp_types(tmp_path: Path) -> None:
     p = tmp_path / "t.parquet"
-    stamps = pa.array([datetime(2020, 1, 2, 3, 4, 5, 500000, tzinfo=timezone.utc)], pa.timestamp("ms", tz="UTC"))
+    stamps = pa.array([datetime(2020, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)], pa.timestamp("ms", tz="UTC"))
     pq.write_table(pa.table({"u": ["a"], "i": ["b"], "t": stamps}), p)
     spec = parse_mapping("user_id=u,item_id=i,category_id=-,behavior=-,timestamp=t")
     table, _ = read_events(p, spec)

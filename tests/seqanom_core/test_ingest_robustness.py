@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -42,7 +42,7 @@ def read_quarantine(p: Path) -> list[dict[str, str]]:
 
 def utc(text: str) -> float:
     """Return Unix seconds of an ISO date-time taken as UTC."""
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 # --------------------------------------------------------------------------- 1. blank ids

@@ -14,7 +14,7 @@ except ModuleNotFoundError:  # Python 3.10
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.run_config import default_run_config, settings_from_run_config
 
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 
 
 def test_pyproject_declares_every_run_config_key():
