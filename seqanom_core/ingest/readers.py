@@ -1,0 +1,221 @@
+"""Reading event files (CSV, CSV.gz, parquet) into the canonical events table and its report."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from seqanom_core.errors import ConfigError, DataFileError, SchemaError
+from seqanom_core.formats import FormatSpec, get_format, parse_mapping
+from seqanom_core.ingest.conversion import NULL_VALUES, _convert
+from seqanom_core.ingest.files import _arrow_error, _decode_head, _open_checked, _read_head
+from seqanom_core.ingest.layouts import (
+    _choose_csv_layout,
+    _header_problem,
+    _match_header,
+    _sniff_rows,
+)
+from seqanom_core.ingest.quarantine import _line_numbers, _write_quarantine
+from seqanom_core.ingest.report import IngestReport, _log_summary
+from seqanom_core.schema import EVENT_SCHEMA, SITE_FIELD
+
+logger = logging.getLogger("seqanom_core.ingest")  # one logger name for the whole package
+
+_BLOCK_SIZE = 1 << 22
+
+
+def _read_csv_raw(
+    p: Path, kind: str, spec: FormatSpec, want_lines: bool
+) -> tuple[FormatSpec, dict[str, pa.ChunkedArray], dict[str, str], list[tuple[int | None, str]], int, str]:
+    """Read the needed columns of a CSV as strings; return layout, columns, ragged rows, first line."""
+    head = _read_head(p, kind)
+    if not head.strip():
+        raise DataFileError(f"{p}: file is empty")
+    text, encoding = _decode_head(p, head, spec.encodings)
+    lines = text.splitlines()
+    lead = next(i for i, line in enumerate(lines) if line.strip())
+    first = lines[lead].lstrip("\ufeff")
+    fields = [f.strip() for f in next(csv.reader([first], delimiter=spec.delimiter))]
+    rows = [fields, *_sniff_rows(lines[lead + 1 :], spec.delimiter)]
+    lay, header = _choose_csv_layout(p, spec, rows)
+    if header is not None:
+        names = [f"{f}.{i}" if fields.index(f) != i else f for i, f in enumerate(fields)]
+        col_of = {col: names[i] for col, i in header.items()}
+        skip = lead + 1
+    else:
+        names = list(lay.columns)
+        col_of = {c: c for c in lay.source_columns() if c in lay.columns}
+        skip = lead
+    fields_of = {fld: col_of[col] for fld, col in lay.field_columns().items() if col in col_of}
+    dict_type = pa.dictionary(pa.int32(), pa.string())
+    types: dict[str, pa.DataType] = {}
+    for fld, name in fields_of.items():
+        as_dict = fld == "behavior" or (fld == "timestamp" and lay.time_kind in ("date", "month_day"))
+        types[name] = dict_type if as_dict else pa.string()
+
+    def read(use_threads: bool) -> tuple[pa.Table, list[tuple[int | None, str]]]:
+        """Run the arrow CSV reader once."""
+        ragged: list[tuple[int | None, str]] = []
+
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            """Collect a ragged row and skip it."""
+            ragged.append((row.number, row.text))
+            return "skip"
+
+        stream = pa.input_stream(str(p), compression="gzip" if kind == "gzip" else None)
+        try:
+            table = pacsv.read_csv(
+                stream,
+                read_options=pacsv.ReadOptions(
+                    use_threads=use_threads,
+                    block_size=_BLOCK_SIZE,
+                    skip_rows=skip,
+                    column_names=names,
+                    encoding="utf8" if encoding.replace("-", "").lower() == "utf8" else encoding,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=lay.delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=list(types),
+                    column_types=types,
+                    strings_can_be_null=True,
+                    null_values=NULL_VALUES,
+                    quoted_strings_can_be_null=True,
+                ),
+            )
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
+            raise _arrow_error(p, err) from None
+        finally:
+            stream.close()
+        return table, ragged
+
+    table, ragged = read(True)
+    if want_lines and ragged and any(num is None for num, _ in ragged):
+        table, ragged = read(False)  # only the serial reader knows ragged rows' line numbers
+    if table.num_rows == 0 and ragged:
+        num, row_text = ragged[0]
+        if num is None:  # the threaded reader does not number rows; find it in the file's start
+            num = next((i + 1 for i, line in enumerate(lines) if line == row_text), None)
+        shape = "the header" if header is not None else f"format '{lay.name}' ({','.join(lay.columns)})"
+        raise SchemaError(
+            f"{p}: no row has the {len(names)} fields of {shape}; e.g. "
+            + (f"line {num}: " if num is not None else "")
+            + f"{row_text[:200]!r}"
+        )
+    raw = {fld: table.column(name) for fld, name in fields_of.items()}
+    return lay, raw, fields_of, ragged, skip + 1, encoding
+
+
+def _read_parquet_raw(
+    p: Path, spec: FormatSpec
+) -> tuple[FormatSpec, dict[str, pa.ChunkedArray], dict[str, str]]:
+    """Read the needed columns of a parquet file, mapped by column names."""
+    try:
+        pf = pq.ParquetFile(p)
+        names = pf.schema_arrow.names
+    except (pa.ArrowInvalid, OSError) as err:
+        raise _arrow_error(p, err) from None
+    matched = _match_header(spec, names)
+    if matched is None:
+        raise _header_problem(p, spec, names)
+    lay, header = matched
+    try:
+        table = pf.read(columns=list(dict.fromkeys(names[i] for i in header.values())))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise _arrow_error(p, err) from None
+    raw, fields_of = {}, {}
+    for fld, col in lay.field_columns().items():
+        if col in header:
+            fields_of[fld] = names[header[col]]
+            c = table.column(names[header[col]])
+            if pa.types.is_large_string(c.type) or (fld == "behavior" and not pa.types.is_dictionary(c.type)):
+                c = pc.cast(c, pa.string())
+            raw[fld] = c
+    return lay, raw, fields_of
+
+
+def read_events(
+    path: str | Path,
+    fmt: str | FormatSpec,
+    *,
+    quarantine_path: str | Path | None = None,
+    site: str | None = None,
+) -> tuple[pa.Table, IngestReport]:
+    """Read a CSV/CSV.gz/parquet file in format ``fmt`` (a name, a mapping string or a spec) into canonical events."""
+    if isinstance(fmt, FormatSpec):
+        spec = fmt
+    elif "=" in fmt:
+        spec = parse_mapping(fmt)
+    else:
+        spec = get_format(fmt)
+    if site is not None and not str(site).strip():
+        raise ConfigError("site must be a non-empty string")
+    p, kind = _open_checked(path)
+    ragged: list[tuple[int | None, str]] = []
+    first_line = 1
+    if kind == "parquet":
+        lay, raw, fields_of = _read_parquet_raw(p, spec)
+    else:
+        lay, raw, fields_of, ragged, first_line, _ = _read_csv_raw(p, kind, spec, quarantine_path is not None)
+    if site is not None and "site" in raw:
+        logger.warning("%s: site=%r replaces the file's '%s' column", p, site, lay.site)
+        del raw["site"]
+    n = len(raw["timestamp"])
+    out, checks = _convert(p, raw, lay, n)
+    reason_of = np.zeros(n, dtype=np.int16)
+    for i in range(len(checks) - 1, -1, -1):  # earlier checks take precedence
+        reason_of[checks[i][1]] = i + 1
+    counts = np.bincount(reason_of, minlength=len(checks) + 1)
+    rejected = {"ragged row": len(ragged)} if ragged else {}
+    rejected.update({name: int(counts[i + 1]) for i, (name, _) in enumerate(checks) if counts[i + 1]})
+    keep = reason_of == 0
+    with_site = "site" in out or site is not None
+    schema = EVENT_SCHEMA.append(SITE_FIELD) if with_site else EVENT_SCHEMA
+    names = [f.name for f in schema]
+    arrays = [out[c] for c in names if c in out]
+    table = pa.Table.from_arrays(arrays, names=[c for c in names if c in out])
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+    if site is not None:
+        table = table.append_column("site", pa.repeat(pa.scalar(str(site)), table.num_rows))
+    table = pa.Table.from_arrays(table.select(names).columns, schema=schema)
+    report = IngestReport(
+        source=str(p),
+        format=spec.name,
+        rows_read=n + len(ragged),
+        rows_kept=table.num_rows,
+        rejected=dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+        quarantine_path=None if quarantine_path is None else str(quarantine_path),
+    )
+    if quarantine_path is not None:
+        rows = np.flatnonzero(~keep)
+        lines: np.ndarray | None
+        if kind == "parquet":
+            lines = rows + 1
+        else:
+            lines = _line_numbers(rows, ragged, first_line, n)
+        labels = [name for name, _ in checks]
+        _write_quarantine(Path(quarantine_path), raw, fields_of, rows, reason_of[rows] - 1, labels, lines, ragged)
+    if n == 0 and not ragged:
+        logger.warning("%s: no data rows", p)
+    _log_summary(report)
+    return table, report
+
+
+def read_nonempty_events(
+    path: str | Path, fmt: str | FormatSpec, *, quarantine_path: str | Path | None = None
+) -> tuple[pa.Table, IngestReport]:
+    """``read_events`` for a job that needs data: a file with no valid row (header only, or
+    every row quarantined) is a one-line error with the ingest summary, not an empty table."""
+    events, report = read_events(path, fmt, quarantine_path=quarantine_path)
+    if events.num_rows == 0:
+        raise ConfigError(f"{path}: no valid rows ({report.summary()})")
+    return events, report
