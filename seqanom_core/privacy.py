@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from seqanom_core.atomic_files import write_json_atomic
 from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
 
 if TYPE_CHECKING:  # opacus is imported where it is used: a federated evaluate or
@@ -122,14 +123,6 @@ def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp,
                                             delta=delta)
     return float(eps)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON via a temporary file and a rename (a crash never leaves half a file)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def default_delta(n_examples: int) -> float:

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seqanom_core.atomic_files import write_json_atomic
 from seqanom_core.config import is_positive_number
 from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
-from seqanom_core.privacy import UNIT, AccountantState, noise_for_budget, write_json_atomic
+from seqanom_core.privacy import UNIT, AccountantState, noise_for_budget
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from seqanom_core.atomic_files import replaced_on_success
 from seqanom_core.errors import DataFileError, SchemaError
 from seqanom_core.schema import BEHAVIORS, check_events
 
@@ -21,12 +21,11 @@ logger = logging.getLogger("seqanom_core.ingest")  # one logger name for the who
 
 def _write_csv(table: pa.Table, p: Path) -> None:
     """Write a table as CSV (gzip when the name ends in .gz) atomically; quote only when needed."""
-    tmp = p.with_name(p.name + ".tmp")
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(table.column_names)
     header = buf.getvalue().encode("utf-8")
 
-    def attempt(quoting: str) -> None:
+    def attempt(tmp: Path, quoting: str) -> None:
         """Write the whole file with one quoting style."""
         gz = p.name.lower().endswith(".gz")
         with pa.CompressedOutputStream(str(tmp), "gzip") if gz else pa.OSFile(str(tmp), "wb") as out:
@@ -35,14 +34,12 @@ def _write_csv(table: pa.Table, p: Path) -> None:
             pacsv.write_csv(table, out, write_options=options)
 
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            attempt("none")
-        except pa.ArrowInvalid:  # a value holds a delimiter, quote or newline
-            attempt("needed")
-        os.replace(tmp, p)
+        with replaced_on_success(p) as tmp:
+            try:
+                attempt(tmp, "none")
+            except pa.ArrowInvalid:  # a value holds a delimiter, quote or newline
+                attempt(tmp, "needed")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DataFileError(f"{p}: cannot write ({err})") from None
 
 
@@ -60,13 +57,10 @@ def write_events(table: pa.Table, path: str | Path) -> None:
     table = table.set_column(table.column_names.index("behavior"), "behavior", names)
     lower = p.name.lower()
     if lower.endswith((".parquet", ".pq")):
-        tmp = p.with_name(p.name + ".tmp")
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, str(tmp))
-            os.replace(tmp, p)
+            with replaced_on_success(p) as tmp:
+                pq.write_table(table, str(tmp))
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise DataFileError(f"{p}: cannot write ({err})") from None
     elif lower.endswith((".csv", ".csv.gz")):
         _write_csv(table, p)
