@@ -15,6 +15,7 @@ import numpy as np
 from seqanom_core.errors import ConfigError
 from simulation.cli.inputs import (
     add_input_args,
+    add_model_kind_arg,
     distinct_outputs,
     load_input,
     read_labels,
@@ -207,7 +208,7 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register train / score / ledger with the seqanom parser's ``add``."""
     p = add("train", cmd_train, "train a detector and write a model directory")
     add_input_args(p)
-    p.add_argument("--model", choices=["transformer", "lstm"], default="transformer")
+    add_model_kind_arg(p)
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64,
