@@ -49,13 +49,13 @@ class TokenizerConfig:
 class ModelConfig:
     """Architecture of the next-event network."""
 
-    kind: str = "transformer"  # "transformer" or "lstm"
+    kind: str = "transformer"  # any registered backbone (seqanom_core/models/registry.py)
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
     dropout: float = 0.1
     max_len: int = 128  # window length (positions) the model sees at once
-    # copy term from the shopper's own history in the event logits (see models.py); model
+    # copy term from the shopper's own history in the event logits (see models/network.py); model
     # directories written before it existed load with False
     history_copy: bool = True
 
@@ -64,10 +64,10 @@ class ModelConfig:
             _check_positive_int(name, getattr(self, name))
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
-        if self.kind not in ("transformer", "lstm"):
-            raise ConfigError(f"model kind must be 'transformer' or 'lstm', not {self.kind!r}")
-        if self.kind == "transformer" and self.d_model % self.n_heads:
-            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        # the backbone registry imports torch and the backbones: only when a config is made
+        from seqanom_core.models.registry import get_backbone
+
+        get_backbone(self.kind).check_config(self)  # ConfigError for unknown kinds too
         if self.max_len < 8:
             raise ConfigError(f"max_len must be at least 8, not {self.max_len}")
         if not isinstance(self.history_copy, bool):

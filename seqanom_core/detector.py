@@ -26,7 +26,14 @@ from safetensors.torch import load_model, save_model
 
 from seqanom_core.config import DetectorConfig, ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError, SeqanomError
-from seqanom_core.models import NextEventModel, build_model, resolve_device
+from seqanom_core.inference import EventScores, score_events
+from seqanom_core.models import (
+    NextEventModel,
+    backbone_kinds,
+    build_model,
+    get_backbone,
+    resolve_device,
+)
 from seqanom_core.privacy import UNIT, AccountantState, noise_source
 from seqanom_core.schema import BEHAVIORS
 from seqanom_core.scoring import DRIVER_TEXT, ScoreCalibrator, shopper_statistics, stat_names
@@ -40,7 +47,7 @@ from seqanom_core.sequences import (
     vocab_sizes,
 )
 from seqanom_core.thresholds import calibrate_threshold
-from seqanom_core.training import EventScores, TrainResult, score_events, train_model
+from seqanom_core.training import TrainResult, train_model
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +74,10 @@ class ShopperScores:
 
 
 class SequenceDetector:
-    """Next-event sequence anomaly detector; subclasses fix the network kind."""
+    """Next-event sequence anomaly detector; each registered backbone's subclass (``DETECTORS``,
+    ``detector_class``) fixes the network kind."""
 
-    kind = "transformer"
+    kind = ModelConfig.kind  # the default backbone
 
     def __init__(
         self,
@@ -252,7 +260,7 @@ class SequenceDetector:
         threshold: float, metadata: dict[str, Any], *, device: str = "auto", progress: bool = True,
     ) -> SequenceDetector:
         """A fitted detector from a model trained elsewhere (e.g. a federated global model)."""
-        det_cls = DETECTORS.get(config.model.kind, cls)
+        det_cls = detector_class(config.model.kind)
         det = det_cls(model=config.model, tokenizer=config.tokenizer, train=config.train,
                       progress=progress)
         det.source_ = config.source
@@ -355,26 +363,35 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-class TransformerDetector(SequenceDetector):
-    """Causal Transformer next-event detector."""
-
-    kind = "transformer"
+#: the detector class of each registered backbone kind, made by ``detector_class``
+DETECTORS: dict[str, type[SequenceDetector]] = {}
 
 
-class LSTMDetector(SequenceDetector):
-    """DP-LSTM next-event detector."""
+def detector_class(kind: str) -> type[SequenceDetector]:
+    """The detector class of a registered model kind, named by its backbone (``detector_name``);
+    made on first use, then always the same class. ``ConfigError`` for an unknown kind."""
+    if kind not in DETECTORS:
+        backbone = get_backbone(kind)
+        namespace = {"__module__": __name__, "__qualname__": backbone.detector_name,
+                     "__doc__": f"{backbone.title} next-event detector.", "kind": kind}
+        DETECTORS[kind] = type(backbone.detector_name, (SequenceDetector,), namespace)
+    return DETECTORS[kind]
 
-    kind = "lstm"
 
+for _kind in backbone_kinds():  # every registered backbone's class, made at import
+    detector_class(_kind)
+del _kind
 
-DETECTORS: dict[str, type[SequenceDetector]] = {"transformer": TransformerDetector, "lstm": LSTMDetector}
+# the public names of the built-in backbones' detectors (any kind: make_detector, DETECTORS)
+TransformerDetector = DETECTORS["transformer"]
+LSTMDetector = DETECTORS["lstm"]
 
 
 def make_detector(kind: str, **kwargs: Any) -> SequenceDetector:
     """Detector of the given model kind; ``model`` defaults to ``ModelConfig(kind=kind)``."""
-    if kind not in DETECTORS:
-        raise ConfigError(f"unknown model {kind!r}; choose from {', '.join(DETECTORS)}")
+    if kind not in backbone_kinds():
+        raise ConfigError(f"unknown model {kind!r}; choose from {', '.join(backbone_kinds())}")
     kwargs.setdefault("model", ModelConfig(kind=kind))
-    return DETECTORS[kind](**kwargs)
+    return detector_class(kind)(**kwargs)
 
 

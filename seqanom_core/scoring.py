@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from seqanom_core.errors import NotFittedError
+from seqanom_core.inference import EventScores
 from seqanom_core.sequences import CHANNELS
-from seqanom_core.training import EventScores
 
 STAT_CHANNELS: tuple[str, ...] = (*CHANNELS, "total")
 STAT_KINDS: tuple[str, ...] = ("mean", "window")

@@ -1,4 +1,8 @@
-"""The one training loop (plain or Opacus DP-SGD) and batched per-event scoring."""
+"""The one training loop (plain or Opacus DP-SGD), its learning-rate schedule and DP randomness.
+
+Windows and the per-position loss are in ``seqanom_core.windows``; scoring a trained model is in
+``seqanom_core.inference``.
+"""
 
 from __future__ import annotations
 
@@ -10,89 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from seqanom_core.config import TrainConfig
 from seqanom_core.errors import ConfigError
 from seqanom_core.models import NextEventModel
 from seqanom_core.privacy import AccountantState, default_delta, noise_for_budget
-from seqanom_core.sequences import (
-    BOS,
-    CHANNELS,
-    END,
-    GAP_PAD,
-    ITEM_PAD,
-    PAD,
-    SequenceSet,
-    shuffle_within,
-)
+from seqanom_core.sequences import PAD, SequenceSet
+from seqanom_core.windows import ShopperWindows, channel_nll, split_batch
 
 log = logging.getLogger(__name__)
-
-_IN_START = {"event": BOS, "gap": GAP_PAD, "item": ITEM_PAD}
-_TGT_END = {"event": END, "gap": PAD, "item": PAD}
-
-
-def window_arrays(seqs: SequenceSet, i: int, start: int, length: int) -> np.ndarray:
-    """Input and target channels for positions ``[start, start+length)`` of sequence ``i``.
-
-    A sequence of n events has n + 1 positions: position p's input is event p-1 (BOS at 0) and
-    its target is event p (END at n). Returns ``(6, length)`` int64: 3 input rows then 3 targets.
-    """
-    sl = seqs.span(i)
-    n = sl.stop - sl.start
-    out = np.zeros((6, length), dtype=np.int64)
-    pos = np.arange(start, start + length)
-    valid = pos <= n
-    for k, c in enumerate(CHANNELS):
-        ch = seqs.channels[c][sl]
-        inp = np.where(pos == 0, _IN_START[c], ch[np.clip(pos - 1, 0, max(n - 1, 0))] if n else 0)
-        tgt = np.where(pos >= n, _TGT_END[c], ch[np.clip(pos, 0, max(n - 1, 0))] if n else 0)
-        out[k] = np.where(valid, inp, 0)
-        out[3 + k] = np.where(valid, tgt, 0)
-    return out
-
-
-class ShopperWindows(Dataset):
-    """One example per shopper: a random window of at most ``max_len`` positions, redrawn per epoch."""
-
-    def __init__(self, seqs: SequenceSet, max_len: int, seed: int) -> None:
-        self.seqs, self.max_len, self.seed, self.epoch = seqs, max_len, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        n_pos = int(self.seqs.lengths[i]) + 1
-        start = 0
-        if n_pos > self.max_len:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            start = int(rng.integers(0, n_pos - self.max_len + 1))
-        return torch.from_numpy(window_arrays(self.seqs, i, start, self.max_len))
-
-
-def _split_batch(batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(batch, 6, time)`` -> (inputs, targets), trimmed to the longest real window."""
-    valid = batch[:, 3] != PAD
-    t = int(valid.any(0).nonzero().max()) + 1 if bool(valid.any()) else 1
-    batch = batch[:, :, :t]
-    inputs = {c: batch[:, k] for k, c in enumerate(CHANNELS)}
-    targets = {c: batch[:, 3 + k] for k, c in enumerate(CHANNELS)}
-    return inputs, targets
-
-
-def channel_nll(
-    model: NextEventModel, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Per-position negative log-likelihood per channel ``(batch, time)``, and the logits."""
-    logits = model(inputs, targets["event"])
-    nll = {
-        c: F.cross_entropy(logits[c].transpose(1, 2), targets[c], ignore_index=PAD, reduction="none")
-        for c in CHANNELS
-    }
-    return nll, logits
 
 
 def sequence_loss(
@@ -247,7 +179,7 @@ def train_model(
                 step += 1
                 if batch.shape[0] == 0:  # Poisson sampling can draw an empty batch: nothing released
                     continue
-                inputs, targets = _split_batch(batch.to(device))
+                inputs, targets = split_batch(batch.to(device))
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(span_start + step, span_total, cfg.lr_schedule)
                 optimizer.zero_grad(set_to_none=True)
@@ -289,96 +221,3 @@ def _proximal_step(model: NextEventModel, anchor: dict[str, torch.Tensor], rate:
     """Move every parameter a fraction ``rate`` of the way back to ``anchor``."""
     for name, p in model.named_parameters():
         p.sub_(min(rate, 1.0) * (p - anchor[name]))
-
-
-@dataclass
-class EventScores:
-    """Per-position scores of a SequenceSet: sequence i has positions ``[offsets[i], offsets[i+1])``.
-
-    A sequence of n events has n + 1 positions (the last one predicts the end of the sequence).
-    """
-
-    offsets: np.ndarray  # (n_seq + 1,)
-    nll: dict[str, np.ndarray]  # channel -> (n_pos,) float32; gap/item are 0 at the end position
-    expected: np.ndarray  # (n_pos,) most likely event token at each position
-    expected_prob: np.ndarray  # (n_pos,) its probability
-    observed_prob: np.ndarray  # (n_pos,) probability of the observed event token
-    # (n_pos,) event-channel NLL when each sequence's events are randomly reordered (timing kept),
-    # averaged over the reorderings; None when scored without them
-    shuffled_nll: np.ndarray | None = None
-
-
-ORDER_REFERENCES = 2  # random reorderings per sequence scored as the order reference
-
-
-@torch.no_grad()
-def score_events(
-    model: NextEventModel, seqs: SequenceSet, device: torch.device, *, batch_size: int = 128,
-    progress: bool = True, reorderings: int = ORDER_REFERENCES,
-) -> EventScores:
-    """Negative log-likelihood of every event (and of each sequence's end) per channel.
-
-    With ``reorderings`` > 0, also the event NLL of that many seeded random reorderings of each
-    sequence (``shuffled_nll``), the reference for how much a shopper's order itself tells.
-    """
-    shuffled = None
-    if reorderings > 0:
-        shuffled = np.mean([
-            score_events(model, shuffle_within(seqs, seed=k), device, batch_size=batch_size,
-                         progress=progress, reorderings=0).nll["event"]
-            for k in range(reorderings)
-        ], axis=0).astype(np.float32)
-    model.to(device).eval()
-    L = model.config.max_len
-    half = L // 2
-    lengths = seqs.lengths
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    np.cumsum(lengths + 1, out=offsets[1:])
-    n_pos = int(offsets[-1])
-    nll = {c: np.zeros(n_pos, dtype=np.float32) for c in CHANNELS}
-    expected = np.zeros(n_pos, dtype=np.int64)
-    expected_prob = np.zeros(n_pos, dtype=np.float32)
-    observed_prob = np.zeros(n_pos, dtype=np.float32)
-    # windows (seq, start, keep_from): positions before keep_from were scored with more context
-    windows: list[tuple[int, int, int]] = []
-    for i, n in enumerate(lengths):
-        p = int(n) + 1
-        windows.append((i, 0, 0))
-        start = half
-        while start + half < p and p > L:
-            windows.append((i, start, start + half))
-            start += half
-    for b0 in tqdm(range(0, len(windows), batch_size), desc="score", disable=not progress or None,
-                   leave=False):
-        chunk = windows[b0:b0 + batch_size]
-        arr = torch.from_numpy(np.stack([window_arrays(seqs, i, s, L) for i, s, _ in chunk]))
-        inputs, targets = _split_batch(arr.to(device))
-        parts, logits = channel_nll(model, inputs, targets)
-        probs = logits["event"].softmax(-1)
-        top_p, top_i = probs.max(-1)
-        obs_p = probs.gather(-1, targets["event"].unsqueeze(-1)).squeeze(-1)
-        parts_np = {c: v.float().cpu().numpy() for c, v in parts.items()}
-        top_p_np, top_i_np, obs_p_np = top_p.cpu().numpy(), top_i.cpu().numpy(), obs_p.cpu().numpy()
-        t_max = parts_np["event"].shape[1]
-        for r, (i, s, keep) in enumerate(chunk):
-            p = int(lengths[i]) + 1
-            lo, hi = keep, min(s + t_max, s + L, p)
-            if hi <= lo:
-                continue
-            src = slice(lo - s, hi - s)
-            dst = slice(int(offsets[i]) + lo, int(offsets[i]) + hi)
-            for c in CHANNELS:
-                nll[c][dst] = parts_np[c][r, src]
-            expected[dst], expected_prob[dst] = top_i_np[r, src], top_p_np[r, src]
-            observed_prob[dst] = obs_p_np[r, src]
-    return EventScores(offsets, nll, expected, expected_prob, observed_prob, shuffled)
-
-
-def next_event_metrics(scores: EventScores) -> dict[str, float]:
-    """Mean next-event loss (all channels, per position) and top-1 event accuracy."""
-    n = len(scores.expected)
-    if n == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
-    total = sum(scores.nll[c].astype(np.float64) for c in CHANNELS)
-    hit = scores.observed_prob >= scores.expected_prob
-    return {"loss": float(np.mean(total)), "accuracy": float(np.mean(hit))}

@@ -74,7 +74,7 @@ class SimulationConfig:
     # the sites' local learning rate (run config lr), and site-alone's; None: SGD at 0.5 under
     # DP (the measured best at batch 16), without DP the AdamW default (run_config.LOCAL_LR)
     site_lr: float | None = None
-    history_copy: bool = True  # the model's copy term from the shopper's history (models.py)
+    history_copy: bool = True  # the model's copy term from the shopper's history (models/network.py)
     baselines: bool = True
     seed: int = 0
     dp_seed: int | None = None  # DP sampling and noise: None = from the OS (secret, not repeatable)

@@ -22,6 +22,7 @@ from seqanom_core.config import DPConfig, TokenizerConfig
 from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceeded
 from seqanom_core.federation.calibration_histograms import score_histogram, stat_histograms
 from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.inference import next_event_metrics, score_events
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.metrics import auprc, auroc
 from seqanom_core.models import build_model, load_arrays, model_arrays, resolve_device
@@ -30,12 +31,7 @@ from seqanom_core.privacy_ledger import PrivacyLedger
 from seqanom_core.scoring import ScoreCalibrator, shopper_statistics
 from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers, vocab_sizes
 from seqanom_core.thresholds import calibrate_threshold
-from seqanom_core.training import (
-    next_event_metrics,
-    poisson_schedule,
-    score_events,
-    train_model,
-)
+from seqanom_core.training import poisson_schedule, train_model
 
 log = logging.getLogger(__name__)
 

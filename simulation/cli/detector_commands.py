@@ -16,6 +16,7 @@ from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.privacy import guarantee_text
 from simulation.cli.inputs import (
     add_input_args,
+    add_model_kind_arg,
     distinct_outputs,
     load_input,
     seed_int,
@@ -201,7 +202,7 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register train / score / ledger with the seqanom parser's ``add``."""
     p = add("train", cmd_train, "train a detector and write a model directory")
     add_input_args(p)
-    p.add_argument("--model", choices=["transformer", "lstm"], default="transformer")
+    add_model_kind_arg(p)
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64,

@@ -1,11 +1,13 @@
-"""Input options and readers the commands share: seeds, event files, labels."""
+"""Input options and readers the commands share: seeds, model kinds, event files, labels."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from seqanom_core.config import ModelConfig
 from seqanom_core.errors import ConfigError
 
 
@@ -19,6 +21,25 @@ def seed_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
+
+
+class ModelKinds:
+    """The registered model kinds as argparse choices, read from the backbone registry when the
+    option is parsed or its help shown (the registry imports torch; building the parser must not)."""
+
+    def __iter__(self) -> Iterator[str]:
+        from seqanom_core.models.registry import backbone_kinds
+
+        return iter(backbone_kinds())
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in tuple(self)
+
+
+def add_model_kind_arg(p: argparse.ArgumentParser) -> None:
+    """``--model KIND``: a registered model kind (the backbone registry's choices)."""
+    action = p.add_argument("--model", default=ModelConfig.kind)
+    action.choices = ModelKinds()  # after add_argument, which lists a parser's choices at once
 
 
 def distinct_outputs(**paths: str | None) -> None:

@@ -13,6 +13,7 @@ from seqanom_core.errors import ConfigError
 from seqanom_core.privacy import guarantee_text
 from simulation.cli.inputs import (
     add_input_args,
+    add_model_kind_arg,
     distinct_outputs,
     event_format,
     read_event_input,
@@ -206,7 +207,7 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("demo", cmd_demo, "main job on built-in data: synth, train, inject, score, report")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
     p.add_argument("--shoppers", type=int, default=1500)
-    p.add_argument("--model", choices=["transformer", "lstm"], default="transformer")
+    add_model_kind_arg(p)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=seed_int, default=0)
 
@@ -228,7 +229,7 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-epochs", type=int, default=4,
                    help="local epochs per round (the baselines train rounds x this many epochs)")
-    p.add_argument("--model", choices=["transformer", "lstm"], default="transformer")
+    add_model_kind_arg(p)
     p.add_argument("--strategy", default="fedavg",
                    choices=["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"])
     p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=True,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqanom_core.inference import EventScores
 from seqanom_core.scoring import ScoreCalibrator, shopper_statistics, stat_names
-from seqanom_core.training import EventScores
 
 
 def _scores(event_nll, offsets, shuffled=None):

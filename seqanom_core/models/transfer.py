@@ -1,0 +1,75 @@
+"""Where a model runs and how its weights travel: device selection, and the model's state as
+named NumPy arrays (what a site sends, a server aggregates and checks, a model file holds)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqanom_core.errors import ConfigError, ModelFileError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device, which must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: no CUDA device is available here (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"device {name!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def model_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as named NumPy arrays (what a site sends and a server aggregates)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the names, shapes and bytes of named arrays: the identity of a model."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def check_arrays(reference: dict[str, tuple[int, ...]], arrays: dict[str, np.ndarray]) -> list[str]:
+    """Problems of ``arrays`` against reference shapes: missing/extra keys, shapes, NaN/Inf."""
+    problems = []
+    missing = sorted(set(reference) - set(arrays))
+    extra = sorted(set(arrays) - set(reference))
+    if missing:
+        problems.append(f"missing arrays {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    if extra:
+        problems.append(f"unexpected arrays {extra[:3]}{'...' if len(extra) > 3 else ''}")
+    for k, shape in reference.items():
+        a = arrays.get(k)
+        if a is None:
+            continue
+        if tuple(a.shape) != tuple(shape):
+            problems.append(f"{k}: shape {tuple(a.shape)} != {tuple(shape)}")
+        elif np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            problems.append(f"{k}: contains NaN or Inf")
+    return problems
+
+
+def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load named arrays into ``model`` after checking names, shapes and finiteness."""
+    ref = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = check_arrays(ref, arrays)
+    if problems:
+        raise ModelFileError("weights do not fit the model: " + "; ".join(problems))
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    model.load_state_dict(state, strict=True)
