@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 from safetensors.torch import load_model, save_model
 
+from seqanom_core import __version__
 from seqanom_core.config import DetectorConfig, ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError, SeqanomError
 from seqanom_core.inference import EventScores, score_events
@@ -288,7 +289,9 @@ class SequenceDetector:
         cal = {"threshold": self.threshold_, "alert_rate": self.train.alert_rate,
                **self.calibrator_.to_dict()}
         (out / CALIBRATION).write_text(json.dumps(cal, indent=2))
-        (out / METADATA).write_text(json.dumps(self.metadata_, indent=2, default=str))
+        # the seqanom version that wrote this directory (metadata_ keeps the one that trained it)
+        meta = {**self.metadata_, "written_by": f"seqanom {__version__}"}
+        (out / METADATA).write_text(json.dumps(meta, indent=2, default=str))
         if self.train_result_.accountant_state is not None:
             self.train_result_.accountant_state.save(out / ACCOUNTANT)
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -146,6 +147,10 @@ def test_console_command_runs_as_a_process(tmp_path):
     help_ = subprocess.run([sys.executable, "-m", "simulation.cli", "train", "--help"],
                            capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "--epsilon" in help_.stdout and "--format" in help_.stdout
+    version = subprocess.run([sys.executable, "-m", "simulation.cli", "--version"],
+                             capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"seqanom {importlib.metadata.version('seqanom')}"
 
 
 def test_split_keeps_whole_shoppers(workdir, tmp_path):

@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pytest
 
+import seqanom_core
 from seqanom_core.config import ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.detector import LSTMDetector, SequenceDetector, TransformerDetector, make_detector
 from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError
 from seqanom_core.metrics import auroc
+from seqanom_core.models import backbone_kinds
 
-KINDS = ["transformer", "lstm"]
+KINDS = list(backbone_kinds())  # every registered backbone goes through the same contract
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -71,6 +73,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     assert (out / "model.safetensors").is_file()
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["privacy"] == {"dp": False}
+    assert meta["written_by"] == f"seqanom {seqanom_core.__version__}"
     loaded = SequenceDetector.load(out, device="cpu", progress=False)
     assert type(loaded) is type(det)
     assert loaded.threshold_ == pytest.approx(det.threshold_)
