@@ -134,7 +134,7 @@ def centralised_worker(cfg, threads: int | None = None) -> dict:
     sites = sorted((cfg.out / "sites").glob("site-*"), key=lambda p: int(p.name.split("-")[1]))
     pooled = pa.concat_tables([read_events(p / "train.parquet", "seqanom")[0] for p in sites],
                               promote_options="default")
-    det = make_detector(model.kind, model=model, train=train, progress=False).fit(pooled)
+    det = make_detector(model.kind, model_config=model, train_config=train, progress=False).fit(pooled)
     seconds = time.perf_counter() - t0
     r, meta = det.train_result_, det.metadata_
     return {

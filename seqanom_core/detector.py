@@ -83,28 +83,28 @@ class SequenceDetector:
     def __init__(
         self,
         *,
-        model: ModelConfig | None = None,
-        tokenizer: TokenizerConfig | None = None,
-        train: TrainConfig | None = None,
+        model_config: ModelConfig | None = None,
+        tokenizer_config: TokenizerConfig | None = None,
+        train_config: TrainConfig | None = None,
         progress: bool = True,
     ) -> None:
-        self.model = model or ModelConfig(kind=self.kind)
-        self.tokenizer = tokenizer or TokenizerConfig()
-        self.train = train or TrainConfig()
+        self.model_config = model_config or ModelConfig(kind=self.kind)
+        self.tokenizer_config = tokenizer_config or TokenizerConfig()
+        self.train_config = train_config or TrainConfig()
         self.progress = progress
 
     # ----------------------------------------------------------------- fitting
     @property
     def config(self) -> DetectorConfig:
         """The full configuration (source is known once fitted)."""
-        return DetectorConfig(self.tokenizer, self.model, self.train,
+        return DetectorConfig(self.tokenizer_config, self.model_config, self.train_config,
                               getattr(self, "source_", "events"))
 
     def _sequences(self, data: SequenceSet | pa.Table) -> SequenceSet:
         if isinstance(data, SequenceSet):
             return data
         if isinstance(data, pa.Table):
-            return build_sequences(data, self.tokenizer)
+            return build_sequences(data, self.tokenizer_config)
         raise ConfigError(f"expected an events table or a SequenceSet, not {type(data).__name__}")
 
     def fit(
@@ -114,29 +114,29 @@ class SequenceDetector:
         seqs = self._sequences(data)
         if len(seqs) < 10:
             raise ConfigError(f"need at least 10 shoppers to train, got {len(seqs)}")
-        if self.model.kind != self.kind:
+        if self.model_config.kind != self.kind:
             raise ConfigError(f"{type(self).__name__} builds '{self.kind}' models, "
-                              f"not '{self.model.kind}'")
+                              f"not '{self.model_config.kind}'")
         t0 = time.time()
         self.source_ = seqs.source
-        train_seqs, calib_seqs = split_shoppers(seqs, self.train.calibration_fraction, self.train.seed)
-        self.device_ = resolve_device(self.train.device)
-        torch.manual_seed(self.train.seed)  # the initial weights too: same seed, same model
-        self.model_ = build_model(self.model, vocab_sizes(self.tokenizer, seqs.source))
+        train_seqs, calib_seqs = split_shoppers(seqs, self.train_config.calibration_fraction, self.train_config.seed)
+        self.device_ = resolve_device(self.train_config.device)
+        torch.manual_seed(self.train_config.seed)  # the initial weights too: same seed, same model
+        self.network_ = build_model(self.model_config, vocab_sizes(self.tokenizer_config, seqs.source))
         self.train_result_: TrainResult = train_model(
-            self.model_, train_seqs, self.train, self.device_,
+            self.network_, train_seqs, self.train_config, self.device_,
             accountant_state=accountant_state, progress=self.progress,
         )
-        calib_events = score_events(self.model_, calib_seqs, self.device_, progress=self.progress)
+        calib_events = score_events(self.network_, calib_seqs, self.device_, progress=self.progress)
         calib_stats = shopper_statistics(calib_events)
         self.calibrator_ = ScoreCalibrator().fit(calib_stats)
         calib_scores, _ = self.calibrator_.score(calib_stats)
-        self.threshold_ = calibrate_threshold(calib_scores, self.train.alert_rate)
-        tail = len(calib_seqs) * self.train.alert_rate
+        self.threshold_ = calibrate_threshold(calib_scores, self.train_config.alert_rate)
+        tail = len(calib_seqs) * self.train_config.alert_rate
         if tail < MIN_TAIL_SHOPPERS:
             log.warning("threshold set on %d held-out shoppers (about %.1f above it at %.1f%%): "
                         "the alert rate on new shoppers may be far from the target",
-                        len(calib_seqs), tail, 100 * self.train.alert_rate)
+                        len(calib_seqs), tail, 100 * self.train_config.alert_rate)
         r = self.train_result_
         self.metadata_: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -148,12 +148,12 @@ class SequenceDetector:
             "n_calibration_shoppers": len(calib_seqs),
             # expected held-out shoppers above the threshold; below MIN_TAIL_SHOPPERS it is unsteady
             "calibration_tail_shoppers": tail,
-            "epochs": self.train.epochs,
+            "epochs": self.train_config.epochs,
             "steps": r.steps,
             "epoch_losses": r.epoch_losses,
             "device": str(self.device_),
             "fit_seconds": round(time.time() - t0, 2),
-            "alert_rate": self.train.alert_rate,
+            "alert_rate": self.train_config.alert_rate,
             "threshold": self.threshold_,
             "privacy": self.privacy_summary(),
         }
@@ -171,14 +171,14 @@ class SequenceDetector:
             "delta": r.delta,
             "accountant": "Opacus RDP accountant, Poisson sampling, cumulative over restored history",
             "noise_multiplier": r.noise_multiplier,
-            "randomness": noise_source(self.train.dp.seed if self.train.dp else None),
-            "max_grad_norm": self.train.dp.max_grad_norm if self.train.dp else None,
+            "randomness": noise_source(self.train_config.dp.seed if self.train_config.dp else None),
+            "max_grad_norm": self.train_config.dp.max_grad_norm if self.train_config.dp else None,
             "covers": "model weights; calibration statistics and threshold are computed without "
                       "DP on held-out shoppers of the same site and stay with the model directory",
         }
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
+        if not hasattr(self, "network_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
 
 
@@ -189,7 +189,7 @@ class SequenceDetector:
         seqs = self._sequences(data)
         if seqs.source != self.source_:
             raise ConfigError(f"model was trained on '{self.source_}' input, got '{seqs.source}'")
-        ev = score_events(self.model_, seqs, self.device_, progress=self.progress)
+        ev = score_events(self.network_, seqs, self.device_, progress=self.progress)
         stats = shopper_statistics(ev)
         scores, which = self.calibrator_.score(stats)
         names = np.asarray(stat_names(), dtype=object)
@@ -233,7 +233,7 @@ class SequenceDetector:
             rec: dict[str, Any] = {
                 "position": p,
                 "surprise": round(float(contrib[p]), 3),
-                "expected": decode_event(int(ev.expected[a + p]), self.tokenizer, self.source_),
+                "expected": decode_event(int(ev.expected[a + p]), self.tokenizer_config, self.source_),
                 "expected_prob": round(float(ev.expected_prob[a + p]), 4),
                 "observed_prob": round(float(ev.observed_prob[a + p]), 4),
             }
@@ -241,7 +241,7 @@ class SequenceDetector:
                 rec["observed"] = "end of sequence"
             else:
                 e = sl.start + p
-                rec["observed"] = decode_event(int(seqs.channels["event"][e]), self.tokenizer,
+                rec["observed"] = decode_event(int(seqs.channels["event"][e]), self.tokenizer_config,
                                                self.source_)
                 rec["item_state"] = ITEM_NAMES.get(int(seqs.channels["item"][e]), "")
                 if events is not None and seqs.rows is not None and self.source_ == "events":
@@ -262,11 +262,11 @@ class SequenceDetector:
     ) -> SequenceDetector:
         """A fitted detector from a model trained elsewhere (e.g. a federated global model)."""
         det_cls = detector_class(config.model.kind)
-        det = det_cls(model=config.model, tokenizer=config.tokenizer, train=config.train,
+        det = det_cls(model_config=config.model, tokenizer_config=config.tokenizer, train_config=config.train,
                       progress=progress)
         det.source_ = config.source
         det.device_ = resolve_device(device)
-        det.model_ = model.to(det.device_).eval()
+        det.network_ = model.to(det.device_).eval()
         det.calibrator_ = calibrator
         det.threshold_ = float(threshold)
         det.metadata_ = {"format_version": FORMAT_VERSION, **metadata, "threshold": float(threshold)}
@@ -282,11 +282,11 @@ class SequenceDetector:
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         # save_model de-duplicates tensors that share memory (DPLSTM aliases its weights)
-        save_model(self.model_, str(out / WEIGHTS))
+        save_model(self.network_, str(out / WEIGHTS))
         cfg = self.config.to_dict()
-        cfg["vocab"] = self.model_.vocab
+        cfg["vocab"] = self.network_.vocab
         (out / CONFIG).write_text(json.dumps(cfg, indent=2))
-        cal = {"threshold": self.threshold_, "alert_rate": self.train.alert_rate,
+        cal = {"threshold": self.threshold_, "alert_rate": self.train_config.alert_rate,
                **self.calibrator_.to_dict()}
         (out / CALIBRATION).write_text(json.dumps(cal, indent=2))
         # the seqanom version that wrote this directory (metadata_ keeps the one that trained it)
@@ -391,10 +391,10 @@ LSTMDetector = DETECTORS["lstm"]
 
 
 def make_detector(kind: str, **kwargs: Any) -> SequenceDetector:
-    """Detector of the given model kind; ``model`` defaults to ``ModelConfig(kind=kind)``."""
+    """Detector of the given model kind; ``model_config`` defaults to ``ModelConfig(kind=kind)``."""
     if kind not in backbone_kinds():
         raise ConfigError(f"unknown model {kind!r}; choose from {', '.join(backbone_kinds())}")
-    kwargs.setdefault("model", ModelConfig(kind=kind))
+    kwargs.setdefault("model_config", ModelConfig(kind=kind))
     return detector_class(kind)(**kwargs)
 
 

@@ -119,7 +119,7 @@ def detector_scores(
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Fit a sequence detector on train events: (test ids sorted, scores, privacy/fit info)."""
-    det = make_detector(model.kind, model=model, train=train, tokenizer=tokenizer,
+    det = make_detector(model.kind, model_config=model, train_config=train, tokenizer_config=tokenizer,
                         progress=progress)
     det.fit(train_events)
     scored = det.score_shoppers(test_events)

@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     seqs, _, report = load_input(args, tok)
     print(report.summary())
     prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
-    det = make_detector(args.model, model=model, tokenizer=tok, train=train,
+    det = make_detector(args.model, model_config=model, tokenizer_config=tok, train_config=train,
                         progress=not args.quiet)
     t0 = time.time()
     det.fit(seqs, accountant_state=prior)
@@ -100,7 +100,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if (det.source_ == "tokens") != (args.format == "tokens"):
         raise ConfigError(f"{args.model} was trained on '{det.source_}' input; "
                           f"--format {args.format} does not match")
-    seqs, events, report = load_input(args, det.tokenizer)
+    seqs, events, report = load_input(args, det.tokenizer_config)
     print(report.summary())
     scored = det.score_shoppers(seqs)
     flagged = det.flag(scored.scores)

@@ -99,8 +99,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     labels.to_csv(out / "test_labels.csv", index=False)
     print(f"synthetic data: {len(shopper_ids(train_ev))} training shoppers, {len(shopper_ids(test_ev))} "
           f"test shoppers ({int(labels.is_anomalous.sum())} with injected anomalies) in {out}")
-    det = make_detector(args.model, model=ModelConfig(kind=args.model),
-                        train=TrainConfig(epochs=args.epochs, seed=args.seed), progress=not args.quiet)
+    det = make_detector(args.model, model_config=ModelConfig(kind=args.model),
+                        train_config=TrainConfig(epochs=args.epochs, seed=args.seed), progress=not args.quiet)
     det.fit(train_ev).save(out / "model")
     scored = det.score_shoppers(test_ev)
     lab = labels.set_index("user_id").loc[scored.ids]

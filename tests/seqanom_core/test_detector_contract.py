@@ -22,9 +22,9 @@ def fitted(request, small_split):
     train, test, labels = small_split
     det = make_detector(
         request.param,
-        model=ModelConfig(kind=request.param, d_model=32, n_heads=2, n_layers=1, max_len=64),
-        tokenizer=TokenizerConfig(category_buckets=32),
-        train=TrainConfig(epochs=4, batch_size=32, seed=0),
+        model_config=ModelConfig(kind=request.param, d_model=32, n_heads=2, n_layers=1, max_len=64),
+        tokenizer_config=TokenizerConfig(category_buckets=32),
+        train_config=TrainConfig(epochs=4, batch_size=32, seed=0),
         progress=False,
     ).fit(train)
     return det, test, labels
@@ -84,15 +84,15 @@ def test_model_directory_from_before_the_history_copy_loads(small_split, tmp_pat
     """A directory written before ``history_copy`` existed (no such model key, no
     ``event_groups`` in the vocabulary) loads as the copy-less model it was."""
     train, test, _ = small_split
-    det = make_detector("transformer", model=ModelConfig(d_model=16, n_heads=2, n_layers=1,
+    det = make_detector("transformer", model_config=ModelConfig(d_model=16, n_heads=2, n_layers=1,
                                                          max_len=32, history_copy=False),
-                        train=TrainConfig(epochs=1, seed=0), progress=False).fit(train)
+                        train_config=TrainConfig(epochs=1, seed=0), progress=False).fit(train)
     out = det.save(tmp_path / "old")
     cfg = json.loads((out / "config.json").read_text())
     del cfg["model"]["history_copy"], cfg["vocab"]["event_groups"]
     (out / "config.json").write_text(json.dumps(cfg))
     loaded = SequenceDetector.load(out, device="cpu", progress=False)
-    assert loaded.model.history_copy is False
+    assert loaded.model_config.history_copy is False
     np.testing.assert_allclose(loaded.decision_function(test), det.decision_function(test), rtol=1e-5)
 
 
@@ -108,7 +108,7 @@ def test_unfitted_and_bad_dirs(tmp_path):
     with pytest.raises(ConfigError):
         make_detector("gru")
     with pytest.raises(ConfigError):
-        LSTMDetector(model=ModelConfig(kind="transformer")).fit(_tiny_table())
+        LSTMDetector(model_config=ModelConfig(kind="transformer")).fit(_tiny_table())
 
 
 def _tiny_table():
@@ -125,9 +125,9 @@ def test_same_seed_same_detector(kind, small_split):
 
     def fit(seed):
         return make_detector(
-            kind, model=ModelConfig(kind=kind, d_model=16, n_heads=2, n_layers=1, max_len=32),
-            tokenizer=TokenizerConfig(category_buckets=8),
-            train=TrainConfig(epochs=1, batch_size=32, seed=seed), progress=False,
+            kind, model_config=ModelConfig(kind=kind, d_model=16, n_heads=2, n_layers=1, max_len=32),
+            tokenizer_config=TokenizerConfig(category_buckets=8),
+            train_config=TrainConfig(epochs=1, batch_size=32, seed=seed), progress=False,
         ).fit(train).decision_function(test)
 
     first = fit(0)
@@ -137,13 +137,13 @@ def test_same_seed_same_detector(kind, small_split):
 
 def test_fit_warns_when_few_held_out_shoppers_lie_above_the_threshold(small_split, caplog):
     train, _, _ = small_split
-    cfg = dict(model=ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=32), progress=False)
+    cfg = dict(model_config=ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=32), progress=False)
     # about 280 training shoppers: 56 held out, 2.8 of them above a 5% threshold
-    det = make_detector("transformer", train=TrainConfig(epochs=1, seed=0), **cfg).fit(train)
+    det = make_detector("transformer", train_config=TrainConfig(epochs=1, seed=0), **cfg).fit(train)
     assert det.metadata_["calibration_tail_shoppers"] == pytest.approx(
         det.metadata_["n_calibration_shoppers"] * 0.05)
     assert "may be far from the target" in caplog.text
     caplog.clear()
-    make_detector("transformer", train=TrainConfig(epochs=1, seed=0, alert_rate=0.2),
+    make_detector("transformer", train_config=TrainConfig(epochs=1, seed=0, alert_rate=0.2),
                   **cfg).fit(train)
     assert "may be far from the target" not in caplog.text

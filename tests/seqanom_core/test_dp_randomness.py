@@ -19,9 +19,9 @@ TINY = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=32)
 
 
 def _fit_arrays(train, dp: DPConfig) -> tuple[dict[str, np.ndarray], dict]:
-    det = make_detector("transformer", model=TINY, progress=False,
-                        train=TrainConfig(epochs=1, batch_size=32, seed=0, dp=dp)).fit(train)
-    return model_arrays(det.model_), det.privacy_summary()
+    det = make_detector("transformer", model_config=TINY, progress=False,
+                        train_config=TrainConfig(epochs=1, batch_size=32, seed=0, dp=dp)).fit(train)
+    return model_arrays(det.network_), det.privacy_summary()
 
 
 def _differ(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:

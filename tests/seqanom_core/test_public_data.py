@@ -26,7 +26,7 @@ def _taobao_split(shared_data):
 @pytest.mark.parametrize("kind", ["transformer", "lstm"])
 def test_taobao_injected_anomalies_are_separated(shared_data, kind):
     train, test, labels = _taobao_split(shared_data)
-    det = make_detector(kind, train=TrainConfig(epochs=8), progress=False).fit(train)
+    det = make_detector(kind, train_config=TrainConfig(epochs=8), progress=False).fit(train)
     scored = det.score_shoppers(test)
     y = labels.set_index("user_id").loc[scored.ids].is_anomalous.to_numpy()
     assert auroc(y, scored.scores) > 0.85
@@ -37,7 +37,7 @@ def test_trains_and_scores_on_cuda(small_split):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
     train, test, _ = small_split
-    det = make_detector("lstm", model=ModelConfig(kind="lstm", d_model=32, n_layers=1),
-                        train=TrainConfig(epochs=1), progress=False).fit(train)
+    det = make_detector("lstm", model_config=ModelConfig(kind="lstm", d_model=32, n_layers=1),
+                        train_config=TrainConfig(epochs=1), progress=False).fit(train)
     assert det.device_.type == "cuda"
     assert np.isfinite(det.decision_function(test)).all()

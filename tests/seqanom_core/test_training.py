@@ -41,8 +41,8 @@ def test_plain_sgd_at_a_dp_sized_learning_rate_trains_without_dp(small_split):
     from seqanom_core.detector import make_detector
 
     train, test, _ = small_split
-    det = make_detector("transformer", model=ModelConfig(d_model=16, n_layers=1, n_heads=2),
-                        train=TrainConfig(epochs=3, optimizer="sgd", lr=1.0),
+    det = make_detector("transformer", model_config=ModelConfig(d_model=16, n_layers=1, n_heads=2),
+                        train_config=TrainConfig(epochs=3, optimizer="sgd", lr=1.0),
                         progress=False).fit(train)
     losses = det.train_result_.epoch_losses
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
