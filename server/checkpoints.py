@@ -1,4 +1,5 @@
-"""Per-round checkpoints: a full model directory (``seqanom score --model`` accepts it) + round.json."""
+"""Per-round checkpoints: a full model directory (``seqanom score --model`` accepts it) + round.json,
+and the run's ``metrics.jsonl`` (one round record a line)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,14 @@ from safetensors.numpy import load_file, save_file
 
 from seqanom_core.config import DetectorConfig
 from seqanom_core.detector import SequenceDetector
+from seqanom_core.federation.global_model import build_federated_model
+from seqanom_core.federation.round_record import RoundRecord
 from seqanom_core.federation.run_config import RunSettings
-from seqanom_core.models import build_model, load_arrays
 from seqanom_core.scoring import ScoreCalibrator
-from seqanom_core.sequences import vocab_sizes
 
 log = logging.getLogger(__name__)
 ROUND_FILE = "round.json"
+METRICS_FILE = "metrics.jsonl"  # every round's record, one JSON line each
 STRATEGY_FILE = "strategy_state.safetensors"  # server optimiser moments (FedAdam & co.)
 _STRATEGY_ATTRS = ("m_t", "v_t")  # Flower's FedOpt family keeps its moments in these
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
@@ -29,8 +32,7 @@ _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 def save_model_dir(out: Path, settings: RunSettings, arrays: dict[str, np.ndarray],
                    calibrator: ScoreCalibrator, threshold: float, metadata: dict[str, Any]) -> Path:
     """Write a model directory for the global ``arrays`` (atomically: tmp dir, then rename)."""
-    model = build_model(settings.model, vocab_sizes(settings.tokenizer, "events"))
-    load_arrays(model, arrays)
+    model = build_federated_model(settings, arrays)
     cfg = DetectorConfig(settings.tokenizer, settings.model, settings.train, "events")
     det = SequenceDetector.from_parts(cfg, model, calibrator, threshold, metadata, device="cpu",
                                       progress=False)
@@ -61,6 +63,20 @@ def write_checkpoint(root: Path, server_round: int, settings: RunSettings,
         shutil.rmtree(out)
     partial.rename(out)
     return out
+
+
+def start_metrics_log(root: Path, records: list[RoundRecord]) -> Path:
+    """``root/metrics.jsonl`` holding ``records`` (those kept on resume; none: an empty file)."""
+    path = root / METRICS_FILE
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    return path
+
+
+def append_metrics_line(path: Path, record: RoundRecord) -> None:
+    """One more round in the metrics log."""
+    with path.open("a") as f:
+        f.write(json.dumps(asdict(record)) + "\n")
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:

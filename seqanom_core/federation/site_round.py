@@ -21,15 +21,16 @@ import numpy as np
 from seqanom_core.config import DPConfig, TokenizerConfig
 from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceeded
 from seqanom_core.federation.calibration_histograms import score_histogram, stat_histograms
+from seqanom_core.federation.global_model import build_federated_model
 from seqanom_core.federation.run_config import RunSettings
 from seqanom_core.inference import next_event_metrics, score_events
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.metrics import auprc, auroc
-from seqanom_core.models import build_model, load_arrays, model_arrays, resolve_device
+from seqanom_core.models import model_arrays, resolve_device
 from seqanom_core.privacy import default_delta
 from seqanom_core.privacy_ledger import PrivacyLedger
 from seqanom_core.scoring import ScoreCalibrator, shopper_statistics
-from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers, vocab_sizes
+from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers
 from seqanom_core.thresholds import calibrate_threshold
 from seqanom_core.training import poisson_schedule, train_model
 
@@ -94,12 +95,6 @@ def load_site(paths: SitePaths, tok: TokenizerConfig, validation_fraction: float
     return site
 
 
-def _model(settings: RunSettings, source: str, arrays: dict[str, np.ndarray]) -> Any:
-    model = build_model(settings.model, vocab_sizes(settings.tokenizer, source))
-    load_arrays(model, arrays)
-    return model
-
-
 def site_seed(seed: int, site_name: str, server_round: int) -> int:
     """A seed for one site's training in one round, mixed from the run's seed, the site's name
     and the round (SeedSequence), so that no two sites or rounds share one."""
@@ -134,7 +129,7 @@ def train_round(
     total_rounds = server_round - 1 + max(1, rounds_left)
     span = ((server_round - 1) * steps, total_rounds * steps)
     device = resolve_device(cfg.device)
-    model = _model(settings, site.train.source, arrays)
+    model = build_federated_model(settings, arrays, site.train.source)
     metrics: dict[str, float] = {"num-examples": float(n), "declined": 0.0}
     if cfg.dp is not None:
         if ledger is None:
@@ -182,7 +177,7 @@ def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.n
                    noise_std: float, seed: int | None) -> Evaluation:
     """Next-event loss/accuracy on validation shoppers, local AUROC/AUPRC where labelled."""
     device = resolve_device(settings.train.device)
-    model = _model(settings, site.valid.source, arrays)
+    model = build_federated_model(settings, arrays, site.valid.source)
     ev = score_events(model, site.valid, device, progress=False)
     stats = shopper_statistics(ev)
     metrics = {"num-examples": float(len(site.valid)), **next_event_metrics(ev)}
@@ -208,7 +203,7 @@ def score_summary(site: SiteData, settings: RunSettings, arrays: dict[str, np.nd
     (saves scoring the validation shoppers again)."""
     if valid_stats is None:
         device = resolve_device(settings.train.device)
-        model = _model(settings, site.valid.source, arrays)
+        model = build_federated_model(settings, arrays, site.valid.source)
         valid_stats = shopper_statistics(score_events(model, site.valid, device, progress=False))
     scores, _ = calibrator.score(valid_stats)
     return score_histogram(scores, noise_std, seed)

@@ -1,0 +1,101 @@
+"""What the server records of a federated round, and the model metadata it writes (no Flower here).
+
+A ``RoundRecord`` is written to each checkpoint's ``round.json`` and as a line of
+``metrics.jsonl``, and read back on resume. ``SiteGuarantees`` holds each site's latest
+cumulative (epsilon, delta), which the privacy statement reports per site and at its worst.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from seqanom_core.federation.run_config import RunSettings
+
+# Site metrics that a weighted mean over sites would misstate (a mean epsilon is no site's
+# guarantee): the round log keeps them per site (``sites``); the worst site's cumulative epsilon
+# is the record's privacy statement (``privacy``).
+PER_SITE_ONLY = frozenset({"epsilon", "delta", "budget", "noise-multiplier", "declined"})
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round (written to round.json and metrics.jsonl)."""
+
+    round: int
+    train: dict[str, float] = field(default_factory=dict)
+    evaluate: dict[str, float] = field(default_factory=dict)
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    threshold: float | None = None
+    # how far histogram noise can move the threshold's tail, as a fraction of the shoppers
+    threshold_noise: float | None = None
+    seconds: float = 0.0
+    privacy: dict[str, Any] = field(default_factory=dict)  # the guarantees after this round
+    central_accountant: dict[str, Any] | None = None  # Flower's accountant state (resume)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundRecord:
+        """A record read back from ``round.json`` (keys it does not know are left out)."""
+        return cls(**{k: data[k] for k in asdict(cls(0)) if k in data})
+
+    def note_site(self, name: str, metrics: Mapping[str, float]) -> None:
+        """A site's training reply: whether it declined, and its scalar metrics."""
+        self.sites[name] = {"declined": bool(metrics.get("declined", 0.0)),
+                            **{k: v for k, v in metrics.items() if k != "declined"}}
+
+    def declined_stop_reason(self) -> str:
+        """The planned stop when every site declined this round (budgets spent), else ''."""
+        if self.sites and all(s["declined"] for s in self.sites.values()):
+            return (f"every site declined round {self.round}: their privacy budgets are spent; "
+                    f"training ended after round {self.round - 1}")
+        return ""
+
+
+@dataclass
+class SiteGuarantees:
+    """Each site's latest cumulative (epsilon, delta), as its replies reported them."""
+
+    epsilon: dict[str, float] = field(default_factory=dict)
+    delta: dict[str, float] = field(default_factory=dict)
+
+    def note(self, name: str, metrics: Mapping[str, Any]) -> None:
+        """Keep a site's reported epsilon (and delta, 0 when missing), if it reported one."""
+        if "epsilon" in metrics:
+            self.epsilon[name], self.delta[name] = metrics["epsilon"], metrics.get("delta", 0.0)
+
+    @classmethod
+    def from_records(cls, records: list[RoundRecord]) -> SiteGuarantees:
+        """The guarantees after ``records`` (oldest first), as on resume."""
+        out = cls()
+        for rec in records:
+            for name, site in rec.sites.items():
+                out.note(name, site)
+        return out
+
+
+def weighted_train_metrics(sites: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The round's train metrics from the sites' metrics in clear (SecAgg+): the examples of the
+    sites that trained, and their train loss weighted by examples when every one sent it."""
+    trained = [m for m in sites.values() if not m.get("declined")]
+    n = sum(m.get("num-examples", 0.0) for m in trained)
+    out = {"num-examples": n}
+    if n > 0 and all("train-loss" in m for m in trained):
+        out["train-loss"] = sum(m["train-loss"] * m["num-examples"] for m in trained) / n
+    return out
+
+
+def model_metadata(settings: RunSettings, run_id: str, rec: RoundRecord,
+                   privacy: dict[str, Any], stop_reason: str) -> dict[str, Any]:
+    """The metadata of the global model after round ``rec.round`` (model directory)."""
+    fed = settings.federation
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "kind": settings.model.kind, "source": "events", "federated": True,
+            "run_id": run_id, "round": rec.round, "strategy": fed.strategy,
+            "alert_rate": fed.alert_rate, "privacy": privacy, "stop_reason": stop_reason,
+            "calibration": "federated: noisy per-site histograms of held-out validation "
+                           f"shoppers (noise std {fed.calibration_noise} counts per bin)",
+            "threshold_noise": rec.threshold_noise,
+            "round_metrics": {"train": rec.train, "evaluate": rec.evaluate}}

@@ -1,0 +1,85 @@
+"""Resuming a federated run (``resume=true``) from its latest checkpoint.
+
+The latest complete checkpoint gives the global model, its calibrator and threshold; every
+checkpoint's ``round.json`` gives back the round records (and from them each site's cumulative
+epsilon); the server optimiser's moments and, under central DP, Flower's accountant state are
+restored into the strategy. A checkpoint written under other model or tokenizer settings, or a
+central-DP run resumed from one without an accountant state, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
+
+from seqanom_core.detector import SequenceDetector
+from seqanom_core.errors import ConfigError
+from seqanom_core.federation.round_record import RoundRecord
+from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.models import model_arrays
+from seqanom_core.scoring import ScoreCalibrator
+from server import central_dp
+from server.checkpoints import ROUND_FILE, list_checkpoints, restore_strategy_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the last completed round and what it left behind."""
+
+    last_round: int
+    arrays: dict[str, np.ndarray]  # the global model after ``last_round``
+    records: list[RoundRecord]  # every completed round, oldest first
+    calibrator: ScoreCalibrator
+    threshold: float
+
+
+def resume_point(root: Path, settings: RunSettings, strategy: Strategy,
+                 central: DifferentialPrivacyFixedClippingBase | None) -> ResumePoint | None:
+    """The latest checkpoint under ``root`` when resuming (None: start at round 1), with the
+    strategy's optimiser and central accountant state restored from it."""
+    found = list_checkpoints(root)
+    if not settings.federation.resume or not found:
+        if found and not settings.federation.resume:
+            log.warning("%s already holds checkpoints; they will be overwritten (set "
+                        "resume=true to continue instead)", root)
+        return None
+    last, path = found[-1]
+    det = SequenceDetector.load(path, device="cpu", progress=False)
+    _check_same_settings(det, settings, path)
+    arrays = model_arrays(det.model_)
+    if restore_strategy_state(strategy, path):
+        log.info("restored the server optimiser state of round %d", last)
+    records = [RoundRecord.from_json(json.loads((p / ROUND_FILE).read_text())) for _, p in found]
+    if central is not None:
+        _restore_central_accountant(central, records[-1].central_accountant, path)
+    log.info("resuming from %s (round %d of %d)", path, last, settings.federation.num_rounds)
+    return ResumePoint(last, arrays, records, det.calibrator_, det.threshold_)
+
+
+def _check_same_settings(det: SequenceDetector, settings: RunSettings, path: Path) -> None:
+    """A checkpoint continues only under the model and tokenizer settings that wrote it."""
+    for what, theirs, ours in (("model", det.model, settings.model),
+                               ("tokenizer", det.tokenizer, settings.tokenizer)):
+        if theirs != ours:
+            wanted = asdict(ours)
+            diff = {k: v for k, v in asdict(theirs).items() if wanted[k] != v}
+            raise ConfigError(f"{path}: the checkpoint's {what} settings differ from this run "
+                              f"config's ({', '.join(f'{k}={v}' for k, v in diff.items())} "
+                              "there): resume with the run config that wrote it")
+
+
+def _restore_central_accountant(central: DifferentialPrivacyFixedClippingBase,
+                                state: dict[str, Any] | None, path: Path) -> None:
+    if state is None:
+        raise ConfigError(f"{path}: no central-DP accountant state to resume from (the "
+                          "run was not in privacy-mode 'local+central')")
+    central_dp.restore_accountant(central.accountant, state, path)
