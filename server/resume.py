@@ -55,7 +55,7 @@ def resume_point(root: Path, settings: RunSettings, strategy: Strategy,
     last, path = found[-1]
     det = SequenceDetector.load(path, device="cpu", progress=False)
     _check_same_settings(det, settings, path)
-    arrays = model_arrays(det.model_)
+    arrays = model_arrays(det.network_)
     if restore_strategy_state(strategy, path):
         log.info("restored the server optimiser state of round %d", last)
     records = [RoundRecord.from_json(json.loads((p / ROUND_FILE).read_text())) for _, p in found]
@@ -67,8 +67,8 @@ def resume_point(root: Path, settings: RunSettings, strategy: Strategy,
 
 def _check_same_settings(det: SequenceDetector, settings: RunSettings, path: Path) -> None:
     """A checkpoint continues only under the model and tokenizer settings that wrote it."""
-    for what, theirs, ours in (("model", det.model, settings.model),
-                               ("tokenizer", det.tokenizer, settings.tokenizer)):
+    for what, theirs, ours in (("model", det.model_config, settings.model),
+                               ("tokenizer", det.tokenizer_config, settings.tokenizer)):
         if theirs != ours:
             wanted = asdict(ours)
             diff = {k: v for k, v in asdict(theirs).items() if wanted[k] != v}
