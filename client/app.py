@@ -21,7 +21,7 @@ from client.site_setup import site_setup, train_site
 from seqanom_core.federation import message_keys
 from seqanom_core.federation.calibration_histograms import histogram_seed
 from seqanom_core.federation.records import as_arrays, as_metrics, contiguous
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.federation.site_round import evaluate_round, load_site, score_summary
 from seqanom_core.models import arrays_digest
 from seqanom_core.scoring import ScoreCalibrator
@@ -73,7 +73,7 @@ def _kept_valid_stats(context: Context, arrays: dict) -> np.ndarray | None:
     return as_arrays(context.state[_VALID_STATS])["stats"]
 
 
-def _histogram_seed(settings: RunSettings, site: str, cfg: ConfigRecord, query: int) -> int | None:
+def _histogram_seed(settings: RunConfig, site: str, cfg: ConfigRecord, query: int) -> int | None:
     """This site's histogram noise seed: None (from the OS) unless the run sets a DP seed."""
     return histogram_seed(settings.dp_seed, site, int(cfg[message_keys.SERVER_ROUND]), query)
 

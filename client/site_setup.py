@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 
 from seqanom_core.federation import message_keys
-from seqanom_core.federation.run_config import RunSettings, settings_from_run_config
+from seqanom_core.federation.run_config import RunConfig, settings_from_run_config
 from seqanom_core.federation.site_round import RoundOutcome, SitePaths, load_site, train_round
 from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
 
@@ -28,7 +28,7 @@ NODE_KEYS = {"data-path", "format", "ledger-path", "privacy-budget", "device", "
 _LEDGER_STATE = "privacy-ledger"
 
 
-def site_setup(context: Context) -> tuple[SitePaths, RunSettings]:
+def site_setup(context: Context) -> tuple[SitePaths, RunConfig]:
     """The site's files and the run's typed settings (node config overrides budget, device)."""
     node = dict(context.node_config)
     unknown = sorted(set(node) - NODE_KEYS)
@@ -77,7 +77,7 @@ def _keep_ledger(context: Context, paths: SitePaths, ledger: PrivacyLedger) -> N
 
 
 def train_site(context: Context, arrays: dict[str, np.ndarray], cfg: Mapping[str, Any]
-               ) -> tuple[SitePaths, RunSettings, RoundOutcome]:
+               ) -> tuple[SitePaths, RunConfig, RoundOutcome]:
     """One round of local (DP) training from the global ``arrays``, kept in the site's ledger."""
     paths, settings = site_setup(context)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)

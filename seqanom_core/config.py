@@ -5,9 +5,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from seqanom_core.errors import ConfigError
+
+
+class Source(StrEnum):
+    """What sequences were built from: shopper events (the event schema) or a pre-tokenised file.
+    Equal to its plain string ("events", "tokens"), which is how model files store it."""
+
+    EVENTS = "events"
+    TOKENS = "tokens"
 
 
 def is_positive_number(value: float) -> bool:
@@ -154,7 +163,7 @@ class DetectorConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    source: str = "events"  # "events" or "tokens"
+    source: str = Source.EVENTS
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -170,7 +179,7 @@ class DetectorConfig:
                 tokenizer=TokenizerConfig(**data.get("tokenizer", {})),
                 model=ModelConfig(**{"history_copy": False, **data.get("model", {})}),
                 train=TrainConfig(**train, dp=DPConfig(**dp) if dp else None),
-                source=data.get("source", "events"),
+                source=Source(data.get("source", Source.EVENTS)),
             )
         except TypeError as err:
             raise ConfigError(f"invalid detector configuration: {err}") from err

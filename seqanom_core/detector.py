@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from seqanom_core import __version__
-from seqanom_core.config import DetectorConfig, ModelConfig, TokenizerConfig, TrainConfig
+from seqanom_core.config import DetectorConfig, ModelConfig, Source, TokenizerConfig, TrainConfig
 from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError, SeqanomError
 from seqanom_core.inference import EventScores, score_events
 from seqanom_core.models import (
@@ -37,7 +37,13 @@ from seqanom_core.models import (
 )
 from seqanom_core.privacy import UNIT, AccountantState, noise_source
 from seqanom_core.schema import BEHAVIORS
-from seqanom_core.scoring import DRIVER_TEXT, ScoreCalibrator, shopper_statistics, stat_names
+from seqanom_core.scoring import (
+    DRIVER_TEXT,
+    ScoreCalibrator,
+    StatisticName,
+    shopper_statistics,
+    stat_names,
+)
 from seqanom_core.sequences import (
     CHANNELS,
     ITEM_NAMES,
@@ -98,7 +104,7 @@ class SequenceDetector:
     def config(self) -> DetectorConfig:
         """The full configuration (source is known once fitted)."""
         return DetectorConfig(self.tokenizer_config, self.model_config, self.train_config,
-                              getattr(self, "source_", "events"))
+                              getattr(self, "source_", Source.EVENTS))
 
     def _sequences(self, data: SequenceSet | pa.Table) -> SequenceSet:
         if isinstance(data, SequenceSet):
@@ -213,7 +219,7 @@ class SequenceDetector:
     ) -> dict[str, Any]:
         """The events that drove shopper ``index``'s score, with what the model expected instead."""
         driver = str(scored.driver[index])
-        channel = driver.split(":")[0]
+        channel = StatisticName.parse(driver).channel
         ev, seqs = scored.events, scored.sequences
         a, b = int(ev.offsets[index]), int(ev.offsets[index + 1])
         if channel == "end":

@@ -36,6 +36,7 @@ TIMESTAMP_MAX: float = 4102444800.0
 TIMESTAMP_WINDOW: str = "1990-01-01..2100-01-01 UTC"
 
 
+
 def encode_values(values: pa.Array | pa.ChunkedArray, sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Dictionary-encode a column: (int64 code per row ``(n,)``, distinct values ``(k,)`` as an
     object array), the distinct values in first-seen order, or sorted by their text (``sort``)."""

@@ -48,9 +48,30 @@ def position_nll(scores: EventScores) -> dict[str, np.ndarray]:
     return out
 
 
+@dataclass(frozen=True)
+class StatisticName:
+    """A per-shopper statistic: the channel it measures and how (written ``channel:statistic``,
+    e.g. ``gap:window``, in model metadata, calibrators and drivers)."""
+
+    channel: str
+    statistic: str
+
+    def __str__(self) -> str:
+        return f"{self.channel}:{self.statistic}"
+
+    @classmethod
+    def parse(cls, text: str) -> StatisticName:
+        """``channel:statistic`` -> StatisticName."""
+        channel, sep, statistic = str(text).partition(":")
+        if not sep or not channel or not statistic:
+            raise ValueError(f"not a statistic name (channel:statistic): {text!r}")
+        return cls(channel, statistic)
+
+
 def stat_names() -> list[str]:
     """Names of the per-shopper statistics, in column order."""
-    return [f"{c}:{k}" for c in STAT_CHANNELS for k in STAT_KINDS] + ["end:nll", "order:event"]
+    names = [StatisticName(c, k) for c in STAT_CHANNELS for k in STAT_KINDS]
+    return [str(n) for n in (*names, StatisticName("end", "nll"), StatisticName("order", "event"))]
 
 
 def _window_max_mean(values: np.ndarray, offsets: np.ndarray, window: int) -> np.ndarray:

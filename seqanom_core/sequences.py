@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqanom_core.config import TokenizerConfig
+from seqanom_core.config import Source, TokenizerConfig
 from seqanom_core.errors import ConfigError
 from seqanom_core.schema import BEHAVIORS, check_events, encode_values
 
@@ -47,12 +47,12 @@ def vocab_sizes(tok: TokenizerConfig, source: str) -> dict[str, int]:
     and ``event_groups``, the number of behaviour blocks in the event vocabulary."""
     if source == "events":
         n_event = N_SPECIAL + len(BEHAVIORS) * tok.category_buckets
-    elif source == "tokens":
+    elif source == Source.TOKENS:
         n_event = N_SPECIAL + tok.token_buckets
     else:
         raise ConfigError(f"unknown sequence source {source!r}")
     # event_groups: behaviour blocks of the event vocabulary (the model's history copy needs them)
-    groups = len(BEHAVIORS) if source == "events" else 1
+    groups = len(BEHAVIORS) if source == Source.EVENTS else 1
     return {"event": n_event, "gap": GAP_OFFSET + tok.gap_buckets, "item": 4,
             "event_groups": groups}
 
@@ -64,7 +64,7 @@ class SequenceSet:
     ids: np.ndarray  # (n_seq,) shopper / sequence ids as str
     offsets: np.ndarray  # (n_seq + 1,) int64
     channels: dict[str, np.ndarray]  # name -> (n_events,) int64
-    source: str  # "events" or "tokens"
+    source: Source
     timestamp: np.ndarray | None = None  # (n_events,) float64 seconds
     rows: np.ndarray | None = None  # (n_events,) row in the source table, for explanations
 
@@ -189,7 +189,7 @@ def build_sequences(events: pa.Table, tok: TokenizerConfig) -> SequenceSet:
         ids=user_ids.astype(str),
         offsets=offsets,
         channels={"event": event, "gap": gap, "item": item},
-        source="events",
+        source=Source.EVENTS,
         timestamp=ts_sorted,
         rows=order.astype(np.int64),
     )
@@ -212,7 +212,7 @@ def sequences_from_tokens(ids: list[str], tokens: list[np.ndarray], tok: Tokeniz
         ids=np.asarray(ids, dtype=str),
         offsets=offsets,
         channels={"event": event, "gap": gap, "item": item},
-        source="tokens",
+        source=Source.TOKENS,
         rows=np.arange(len(flat), dtype=np.int64),
     )
 
@@ -288,6 +288,6 @@ def decode_event(token: int, tok: TokenizerConfig, source: str) -> str:
     if token < N_SPECIAL:
         return "start"
     t = token - N_SPECIAL
-    if source == "tokens":
+    if source == Source.TOKENS:
         return f"event {t}"
     return f"{BEHAVIORS[t // tok.category_buckets]} in category bucket {t % tok.category_buckets}"

@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation import message_keys
-from seqanom_core.federation.run_config import PrivacySettings
+from seqanom_core.federation.run_config import PrivacyModeConfig
 from seqanom_core.privacy import default_delta
 from server.records import to_array_record
 
@@ -47,12 +47,12 @@ ACCOUNTANT = ("Flower's RDP accountant (flwr.serverapp.RdpAccountant on dp-accou
               "add-or-remove-one site, equal site weights")
 
 
-def central_delta(privacy: PrivacySettings) -> float:
+def central_delta(privacy: PrivacyModeConfig) -> float:
     """The site-level delta: as configured, else ``min(1e-5, 1 / (10 * sites per round))``."""
     return privacy.central_delta or default_delta(privacy.central_sites_per_round)
 
 
-def build_accountant(privacy: PrivacySettings) -> Any:
+def build_accountant(privacy: PrivacyModeConfig) -> Any:
     """Flower's RDP accountant for the run's central releases (checks the first one fits)."""
     from flwr.serverapp import GaussianPrivacyEvent
 
@@ -96,7 +96,7 @@ def restore_accountant(accountant: Any, state: dict[str, Any], where: Any) -> No
                           f"(delta and sites per round must stay the same): {err}") from err
 
 
-def wrap_strategy(strategy: Strategy, privacy: PrivacySettings,
+def wrap_strategy(strategy: Strategy, privacy: PrivacyModeConfig,
                   accountant: Any) -> DifferentialPrivacyServerSideFixedClipping:
     """``strategy`` (FedAvg or FedProx averaging by SITE_WEIGHT) under Flower's central DP."""
     return DifferentialPrivacyServerSideFixedClipping(
@@ -141,7 +141,7 @@ def weight_evaluations(replies: list[Message]) -> None:
         metrics[SITE_WEIGHT] = float(metrics.get("num-examples", 0.0))
 
 
-def guarantee(privacy: PrivacySettings, accountant: Any) -> dict[str, Any]:
+def guarantee(privacy: PrivacyModeConfig, accountant: Any) -> dict[str, Any]:
     """The site-level guarantee as Flower's accountant states it now."""
     spent = accountant.get_privacy_spent()
     return {"protects": UNIT, "epsilon": float(spent.epsilon), "delta": float(spent.delta),

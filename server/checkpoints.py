@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from seqanom_core.config import DetectorConfig
+from seqanom_core.config import DetectorConfig, Source
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.federation.global_model import build_federated_model
 from seqanom_core.federation.round_record import RoundRecord
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.scoring import ScoreCalibrator
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,11 @@ _STRATEGY_ATTRS = ("m_t", "v_t")  # Flower's FedOpt family keeps its moments in 
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 
 
-def save_model_dir(out: Path, settings: RunSettings, arrays: dict[str, np.ndarray],
+def save_model_dir(out: Path, settings: RunConfig, arrays: dict[str, np.ndarray],
                    calibrator: ScoreCalibrator, threshold: float, metadata: dict[str, Any]) -> Path:
     """Write a model directory for the global ``arrays`` (atomically: tmp dir, then rename)."""
     model = build_federated_model(settings, arrays)
-    cfg = DetectorConfig(settings.tokenizer, settings.model, settings.train, "events")
+    cfg = DetectorConfig(settings.tokenizer, settings.model, settings.train, Source.EVENTS)
     det = SequenceDetector.from_parts(cfg, model, calibrator, threshold, metadata, device="cpu",
                                       progress=False)
     tmp = out.with_name(out.name + ".tmp")
@@ -45,7 +45,7 @@ def save_model_dir(out: Path, settings: RunSettings, arrays: dict[str, np.ndarra
     return out
 
 
-def write_checkpoint(root: Path, server_round: int, settings: RunSettings,
+def write_checkpoint(root: Path, server_round: int, settings: RunConfig,
                      arrays: dict[str, np.ndarray], calibrator: ScoreCalibrator, threshold: float,
                      metadata: dict[str, Any], record: dict[str, Any],
                      strategy_state: dict[str, np.ndarray] | None = None) -> Path:

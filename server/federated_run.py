@@ -47,7 +47,7 @@ from seqanom_core.federation.round_record import (
     model_metadata,
     weighted_train_metrics,
 )
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.models import check_arrays
 from seqanom_core.scoring import ScoreCalibrator
 from server import central_dp
@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 class FederatedRun:
     """Run ``settings.federation.num_rounds`` rounds of ``strategy`` over ``grid``."""
 
-    def __init__(self, grid: Grid, strategy: Strategy, settings: RunSettings, run_id: str,
+    def __init__(self, grid: Grid, strategy: Strategy, settings: RunConfig, run_id: str,
                  final_model_dir: Path | None = None) -> None:
         self.grid, self.strategy, self.settings, self.run_id = grid, strategy, settings, run_id
         self.fed = settings.federation

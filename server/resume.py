@@ -22,7 +22,7 @@ from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedCl
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.round_record import RoundRecord
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.models import model_arrays
 from seqanom_core.scoring import ScoreCalibrator
 from server import central_dp
@@ -42,7 +42,7 @@ class ResumePoint:
     threshold: float
 
 
-def resume_point(root: Path, settings: RunSettings, strategy: Strategy,
+def resume_point(root: Path, settings: RunConfig, strategy: Strategy,
                  central: DifferentialPrivacyFixedClippingBase | None) -> ResumePoint | None:
     """The latest checkpoint under ``root`` when resuming (None: start at round 1), with the
     strategy's optimiser and central accountant state restored from it."""
@@ -65,7 +65,7 @@ def resume_point(root: Path, settings: RunSettings, strategy: Strategy,
     return ResumePoint(last, arrays, records, det.calibrator_, det.threshold_)
 
 
-def _check_same_settings(det: SequenceDetector, settings: RunSettings, path: Path) -> None:
+def _check_same_settings(det: SequenceDetector, settings: RunConfig, path: Path) -> None:
     """A checkpoint continues only under the model and tokenizer settings that wrote it."""
     for what, theirs, ours in (("model", det.model_config, settings.model),
                                ("tokenizer", det.tokenizer_config, settings.tokenizer)):

@@ -32,7 +32,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 from seqanom_core.federation import message_keys
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.federation.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class _RecordingWorkflow(SecAggPlusWorkflow):
 class SecAggTraining:
     """Runs SecAgg+ fit steps over ``grid`` with the run's settings."""
 
-    def __init__(self, grid: Grid, settings: RunSettings, run_id: str,
+    def __init__(self, grid: Grid, settings: RunConfig, run_id: str,
                  names: list[str]) -> None:
         fed, p = settings.federation, settings.privacy
         self.grid, self.names, self.run_id, self.fed = grid, names, run_id, fed

@@ -14,11 +14,11 @@ from flwr.serverapp.strategy import (
 
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation import message_keys
-from seqanom_core.federation.run_config import FederationConfig, PrivacySettings
+from seqanom_core.federation.run_config import FederationConfig, PrivacyModeConfig
 from server import central_dp
 
 
-def build_strategy(fed: FederationConfig, privacy: PrivacySettings | None = None) -> Strategy:
+def build_strategy(fed: FederationConfig, privacy: PrivacyModeConfig | None = None) -> Strategy:
     """FedAvg, FedProx, FedAdam, FedMedian, FedTrimmedAvg or Krum with the run's settings.
 
     With ``privacy-mode = "local+central"``: FedAvg or FedProx sampling exactly

@@ -13,13 +13,14 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.config import Source
+from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.models import NextEventModel, build_model, check_arrays, load_arrays, model_arrays
 from seqanom_core.sequences import vocab_sizes
 
 
-def build_federated_model(settings: RunSettings, arrays: dict[str, np.ndarray] | None = None,
-                          source: str = "events") -> NextEventModel:
+def build_federated_model(settings: RunConfig, arrays: dict[str, np.ndarray] | None = None,
+                          source: str = Source.EVENTS) -> NextEventModel:
     """The run's model for ``source``'s vocabulary, holding ``arrays`` (None: freshly initialised)."""
     model = build_model(settings.model, vocab_sizes(settings.tokenizer, source))
     if arrays is not None:
@@ -27,7 +28,7 @@ def build_federated_model(settings: RunSettings, arrays: dict[str, np.ndarray] |
     return model
 
 
-def initial_global_arrays(settings: RunSettings) -> dict[str, np.ndarray]:
+def initial_global_arrays(settings: RunConfig) -> dict[str, np.ndarray]:
     """The first global model's arrays, initialised under the run's seed (same seed, same run)."""
     torch.manual_seed(settings.train.seed)
     return model_arrays(build_federated_model(settings))

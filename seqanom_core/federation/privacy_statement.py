@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.privacy import UNIT, noise_source
 
 SECAGG_PROTOCOL = "SecAgg+ (Flower SecAggPlusWorkflow / secaggplus_mod, legacy stack)"
@@ -19,7 +19,7 @@ COVERS = ("model weights sent by each site; the calibration histograms are noise
           "accounted in epsilon")
 
 
-def privacy_statement(settings: RunSettings, site_epsilon: dict[str, float],
+def privacy_statement(settings: RunConfig, site_epsilon: dict[str, float],
                       site_delta: dict[str, float], rounds_done: int,
                       central: dict[str, Any] | None = None) -> dict[str, Any]:
     """The guarantees the global model carries after ``rounds_done`` rounds, stated exactly."""

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.config import Source
+from seqanom_core.federation.run_config import RunConfig
 
 # Site metrics that a weighted mean over sites would misstate (a mean epsilon is no site's
 # guarantee): the round log keeps them per site (``sites``); the worst site's cumulative epsilon
@@ -87,12 +88,12 @@ def weighted_train_metrics(sites: Mapping[str, Mapping[str, float]]) -> dict[str
     return out
 
 
-def model_metadata(settings: RunSettings, run_id: str, rec: RoundRecord,
+def model_metadata(settings: RunConfig, run_id: str, rec: RoundRecord,
                    privacy: dict[str, Any], stop_reason: str) -> dict[str, Any]:
     """The metadata of the global model after round ``rec.round`` (model directory)."""
     fed = settings.federation
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "kind": settings.model.kind, "source": "events", "federated": True,
+            "kind": settings.model.kind, "source": str(Source.EVENTS), "federated": True,
             "run_id": run_id, "round": rec.round, "strategy": fed.strategy,
             "alert_rate": fed.alert_rate, "privacy": privacy, "stop_reason": stop_reason,
             "calibration": "federated: noisy per-site histograms of held-out validation "

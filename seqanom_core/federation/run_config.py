@@ -64,7 +64,7 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
-class PrivacySettings:
+class PrivacyModeConfig:
     """Which guarantees a run adds on top of each site's local shopper-level DP.
 
     ``local``: DP-SGD at every site only. ``local+central``: plus site-level DP from Flower's
@@ -130,7 +130,7 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class RunConfig:
     """Everything a federated run needs: tokeniser, model, local training, DP, federation."""
 
     tokenizer: TokenizerConfig
@@ -140,7 +140,7 @@ class RunSettings:
     validation_fraction: float = 0.2
     budget: float | None = None  # per-site epsilon budget (None without DP)
     max_noise: float = 50.0  # a site declines rather than train with more noise than this
-    privacy: PrivacySettings = PrivacySettings()
+    privacy: PrivacyModeConfig = PrivacyModeConfig()
     # run config dp-seed (None: -1, from the OS): seeds DP-SGD's sampling and noise (also in
     # train.dp) and the sites' calibration-histogram noise, with or without DP
     dp_seed: int | None = None
@@ -260,7 +260,7 @@ def default_run_config() -> dict[str, Any]:
     """Every run config key with its default value (what ``flwr run`` lets a user override)."""
     defaults = {"federation": FederationConfig(), "model": ModelConfig(),
                 "tokenizer": TokenizerConfig(), "train": FEDERATED_TRAIN,
-                "privacy": PrivacySettings()}
+                "privacy": PrivacyModeConfig()}
     flat = {"dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
                    "max_grad_norm": 1.0, "seed": -1},
             "run": {"validation_fraction": 0.2, "max_noise": 50.0}}
@@ -285,7 +285,7 @@ def _local_optimizer(train: dict[str, Any], dp: bool) -> dict[str, Any]:
     return train | {"optimizer": optimizer, "lr": lr or LOCAL_LR[optimizer]}
 
 
-def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
+def settings_from_run_config(run_config: dict[str, Any]) -> RunConfig:
     """Typed settings from a flat kebab-case run config; unknown keys raise ConfigError."""
     unknown = sorted(set(run_config) - set(_KEYS))
     if unknown:
@@ -312,7 +312,7 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
         train = dataclasses.replace(FEDERATED_TRAIN, **_local_optimizer(sections["train"],
                                                                         dp is not None), dp=dp)
         fed = dataclasses.replace(FederationConfig(), **sections["federation"])
-        privacy = dataclasses.replace(PrivacySettings(), **sections["privacy"])
+        privacy = dataclasses.replace(PrivacyModeConfig(), **sections["privacy"])
     except TypeError as err:
         raise ConfigError(f"invalid run config: {err}") from err
     if privacy.mode != "local":
@@ -327,7 +327,7 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
                           "updates of at least two sites)")
     if privacy.central and privacy.central_sites_per_round > fed.min_sites:
         fed = dataclasses.replace(fed, min_sites=privacy.central_sites_per_round)
-    return RunSettings(tokenizer=tok, model=model, train=train, federation=fed,
+    return RunConfig(tokenizer=tok, model=model, train=train, federation=fed,
                        validation_fraction=run["validation_fraction"],
                        budget=dp_in["epsilon"] if dp else None, max_noise=run["max_noise"],
                        privacy=privacy, dp_seed=None if dp_in["seed"] < 0 else dp_in["seed"])

@@ -22,7 +22,7 @@ from seqanom_core.config import DPConfig, TokenizerConfig
 from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceeded
 from seqanom_core.federation.calibration_histograms import score_histogram, stat_histograms
 from seqanom_core.federation.global_model import build_federated_model
-from seqanom_core.federation.run_config import RunSettings
+from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.inference import next_event_metrics, score_events
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.metrics import auprc, auroc
@@ -113,7 +113,7 @@ class RoundOutcome:
 
 
 def train_round(
-    site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray], *,
+    site: SiteData, settings: RunConfig, arrays: dict[str, np.ndarray], *,
     ledger: PrivacyLedger | None, server_round: int, rounds_left: int, proximal_mu: float = 0.0,
     run_id: str = "",
 ) -> RoundOutcome:
@@ -173,7 +173,7 @@ class Evaluation:
     valid_stats: np.ndarray  # (n_valid, n_stats): per shopper, stays at the site
 
 
-def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray], *,
+def evaluate_round(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndarray], *,
                    noise_std: float, seed: int | None) -> Evaluation:
     """Next-event loss/accuracy on validation shoppers, local AUROC/AUPRC where labelled."""
     device = resolve_device(settings.train.device)
@@ -194,7 +194,7 @@ def evaluate_round(site: SiteData, settings: RunSettings, arrays: dict[str, np.n
     return Evaluation(metrics, stat_histograms(stats, noise_std, seed), stats)
 
 
-def score_summary(site: SiteData, settings: RunSettings, arrays: dict[str, np.ndarray],
+def score_summary(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndarray],
                   calibrator: ScoreCalibrator, *, noise_std: float, seed: int | None,
                   valid_stats: np.ndarray | None = None) -> np.ndarray:
     """Noisy histogram of the validation shoppers' scores under the federated calibration.

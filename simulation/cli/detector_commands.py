@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from seqanom_core.config import SESSION_GAP_S
+from seqanom_core.config import SESSION_GAP_S, Source
 from seqanom_core.errors import ConfigError
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.privacy import guarantee_text
@@ -97,7 +97,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         if path is not None and Path(path).is_dir():
             raise ConfigError(f"{option} {path} is a directory, not a file")
     det = SequenceDetector.load(args.model, device=args.device, progress=not args.quiet)
-    if (det.source_ == "tokens") != (args.format == "tokens"):
+    if (det.source_ == Source.TOKENS) != (args.format == Source.TOKENS):
         raise ConfigError(f"{args.model} was trained on '{det.source_}' input; "
                           f"--format {args.format} does not match")
     seqs, events, report = load_input(args, det.tokenizer_config)

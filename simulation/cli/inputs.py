@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seqanom_core.config import ModelConfig
+from seqanom_core.config import ModelConfig, Source
 from seqanom_core.errors import ConfigError
 
 
@@ -82,7 +82,7 @@ def event_format(args: argparse.Namespace) -> Any:
     """--format (with --mapping for generic) as what ``read_events`` takes: a name or a spec."""
     from seqanom_core.formats import parse_mapping
 
-    if args.format == "tokens":
+    if args.format == Source.TOKENS:
         raise ConfigError(f"'{args.command}' works on event logs, not on pre-tokenised sequences")
     if args.format == "generic":
         if not args.mapping:
@@ -105,7 +105,7 @@ def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]
     from seqanom_core.ingest import read_token_sequences
     from seqanom_core.sequences import build_sequences, sequences_from_tokens
 
-    if args.format == "tokens":
+    if args.format == Source.TOKENS:
         toks, report = read_token_sequences(args.data, quarantine_path=args.quarantine)
         return sequences_from_tokens(toks.ids, toks.tokens, tokenizer), None, report
     events, report = read_event_input(args)
