@@ -6,6 +6,9 @@ calibrates scores and an alert threshold on shoppers held out of training;
 the calibrated threshold; ``explain`` names the events that drove a shopper's score with the
 event the model expected instead; ``save``/``load`` round-trip a model directory without
 unpickling anything (safetensors + JSON).
+
+Over 400 lines: the whole estimator shape (fit, score, explain, save/load) is one class, as in
+scikit-learn and PyOD; the networks, training and scoring it calls live in their own modules.
 """
 
 from __future__ import annotations

@@ -127,3 +127,28 @@ def test_a_planted_wrong_import_is_caught(tmp_path, file, line, expected):
     else:
         assert len(problems) == 1 and expected in problems[0], problems
         assert problems[0].startswith(f"{file}:")
+
+
+MAX_LINES = 400
+REASON = "Over 400 lines:"
+
+
+def oversized_modules(root: Path) -> list[str]:
+    """Modules longer than MAX_LINES whose docstring does not say why (``Over 400 lines: ...``)."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            if text.count("\n") <= MAX_LINES:
+                continue
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if REASON not in doc or not doc.split(REASON, 1)[1].strip():
+                found.append(f"{path.relative_to(root)}: {text.count(chr(10))} lines")
+    return found
+
+
+def test_no_module_is_oversized_without_a_reason(tmp_path):
+    assert oversized_modules(ROOT) == []
+    (tmp_path / "seqanom_core").mkdir()
+    (tmp_path / "seqanom_core" / "big.py").write_text('"""A module."""\n' + "x = 1\n" * MAX_LINES)
+    assert oversized_modules(tmp_path) == ["seqanom_core/big.py: 401 lines"]

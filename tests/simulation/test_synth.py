@@ -15,10 +15,9 @@ from simulation.synth import (
     TAOBAO_EVENTS_MEDIAN,
     SynthConfig,
     iter_event_batches,
-    site_category_tv,
-    synthesis_stats,
     synthesize_events,
 )
+from simulation.synth_stats import site_category_tv, synthesis_stats
 
 
 @pytest.fixture(scope="module")
