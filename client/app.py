@@ -1,6 +1,6 @@
 """The seqanom ClientApp: one per merchant site (a thin adapter over ``seqanom_core.federation.site_round``).
 
-Node config keys: ``client/site_setup.py``. One ClientApp serves every privacy mode: the train
+Node config keys: ``client/site_resources.py``. One ClientApp serves every privacy mode: the train
 handler hands SecAgg+ protocol messages (``privacy-mode = "local+secagg"``, Flower's legacy
 stack) to the inner legacy ClientApp of ``client/secagg.py``; everything else is the Message API.
 """
@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.secagg import is_secagg_message, secagg_app
-from client.site_setup import site_setup, train_site
+from client.site_resources import site_setup, train_site
 from seqanom_core.federation import message_keys
 from seqanom_core.federation.calibration_histograms import histogram_seed
 from seqanom_core.federation.records import as_arrays, as_metrics, contiguous

@@ -29,7 +29,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from client.site_setup import train_site
+from client.site_resources import train_site
 from seqanom_core.federation import message_keys
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 # (isolation "subprocess", Flower's default). Build from the repository root:
 #   docker build -f docker/superlink.Dockerfile -t seqanom/superlink .
 # CUDA variant (not needed here: the server only aggregates) works as for supernode.Dockerfile.
-ARG FLWR_VERSION=1.41.0
+ARG FLWR_VERSION=1.42.0
 # Flower's plain version tag is Alpine (musl libc), for which torch has no wheels: use Ubuntu.
 ARG FLWR_BASE=py3.13-ubuntu24.04
 FROM flwr/superlink:${FLWR_VERSION}-${FLWR_BASE}

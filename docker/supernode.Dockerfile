@@ -6,7 +6,7 @@
 # NVIDIA driver and the NVIDIA Container Toolkit), e.g.
 #   docker build -f docker/supernode.Dockerfile \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t seqanom/supernode:cuda .
-ARG FLWR_VERSION=1.41.0
+ARG FLWR_VERSION=1.42.0
 # Flower's plain version tag is Alpine (musl libc), for which torch has no wheels: use Ubuntu.
 ARG FLWR_BASE=py3.13-ubuntu24.04
 FROM flwr/supernode:${FLWR_VERSION}-${FLWR_BASE}

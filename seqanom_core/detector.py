@@ -30,7 +30,7 @@ from safetensors.torch import load_model, save_model
 from seqanom_core import __version__
 from seqanom_core.config import DetectorConfig, ModelConfig, Source, TokenizerConfig, TrainConfig
 from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError, SeqanomError
-from seqanom_core.inference import EventScores, score_events
+from seqanom_core.inference import EventScores
 from seqanom_core.models import (
     NextEventModel,
     backbone_kinds,
@@ -44,7 +44,7 @@ from seqanom_core.scoring import (
     DRIVER_TEXT,
     ScoreCalibrator,
     StatisticName,
-    shopper_statistics,
+    score_statistics,
     stat_names,
 )
 from seqanom_core.sequences import (
@@ -136,8 +136,8 @@ class SequenceDetector:
             self.network_, train_seqs, self.train_config, self.device_,
             accountant_state=accountant_state, progress=self.progress,
         )
-        calib_events = score_events(self.network_, calib_seqs, self.device_, progress=self.progress)
-        calib_stats = shopper_statistics(calib_events)
+        _, calib_stats = score_statistics(self.network_, calib_seqs, self.device_,
+                                          progress=self.progress)
         self.calibrator_ = ScoreCalibrator().fit(calib_stats)
         calib_scores, _ = self.calibrator_.score(calib_stats)
         self.threshold_ = calibrate_threshold(calib_scores, self.train_config.alert_rate)
@@ -198,8 +198,7 @@ class SequenceDetector:
         seqs = self._sequences(data)
         if seqs.source != self.source_:
             raise ConfigError(f"model was trained on '{self.source_}' input, got '{seqs.source}'")
-        ev = score_events(self.network_, seqs, self.device_, progress=self.progress)
-        stats = shopper_statistics(ev)
+        ev, stats = score_statistics(self.network_, seqs, self.device_, progress=self.progress)
         scores, which = self.calibrator_.score(stats)
         names = np.asarray(stat_names(), dtype=object)
         return ShopperScores(seqs.ids, scores, names[which], stats, ev, seqs)

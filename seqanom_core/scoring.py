@@ -18,13 +18,18 @@ standardised value is the explanation's "driver".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from seqanom_core.errors import NotFittedError
-from seqanom_core.inference import EventScores
-from seqanom_core.sequences import CHANNELS
+from seqanom_core.inference import EventScores, score_events
+from seqanom_core.sequences import CHANNELS, SequenceSet
+
+if TYPE_CHECKING:
+    import torch
+
+    from seqanom_core.models import NextEventModel
 
 STAT_CHANNELS: tuple[str, ...] = (*CHANNELS, "total")
 STAT_KINDS: tuple[str, ...] = ("mean", "window")
@@ -109,6 +114,14 @@ def shopper_statistics(scores: EventScores, window: int = WINDOW) -> np.ndarray:
         excess = (nll["event"] - scores.shuffled_nll).astype(np.float64)
         cols.append(np.bincount(seq_of, weights=excess, minlength=len(lengths)) / lengths)
     return np.stack(cols, axis=1)
+
+
+def score_statistics(model: NextEventModel, seqs: SequenceSet, device: torch.device, *,
+                     progress: bool = False) -> tuple[EventScores, np.ndarray]:
+    """The scoring chain every scorer runs: per-event scores of ``seqs`` and their per-shopper
+    statistics ``(n_seq, n_stats)``."""
+    events = score_events(model, seqs, device, progress=progress)
+    return events, shopper_statistics(events)
 
 
 def robust_scale(quartile_range: np.ndarray | float, decile_range: np.ndarray | float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Site-level central DP with Flower's own wrapper and accountant (privacy-mode ``local+central``).
 
-Flower 1.41's ``DifferentialPrivacyServerSideFixedClipping`` clips each site's update (its new
+Flower's (1.41-1.42) ``DifferentialPrivacyServerSideFixedClipping`` clips each site's update (its new
 weights minus the global ones) to an L2 norm on the server, averages, and adds Gaussian noise of
 std ``noise_multiplier * clipping_norm / sites_per_round``; with an accountant it refuses, before
 sending anything, a round that would take the cumulative epsilon past ``max_epsilon``
@@ -67,7 +67,7 @@ def build_accountant(privacy: PrivacyModeConfig) -> Any:
             max_epsilon=privacy.central_epsilon))
     except ImportError as err:
         raise ConfigError("privacy-mode 'local+central' needs Flower's accountant: "
-                          "pip install 'flwr[dp]==1.41.0'") from err
+                          "pip install 'flwr[dp]==1.42.0'") from err
     first = GaussianPrivacyEvent(privacy.central_noise_multiplier,
                                  privacy.central_sites_per_round,
                                  privacy.central_sites_per_round)

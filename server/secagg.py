@@ -1,6 +1,6 @@
 """The training step of a round under SecAgg+ (privacy-mode ``local+secagg``), on Flower's legacy stack.
 
-Flower 1.41 runs SecAgg+ only through its legacy stack: a ``LegacyContext`` (legacy strategy,
+Flower 1.41-1.42 run SecAgg+ only through their legacy stack: a ``LegacyContext`` (legacy strategy,
 client manager) and ``SecAggPlusWorkflow``, the fit step that ``DefaultWorkflow`` runs once per
 round. ``DefaultWorkflow`` also owns the round loop and the evaluation, which would bypass this
 project's loop (update checks, federated calibration, checkpoints, metrics log, resume), so the

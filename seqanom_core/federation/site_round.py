@@ -23,13 +23,13 @@ from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceede
 from seqanom_core.federation.calibration_histograms import score_histogram, stat_histograms
 from seqanom_core.federation.global_model import build_federated_model
 from seqanom_core.federation.run_config import RunConfig
-from seqanom_core.inference import next_event_metrics, score_events
+from seqanom_core.inference import next_event_metrics
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.metrics import auprc, auroc
 from seqanom_core.models import model_arrays, resolve_device
 from seqanom_core.privacy import default_delta
 from seqanom_core.privacy_ledger import PrivacyLedger
-from seqanom_core.scoring import ScoreCalibrator, shopper_statistics
+from seqanom_core.scoring import ScoreCalibrator, score_statistics
 from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers
 from seqanom_core.thresholds import calibrate_threshold
 from seqanom_core.training import poisson_schedule, train_model
@@ -178,15 +178,13 @@ def evaluate_round(site: SiteData, settings: RunConfig, arrays: dict[str, np.nda
     """Next-event loss/accuracy on validation shoppers, local AUROC/AUPRC where labelled."""
     device = resolve_device(settings.train.device)
     model = build_federated_model(settings, arrays, site.valid.source)
-    ev = score_events(model, site.valid, device, progress=False)
-    stats = shopper_statistics(ev)
+    ev, stats = score_statistics(model, site.valid, device)
     metrics = {"num-examples": float(len(site.valid)), **next_event_metrics(ev)}
     local = ScoreCalibrator().fit(stats)
     valid_scores, _ = local.score(stats)
     metrics["site-threshold"] = calibrate_threshold(valid_scores, settings.federation.alert_rate)
     if site.test is not None and site.test_labels is not None:
-        t_scores, _ = local.score(shopper_statistics(score_events(model, site.test, device,
-                                                                  progress=False)))
+        t_scores, _ = local.score(score_statistics(model, site.test, device)[1])
         metrics["auroc"] = auroc(site.test_labels, t_scores)
         metrics["auprc"] = auprc(site.test_labels, t_scores)
         metrics["num-test"] = float(len(site.test))
@@ -204,6 +202,6 @@ def score_summary(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndar
     if valid_stats is None:
         device = resolve_device(settings.train.device)
         model = build_federated_model(settings, arrays, site.valid.source)
-        valid_stats = shopper_statistics(score_events(model, site.valid, device, progress=False))
+        _, valid_stats = score_statistics(model, site.valid, device)
     scores, _ = calibrator.score(valid_stats)
     return score_histogram(scores, noise_std, seed)

@@ -30,18 +30,19 @@ import logging
 import re
 
 from seqanom_core.errors import ConfigError
-from seqanom_core.formats.spec import _CANONICAL_VALUES, TIME_KINDS, FormatSpec, _is_text_encoding
+from seqanom_core.formats.spec import (
+    _CANONICAL_VALUES,
+    MAPPED_FIELDS,
+    TIME_KINDS,
+    FormatSpec,
+    _is_text_encoding,
+)
 from seqanom_core.schema import BEHAVIOR_CODE, BEHAVIORS
 
 logger = logging.getLogger("seqanom_core.formats")  # one logger name for the whole package
 
 _MAPPING_KEYS: tuple[str, ...] = (
-    "user_id",
-    "item_id",
-    "category_id",
-    "behavior",
-    "timestamp",
-    "site",
+    *MAPPED_FIELDS,
     "behaviors",
     "drop",
     "time",

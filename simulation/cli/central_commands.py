@@ -1,5 +1,5 @@
 """The central team's commands: ``seqanom credentials``, ``superlink``, ``connection`` (deployment)
-and ``rounds`` (a run's progress from its checkpoints, ``server/progress.py``).
+and ``rounds`` (a run's progress from its checkpoints, ``server/round_progress.py``).
 
 ``superlink`` builds the ``flower-superlink`` command line (TLS on every API, SuperNode
 authentication on, no runtime dependency installation) from a credentials directory and runs it
@@ -145,7 +145,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
     site-level epsilon of central DP, the federated threshold and the round's seconds; then the
     privacy guarantees of the latest round. Each round's checkpoint is a model directory that
     'seqanom score --model' accepts."""
-    from server.progress import (
+    from server.round_progress import (
         follow_rows,
         format_row,
         header,

@@ -197,7 +197,7 @@ def test_superlink_serves_tls_with_supernode_auth_on_its_published_port(compose)
 
 
 def test_each_site_reaches_the_superlink_with_its_own_key_data_ledger_and_name(compose):
-    from client.site_setup import NODE_KEYS
+    from client.site_resources import NODE_KEYS
 
     link_port = _flags(compose["services"]["superlink"]["command"]).get("port", "8000")
     seen: dict[str, set] = {"data": set(), "ledger": set(), "key": set(), "name": set()}

@@ -14,7 +14,7 @@ from client.app import app as client_app
 from seqanom_core.federation import message_keys
 from seqanom_core.federation.run_config import settings_from_run_config
 from server.federated_run import FederatedRun
-from server.progress import follow_rows, read_rows
+from server.round_progress import follow_rows, read_rows
 from server.strategies import build_strategy
 from simulation.cli import main
 
