@@ -163,7 +163,7 @@ class DetectorConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    source: str = Source.EVENTS
+    source: Source = Source.EVENTS
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""

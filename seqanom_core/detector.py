@@ -252,7 +252,7 @@ class SequenceDetector:
                 rec["observed"] = decode_event(int(seqs.channels["event"][e]), self.tokenizer_config,
                                                self.source_)
                 rec["item_state"] = ITEM_NAMES.get(int(seqs.channels["item"][e]), "")
-                if events is not None and seqs.rows is not None and self.source_ == "events":
+                if events is not None and seqs.rows is not None and self.source_ == Source.EVENTS:
                     row = int(seqs.rows[e])
                     rec["observed"] = (
                         f"{BEHAVIORS[events.column('behavior')[row].as_py()]} "
@@ -272,7 +272,7 @@ class SequenceDetector:
         det_cls = detector_class(config.model.kind)
         det = det_cls(model_config=config.model, tokenizer_config=config.tokenizer, train_config=config.train,
                       progress=progress)
-        det.source_ = config.source
+        det.source_ = Source(config.source)
         det.device_ = resolve_device(device)
         det.network_ = model.to(det.device_).eval()
         det.calibrator_ = calibrator
