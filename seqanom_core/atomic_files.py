@@ -1,10 +1,12 @@
-"""Files written whole or not at all: the content goes to a temporary file beside the target,
-which is renamed onto it only once complete (a crash or an error never leaves half a file)."""
+"""Files and directories written whole or not at all: the content goes to a temporary file or
+directory beside the target, which is renamed onto it only once complete (a crash or an error
+never leaves half a file, half a model directory or half a checkpoint)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,25 @@ def replaced_on_success(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def replaced_dir_on_success(path: str | Path, staging: str | None = None) -> Iterator[Path]:
+    """An empty staging directory beside ``path`` (named ``staging``, default ``<name>.tmp``):
+    it replaces ``path`` as a whole when the block ends without an error, and is removed when it
+    raises."""
+    target = Path(path)
+    tmp = target.with_name(staging or target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from seqanom_core.atomic_files import replaced_dir_on_success
 from seqanom_core.config import DetectorConfig, Source
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.federation.global_model import build_federated_model
@@ -36,12 +36,8 @@ def save_model_dir(out: Path, settings: RunConfig, arrays: dict[str, np.ndarray]
     cfg = DetectorConfig(settings.tokenizer, settings.model, settings.train, Source.EVENTS)
     det = SequenceDetector.from_parts(cfg, model, calibrator, threshold, metadata, device="cpu",
                                       progress=False)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    det.save(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with replaced_dir_on_success(out) as tmp:
+        det.save(tmp)
     return out
 
 
@@ -51,17 +47,13 @@ def write_checkpoint(root: Path, server_round: int, settings: RunConfig,
                      strategy_state: dict[str, np.ndarray] | None = None) -> Path:
     """``root/round-NNNN/``: model directory of the round's global model plus ``round.json``."""
     out = root / f"round-{server_round:04d}"
-    partial = root / f".{out.name}.partial"  # written in full, then renamed: a kill leaves no half checkpoint
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(partial, ignore_errors=True)
-    save_model_dir(partial, settings, arrays, calibrator, threshold, metadata)
-    if strategy_state:
-        save_file({k: np.ascontiguousarray(v) for k, v in strategy_state.items()},
-                  str(partial / STRATEGY_FILE))
-    (partial / ROUND_FILE).write_text(json.dumps(record, indent=2, default=float))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    # written in full under a hidden name, then renamed: a kill leaves no half checkpoint
+    with replaced_dir_on_success(out, f".{out.name}.partial") as partial:
+        save_model_dir(partial, settings, arrays, calibrator, threshold, metadata)
+        if strategy_state:
+            save_file({k: np.ascontiguousarray(v) for k, v in strategy_state.items()},
+                      str(partial / STRATEGY_FILE))
+        (partial / ROUND_FILE).write_text(json.dumps(record, indent=2, default=float))
     return out
 
 
