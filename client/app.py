@@ -17,12 +17,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.secagg import is_secagg_message, secagg_app
-from client.site_resources import site_setup, train_site
+from client.site_resources import keep_ledger, keep_locally, site_ledger, site_setup, train_site
 from seqanom_core.federation import message_keys
 from seqanom_core.federation.calibration_histograms import histogram_seed
 from seqanom_core.federation.records import as_arrays, as_metrics, contiguous
 from seqanom_core.federation.run_config import RunConfig
-from seqanom_core.federation.site_round import evaluate_round, load_site, score_summary
+from seqanom_core.federation.site_round import (
+    ReleaseContext,
+    evaluate_round,
+    load_site,
+    score_summary,
+)
 from seqanom_core.models import arrays_digest
 from seqanom_core.scoring import ScoreCalibrator
 
@@ -73,9 +78,13 @@ def _kept_valid_stats(context: Context, arrays: dict) -> np.ndarray | None:
     return as_arrays(context.state[_VALID_STATS])["stats"]
 
 
-def _histogram_seed(settings: RunConfig, site: str, cfg: ConfigRecord, query: int) -> int | None:
-    """This site's histogram noise seed: None (from the OS) unless the run sets a DP seed."""
-    return histogram_seed(settings.dp_seed, site, int(cfg[message_keys.SERVER_ROUND]), query)
+def _release_context(settings: RunConfig, site: str, cfg: ConfigRecord,
+                     query: int) -> ReleaseContext:
+    """Run, round and histogram noise seed of a calibration release (the seed is None, from the
+    OS, unless the run sets a DP seed)."""
+    r = int(cfg[message_keys.SERVER_ROUND])
+    return ReleaseContext(str(cfg.get(message_keys.RUN_ID, "")), r,
+                          histogram_seed(settings.dp_seed, site, r, query))
 
 
 def _reply(msg: Message, content: RecordDict, site: str) -> Message:
@@ -103,35 +112,42 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @_contained
 def evaluate(msg: Message, context: Context) -> Message:
-    """Validation loss/accuracy (+ AUROC/AUPRC where labelled) and calibration histograms."""
+    """Query 1: noisy statistic histograms (accounted under DP); the site's own measurements of
+    the model (loss, accuracy, AUROC) stay in its local log."""
     paths, settings = site_setup(context)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     cfg = msg.content[message_keys.CONFIG]
-    seed = _histogram_seed(settings, paths.name, cfg, 0)
     arrays = as_arrays(msg.content[message_keys.ARRAYS])
-    ev = evaluate_round(site, settings, arrays,
-                        noise_std=settings.federation.calibration_noise, seed=seed)
+    ledger = site_ledger(context, paths, settings)
+    ev = evaluate_round(site, settings, arrays, ledger=ledger,
+                        ctx=_release_context(settings, paths.name, cfg, 0))
+    keep_ledger(context, paths, ledger)
+    keep_locally(paths, "evaluate", int(cfg[message_keys.SERVER_ROUND]), ev.local)
     # kept (at the site only) for this round's score-summary query on the same model
     context.state[_VALID_STATS] = to_array_record({"stats": ev.valid_stats})
     context.state[_VALID_STATS_MODEL] = ConfigRecord({"digest": arrays_digest(arrays)})
-    content = RecordDict({message_keys.METRICS: to_metric_record(ev.metrics),
-                          message_keys.HISTOGRAMS: to_array_record({message_keys.STAT_HIST: ev.stat_histograms})})
+    content = RecordDict({message_keys.METRICS: to_metric_record(ev.metrics)})
+    if ev.stat_histograms is not None:
+        content[message_keys.HISTOGRAMS] = to_array_record(
+            {message_keys.STAT_HIST: ev.stat_histograms})
     return _reply(msg, content, paths.name)
 
 
 @app.query(message_keys.SCORE_SUMMARY)
 @_contained
 def query_score_summary(msg: Message, context: Context) -> Message:
-    """Noisy histogram of validation scores under the federated calibration (for the threshold)."""
+    """Query 2: noisy histogram of validation scores under the federated calibration."""
     paths, settings = site_setup(context)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     cfg = msg.content[message_keys.CONFIG]
     calibrator = ScoreCalibrator.from_dict(json.loads(str(cfg[message_keys.CALIBRATOR])))
-    seed = _histogram_seed(settings, paths.name, cfg, 1)
     arrays = as_arrays(msg.content[message_keys.ARRAYS])
-    hist = score_summary(site, settings, arrays, calibrator,
-                         noise_std=settings.federation.calibration_noise, seed=seed,
-                         valid_stats=_kept_valid_stats(context, arrays))
-    content = RecordDict({message_keys.METRICS: to_metric_record({"num-examples": float(len(site.valid))}),
-                          message_keys.HISTOGRAMS: to_array_record({message_keys.SCORE_HIST: hist})})
+    ledger = site_ledger(context, paths, settings)
+    metrics, hist = score_summary(site, settings, arrays, calibrator, ledger=ledger,
+                                  ctx=_release_context(settings, paths.name, cfg, 1),
+                                  valid_stats=_kept_valid_stats(context, arrays))
+    keep_ledger(context, paths, ledger)
+    content = RecordDict({message_keys.METRICS: to_metric_record(metrics)})
+    if hist is not None:
+        content[message_keys.HISTOGRAMS] = to_array_record({message_keys.SCORE_HIST: hist})
     return _reply(msg, content, paths.name)

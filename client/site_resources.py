@@ -11,6 +11,8 @@ config's ``data-dir``/site-<id>/ and its ledger is ``ledger-dir``/site-<id>.json
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from seqanom_core.federation import message_keys
 from seqanom_core.federation.run_config import RunConfig, settings_from_run_config
 from seqanom_core.federation.site_round import RoundOutcome, SitePaths, load_site, train_round
 from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
+
+log = logging.getLogger(__name__)
 
 NODE_KEYS = {"data-path", "format", "ledger-path", "privacy-budget", "device", "site-name",
               "test-path", "labels-path", "partition-id", "num-partitions"}
@@ -58,6 +62,29 @@ def site_setup(context: Context) -> tuple[SitePaths, RunConfig]:
     return paths, settings
 
 
+def site_ledger(context: Context, paths: SitePaths, settings: RunConfig) -> PrivacyLedger | None:
+    """The site's ledger under DP (None without DP)."""
+    return _restore_ledger(context, paths, settings.budget) if settings.train.dp else None
+
+
+def keep_ledger(context: Context, paths: SitePaths, ledger: PrivacyLedger | None) -> None:
+    """Keep the ledger in the run's state and in its file (after every release)."""
+    if ledger is not None:
+        _keep_ledger(context, paths, ledger)
+
+
+def keep_locally(paths: SitePaths, handler: str, server_round: int,
+                 values: Mapping[str, float]) -> None:
+    """What the site measured but does not send: its log, and ``paths.local_log`` (JSON lines)."""
+    log.info("site %s round %d %s (kept at the site): %s", paths.name, server_round, handler,
+             {k: round(float(v), 4) for k, v in values.items()})
+    if paths.local_log is not None and values:
+        paths.local_log.parent.mkdir(parents=True, exist_ok=True)
+        with paths.local_log.open("a") as f:
+            f.write(json.dumps({"round": server_round, "handler": handler,
+                                **{k: float(v) for k, v in values.items()}}) + "\n")
+
+
 def _restore_ledger(context: Context, paths: SitePaths, budget: float | None) -> PrivacyLedger:
     """The site's ledger: the longer of the run's state copy and the file (never forget spend)."""
     in_state = None
@@ -81,12 +108,12 @@ def train_site(context: Context, arrays: dict[str, np.ndarray], cfg: Mapping[str
     """One round of local (DP) training from the global ``arrays``, kept in the site's ledger."""
     paths, settings = site_setup(context)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
-    ledger = _restore_ledger(context, paths, settings.budget) if settings.train.dp else None
+    ledger = site_ledger(context, paths, settings)
     out = train_round(
         site, settings, arrays, ledger=ledger,
         server_round=int(cfg[message_keys.SERVER_ROUND]), rounds_left=int(cfg.get(message_keys.ROUNDS_LEFT, 1)),
         proximal_mu=float(cfg.get(message_keys.PROXIMAL_MU, 0.0)), run_id=str(cfg.get(message_keys.RUN_ID, "")),
     )
-    if ledger is not None:
-        _keep_ledger(context, paths, ledger)
+    keep_ledger(context, paths, ledger)
+    keep_locally(paths, "train", int(cfg[message_keys.SERVER_ROUND]), out.local)
     return paths, settings, out

@@ -62,6 +62,9 @@ from seqanom_core.training import TrainResult, train_model
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: What a single-site model directory's calibration is, in the federation's terms (releases.py)
+CALIBRATION_NOT_DP = ("not DP: exact quantiles of held-out shoppers of this site (not accounted; "
+                      "the model directory is for this site: shared, it shares them unprotected)")
 #: Held-out shoppers expected above the threshold (calibration shoppers x alert rate) below which
 #: the fit warns: the share of new normal shoppers above an empirical quantile with k shoppers
 #: beyond it varies by about 1/sqrt(k + 1) of the target (4 synthetic sites trained alone with
@@ -184,6 +187,7 @@ class SequenceDetector:
             "max_grad_norm": self.train_config.dp.max_grad_norm if self.train_config.dp else None,
             "covers": "model weights; calibration statistics and threshold are computed without "
                       "DP on held-out shoppers of the same site and stay with the model directory",
+            "calibration": CALIBRATION_NOT_DP,
         }
 
     def _check_fitted(self) -> None:

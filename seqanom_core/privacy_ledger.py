@@ -27,6 +27,7 @@ from seqanom_core.privacy import UNIT, AccountantState, noise_for_budget
 log = logging.getLogger(__name__)
 
 LEDGER_VERSION = 1
+DEFAULT_KIND = "model-update"  # the kind of entries that name none (DP-SGD, as before kinds)
 
 
 @dataclass
@@ -58,9 +59,11 @@ class PrivacyLedger:
 
     def plan_noise(
         self, sample_rate: float, steps_per_round: int, rounds_left: int, *,
-        max_noise: float = 50.0,
+        max_noise: float = 50.0, reserved: tuple[float, float, int] | None = None,
     ) -> float:
-        """Noise multiplier that spends the remaining budget evenly over ``rounds_left`` rounds.
+        """Noise multiplier that spends the remaining budget evenly over ``rounds_left`` rounds,
+        after ``reserved`` (``(noise multiplier, sample rate, steps)``: releases still planned in
+        this run, e.g. calibration, whose cost is set aside first).
 
         Raises PrivacyBudgetExceeded when no noise up to ``max_noise`` fits (the site must decline).
         """
@@ -68,7 +71,11 @@ class PrivacyLedger:
             raise ConfigError("planning noise needs a privacy budget")
         if self.state.delta is None:
             raise ConfigError("fix the ledger's delta before planning noise")
-        sigma = noise_for_budget(self.state, self.budget, self.state.delta, sample_rate,
+        prior = self.state
+        if reserved is not None and reserved[2] > 0:
+            prior = AccountantState(history=[*self.state.history, reserved],
+                                    delta=self.state.delta, accountant=self.state.accountant)
+        sigma = noise_for_budget(prior, self.budget, self.state.delta, sample_rate,
                                  steps_per_round * max(rounds_left, 1))
         if sigma > max_noise:
             raise PrivacyBudgetExceeded(
@@ -76,11 +83,17 @@ class PrivacyLedger:
                 f"{rounds_left} rounds left (spent {self.spent():.3f})")
         return sigma
 
-    def check_affordable(self, sigma: float, sample_rate: float, steps: int) -> float:
-        """Epsilon after the release; raises PrivacyBudgetExceeded if it would pass the budget."""
+    def check_affordable(self, sigma: float, sample_rate: float, steps: int,
+                         reserved: tuple[float, float, int] | None = None) -> float:
+        """Epsilon after the release (and ``reserved``, releases still planned); raises
+        PrivacyBudgetExceeded if it would pass the budget."""
         if self.state.delta is None:
             raise ConfigError("fix the ledger's delta before training")
-        after = self.state.epsilon_after(sigma, sample_rate, steps, self.state.delta)
+        state = self.state
+        if reserved is not None and reserved[2] > 0:
+            state = AccountantState(history=[*self.state.history, reserved],
+                                    delta=self.state.delta, accountant=self.state.accountant)
+        after = state.epsilon_after(sigma, sample_rate, steps, self.state.delta)
         if self.budget is not None and after > self.budget * (1 + 1e-9):
             raise PrivacyBudgetExceeded(
                 f"this round would bring epsilon to {after:.3f}, over the budget {self.budget} "
@@ -104,7 +117,7 @@ class PrivacyLedger:
             run = runs.setdefault(str(e.get("run", "")), {
                 "run": str(e.get("run", "")), "rounds": [], "steps": 0, "first": e.get("time"),
                 "last": e.get("time"), "epsilon_added": 0.0, "releases": []})
-            if "round" in e:
+            if "round" in e and e["round"] not in run["rounds"]:
                 run["rounds"].append(e["round"])
             run["releases"] += [tuple(r) for r in e.get("releases", [])]
             run["steps"] += sum(int(r[2]) for r in e.get("releases", []))
@@ -118,11 +131,46 @@ class PrivacyLedger:
             out.append({**run, "epsilon_alone": alone.epsilon() if alone.history else 0.0})
         return out
 
+    def by_kind(self) -> dict[str, float]:
+        """Epsilon of each kind of release alone (entries without a kind: ``model-update``), at
+        the ledger's delta; composed they give ``spent()``, which is at most their sum."""
+        hist: dict[str, list[tuple[float, float, int]]] = {}
+        for e in self.entries:
+            hist.setdefault(str(e.get("kind", DEFAULT_KIND)), []).extend(
+                (float(s), float(q), int(n)) for s, q, n in e.get("releases", []))
+        return {k: AccountantState(history=h, delta=self.delta,
+                                   accountant=self.state.accountant).epsilon()
+                for k, h in hist.items() if h}
+
+    def run_entries(self, run: str, kind: str) -> list[dict[str, Any]]:
+        """This ledger's entries of one run and kind, oldest first."""
+        return [e for e in self.entries
+                if str(e.get("run", "")) == run and str(e.get("kind", DEFAULT_KIND)) == kind]
+
+    def record_gaussian(self, noise_multiplier: float, releases: int, kind: str,
+                        **meta: Any) -> float:
+        """Account ``releases`` Gaussian mechanisms of ``noise_multiplier`` (noise std over L2
+        sensitivity) as ``kind``; raises PrivacyBudgetExceeded, recording nothing, when they
+        would pass the budget. Returns the epsilon after."""
+        if self.state.delta is None:
+            raise ConfigError("fix the ledger's delta before a release")
+        entry = (float(noise_multiplier), 1.0, int(releases))
+        after = self.state.epsilon_after(*entry, self.state.delta)
+        if self.budget is not None and after > self.budget * (1 + 1e-9):
+            raise PrivacyBudgetExceeded(
+                f"{kind} would bring epsilon to {after:.3f}, over the budget {self.budget} "
+                f"(spent {self.spent():.3f})")
+        state = AccountantState(history=[*self.state.history, entry], delta=self.state.delta,
+                                accountant=self.state.accountant)
+        self.record(state, kind=kind, **meta)
+        return self.spent()
+
     def summary(self) -> dict[str, Any]:
         """Everything ``seqanom ledger`` shows: site, unit, delta, budget, spent, remaining, runs."""
         return {"site": self.site, "unit": UNIT, "accountant": "Opacus RDP",
                 "delta": self.delta, "budget": self.budget, "epsilon_spent": self.spent(),
-                "remaining": self.remaining(), "steps": _total_steps(self), "runs": self.by_run()}
+                "remaining": self.remaining(), "steps": _total_steps(self), "runs": self.by_run(),
+                "by_kind": self.by_kind()}
 
     # ----------------------------------------------------------------- updates
     def record(self, state: AccountantState, **meta: Any) -> None:

@@ -268,6 +268,25 @@ def split_shoppers(seqs: SequenceSet, fraction: float, seed: int) -> tuple[Seque
     return seqs.subset(np.sort(perm[n_b:])), seqs.subset(np.sort(perm[:n_b]))
 
 
+def split_shoppers_by_id(seqs: SequenceSet, fraction: float, seed: int
+                         ) -> tuple[SequenceSet, SequenceSet]:
+    """Split sequences into (about 1 - fraction, fraction) parts by a seeded hash of each shopper
+    id: a shopper's part depends on its own id only, so adding or removing one shopper moves no
+    other shopper between the parts (what privacy accounting over both parts needs; a seeded
+    permutation reshuffles everyone). Raises ConfigError when a part would be empty."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"split fraction must be in (0, 1), not {fraction}")
+    key = str(int(seed)).encode("utf-8")
+    u = np.array([int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"), key=key,
+                                                 digest_size=8).digest(), "big") / 2.0**64
+                  for i in seqs.ids])
+    in_b = u < fraction
+    if in_b.all() or not in_b.any():
+        raise ConfigError(f"splitting {len(seqs)} shoppers at {fraction} left a part empty: "
+                          "too few shoppers")
+    return seqs.subset(np.flatnonzero(~in_b)), seqs.subset(np.flatnonzero(in_b))
+
+
 def split_events_by_shopper(
     events: pa.Table, test_fraction: float, seed: int
 ) -> tuple[pa.Table, pa.Table]:

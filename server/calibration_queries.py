@@ -1,7 +1,9 @@
-"""A round's evaluation and federated calibration: two queries to the sites, nothing per shopper.
+"""A round's federated calibration: two queries to the sites, nothing per shopper.
 
-Query 1 (the strategy's evaluate step): every site evaluates the new global model and sends its
-metrics and noisy per-statistic histograms; the server pools them into a ``ScoreCalibrator``.
+Query 1 (the strategy's evaluate step): every site sends noisy per-statistic histograms of the
+new global model (its own measurements of the model stay in its log); the server pools them into
+a ``ScoreCalibrator``; the number of shoppers behind them is estimated from the sites' noisy
+training counts (exact counts are not released). A site whose budget cannot pay declines.
 Query 2 (``score_summary``): the sites that answered get that calibrator and send a noisy
 histogram of their validation shoppers' scores under it; the server pools them into the
 threshold. The arithmetic: ``seqanom_core.federation.pooled_calibration``.
@@ -20,12 +22,13 @@ from flwr.serverapp.strategy import Strategy
 from seqanom_core.federation import message_keys
 from seqanom_core.federation.pooled_calibration import (
     PooledThreshold,
+    calibration_total,
     pooled_calibrator,
     pooled_threshold,
 )
 from seqanom_core.federation.records import as_arrays
-from seqanom_core.federation.round_record import RoundRecord
-from seqanom_core.federation.run_config import FederationConfig
+from seqanom_core.federation.round_record import RoundRecord, SiteGuarantees
+from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.scoring import ScoreCalibrator
 from server import central_dp
 from server.records import to_array_record
@@ -37,10 +40,12 @@ log = logging.getLogger(__name__)
 class CalibrationQueries:
     """Evaluation, calibrator and threshold of each round's global model over ``grid``."""
 
-    def __init__(self, grid: Grid, strategy: Strategy, fed: FederationConfig,
-                 central: bool) -> None:
-        self.grid, self.strategy, self.fed = grid, strategy, fed
+    def __init__(self, grid: Grid, strategy: Strategy, settings: RunConfig,
+                 central: bool, run_id: str, guarantees: SiteGuarantees) -> None:
+        self.grid, self.strategy, self.settings, self.run_id = grid, strategy, settings, run_id
+        self.fed = settings.federation
         self.central = central  # central DP: evaluation metrics averaged by validation shoppers
+        self.guarantees = guarantees  # each release raises the sites' epsilon
 
     def run(self, r: int, arrays: dict[str, np.ndarray],
             rec: RoundRecord) -> tuple[ScoreCalibrator, float]:
@@ -49,19 +54,20 @@ class CalibrationQueries:
         replies = self._evaluate(r, record, rec)
         calibrator = pooled_calibrator(
             [as_arrays(m.content[message_keys.HISTOGRAMS])[message_keys.STAT_HIST] for m in replies],
-            [site_metrics(m).get("num-examples", 0.0) for m in replies])
+            self._total(replies))
         answers = self._score_summaries(r, record, calibrator, replies)
         pooled = pooled_threshold(
             [as_arrays(m.content[message_keys.HISTOGRAMS])[message_keys.SCORE_HIST] for m in answers],
-            [site_metrics(m).get("num-examples", 0.0) for m in answers],
-            self.fed.alert_rate, self.fed.calibration_noise)
+            [site_metrics(m).get("calibration-noise", self.fed.calibration_noise) for m in answers],
+            self.fed.alert_rate, self._total(answers))
         rec.threshold_noise = pooled.noise
         self._warn_if_unreliable(r, pooled)
         return calibrator, pooled.threshold
 
     def _evaluate(self, r: int, record: ArrayRecord, rec: RoundRecord) -> list[Message]:
         """Query 1 through the strategy: the sites' evaluation replies with histograms."""
-        msgs = list(self.strategy.configure_evaluate(r, record, ConfigRecord(), self.grid))
+        config = ConfigRecord({message_keys.SERVER_ROUND: r, message_keys.RUN_ID: self.run_id})
+        msgs = list(self.strategy.configure_evaluate(r, record, config, self.grid))
         replies = self._answers(msgs)
         if not replies:
             raise RuntimeError(f"round {r}: no site returned an evaluation")
@@ -78,7 +84,7 @@ class CalibrationQueries:
     def _score_summaries(self, r: int, record: ArrayRecord, calibrator: ScoreCalibrator,
                          replies: list[Message]) -> list[Message]:
         """Query 2: each site that answered query 1 scores under the federated ``calibrator``."""
-        config = ConfigRecord({message_keys.SERVER_ROUND: r,
+        config = ConfigRecord({message_keys.SERVER_ROUND: r, message_keys.RUN_ID: self.run_id,
                                message_keys.CALIBRATOR: json.dumps(calibrator.to_dict())})
         content = {message_keys.ARRAYS: record, message_keys.CONFIG: config}
         queries = [Message(content=RecordDict(content), dst_node_id=m.metadata.src_node_id,
@@ -89,10 +95,25 @@ class CalibrationQueries:
             raise RuntimeError(f"round {r}: no site returned a score summary")
         return answers
 
+    def _total(self, replies: list[Message]) -> float:
+        """The validation shoppers behind the replies' histograms, from their noisy counts."""
+        return calibration_total([site_metrics(m).get("num-examples", 0.0) for m in replies],
+                                 self.settings.validation_fraction,
+                                 self.settings.calibrates_on_all)
+
     def _answers(self, msgs: list[Message]) -> list[Message]:
-        """The replies to ``msgs`` that carry histograms (errors left out)."""
-        return [m for m in self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout)
-                if not m.has_error() and message_keys.HISTOGRAMS in m.content]
+        """The replies to ``msgs`` that carry histograms (errors and declines left out); every
+        site's epsilon after its release is kept."""
+        out = []
+        for m in self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout):
+            if m.has_error():
+                continue
+            self.guarantees.note(site_name(m), site_metrics(m))
+            if message_keys.HISTOGRAMS in m.content:
+                out.append(m)
+            else:
+                log.info("%s declined a calibration query (privacy budget)", site_name(m))
+        return out
 
     def _warn_if_unreliable(self, r: int, pooled: PooledThreshold) -> None:
         if pooled.unreliable(self.fed.alert_rate):

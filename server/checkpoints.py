@@ -24,6 +24,7 @@ from seqanom_core.scoring import ScoreCalibrator
 log = logging.getLogger(__name__)
 ROUND_FILE = "round.json"
 METRICS_FILE = "metrics.jsonl"  # every round's record, one JSON line each
+GLOBAL_FILE = "global_model.safetensors"  # arrays of an uncalibrated round's global model
 STRATEGY_FILE = "strategy_state.safetensors"  # server optimiser moments (FedAdam & co.)
 _STRATEGY_ATTRS = ("m_t", "v_t")  # Flower's FedOpt family keeps its moments in these
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
@@ -42,14 +43,20 @@ def save_model_dir(out: Path, settings: RunConfig, arrays: dict[str, np.ndarray]
 
 
 def write_checkpoint(root: Path, server_round: int, settings: RunConfig,
-                     arrays: dict[str, np.ndarray], calibrator: ScoreCalibrator, threshold: float,
-                     metadata: dict[str, Any], record: dict[str, Any],
+                     arrays: dict[str, np.ndarray], calibrator: ScoreCalibrator | None,
+                     threshold: float | None, metadata: dict[str, Any], record: dict[str, Any],
                      strategy_state: dict[str, np.ndarray] | None = None) -> Path:
-    """``root/round-NNNN/``: model directory of the round's global model plus ``round.json``."""
+    """``root/round-NNNN/``: model directory of the round's global model plus ``round.json``;
+    a round that was not calibrated (``calibration-every``) keeps its global arrays only
+    (``GLOBAL_FILE``): without a calibration it is not a detector yet."""
     out = root / f"round-{server_round:04d}"
     # written in full under a hidden name, then renamed: a kill leaves no half checkpoint
     with replaced_dir_on_success(out, f".{out.name}.partial") as partial:
-        save_model_dir(partial, settings, arrays, calibrator, threshold, metadata)
+        if calibrator is None or threshold is None:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                      str(partial / GLOBAL_FILE))
+        else:
+            save_model_dir(partial, settings, arrays, calibrator, threshold, metadata)
         if strategy_state:
             save_file({k: np.ascontiguousarray(v) for k, v in strategy_state.items()},
                       str(partial / STRATEGY_FILE))

@@ -2,11 +2,13 @@
 
 Per round: the strategy configures training and sends it; replies that are errors, declines
 (a site at its privacy budget), or carry arrays with NaN/Inf or the wrong names/shapes are
-logged and left out (``server/round_replies.py``); the strategy aggregates the rest. Then every
-site evaluates the new global model and sends noisy calibration histograms, a second query
-collects noisy score histograms for the federated threshold (``server/calibration_queries.py``),
-and a checkpoint directory is written (``server/checkpoints.py``; ``resume=true`` continues from
-the latest, ``server/resume.py``). A round without a single usable training reply fails the run
+logged and left out (``server/round_replies.py``); the strategy aggregates the rest. After the
+last round (and every ``calibration-every`` rounds) every site sends noisy calibration histograms
+of the new global model, and a second query collects noisy score histograms for the federated
+threshold (``server/calibration_queries.py``): each is a release the sites account. A checkpoint
+directory is written every round (``server/checkpoints.py``: a model directory when the round
+was calibrated, the global arrays otherwise; ``resume=true`` continues from the latest,
+``server/resume.py``). A planned stop after an uncalibrated round calibrates that round's model. A round without a single usable training reply fails the run
 (RuntimeError -> non-zero exit), unless every site declined because its budget is spent, which
 ends training early with a clear message.
 
@@ -37,6 +39,7 @@ from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedCl
 
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation import message_keys
+from seqanom_core.federation.calibration_budget import calibration_rounds
 from seqanom_core.federation.global_model import initial_global_arrays
 from seqanom_core.federation.privacy_statement import privacy_statement
 from seqanom_core.federation.records import as_arrays
@@ -87,17 +90,19 @@ class FederatedRun:
             raise ConfigError(f"privacy-mode {p.mode!r} and the strategy disagree: central DP "
                               "needs the strategy from build_strategy(fed, privacy)")
         self.secagg = SecAggTraining(grid, settings, run_id, list(self.arrays)) if p.secagg else None
-        self.calibration = CalibrationQueries(grid, strategy, self.fed, self.central is not None)
+        self.calibration = CalibrationQueries(grid, strategy, settings, self.central is not None,
+                                              run_id, self.guarantees)
 
     def _resume(self) -> tuple[int, ScoreCalibrator | None, float | None]:
         """Continue from the latest checkpoint when resuming: (last completed round (0: none),
-        its calibrator, its threshold)."""
-        point = resume_point(self.root, self.settings, self.strategy, self.central)
+        its calibrator and threshold, None when that round was not calibrated)."""
+        point = resume_point(self.root, self.settings, self.strategy, self.central, self.shapes)
         if point is None:
             return 0, None, None
         self.arrays = point.arrays
         self.records.extend(point.records)
         self.guarantees = SiteGuarantees.from_records(point.records)
+        self.calibration.guarantees = self.guarantees
         return point.last_round, point.calibrator, point.threshold
 
     # ----------------------------------------------------------------- training step
@@ -185,15 +190,23 @@ class FederatedRun:
         if self.central is not None:
             central = central_dp.guarantee(self.settings.privacy, self.central.accountant)
         return privacy_statement(self.settings, self.guarantees.epsilon, self.guarantees.delta,
-                                 rounds_done, central)
+                                 rounds_done, central, self.guarantees.by_kind)
 
-    def _checkpoint(self, rec: RoundRecord, calibrator: ScoreCalibrator, threshold: float) -> None:
-        """The round's privacy statement, then its checkpoint directory."""
+    def _checkpoint(self, rec: RoundRecord, calibrator: ScoreCalibrator | None,
+                    threshold: float | None) -> None:
+        """The round's privacy statement, then its checkpoint directory (with a model directory
+        when the round was calibrated, else the global arrays only)."""
         rec.privacy = self.privacy(rec.round)
         if self.central is not None:
             rec.central_accountant = self.central.accountant.state_dict()
         write_checkpoint(self.root, rec.round, self.settings, self.arrays, calibrator, threshold,
                          self._metadata(rec), asdict(rec), strategy_state(self.strategy))
+
+    def _calibrate(self, rec: RoundRecord) -> tuple[ScoreCalibrator, float]:
+        """Both calibration queries for the current global model, noted in ``rec``."""
+        calibrator, threshold = self.calibration.run(rec.round, self.arrays, rec)
+        rec.threshold = threshold
+        return calibrator, threshold
 
     # ----------------------------------------------------------------- main
     def run(self) -> list[RoundRecord]:
@@ -201,6 +214,7 @@ class FederatedRun:
         start, calibrator, threshold = self._resume()
         if start >= self.fed.num_rounds:
             log.info("all %d rounds already done", self.fed.num_rounds)
+        calibrate_after = set(calibration_rounds(self.fed))
         metrics_log = start_metrics_log(self.root, self.records)
         for r in range(start + 1, self.fed.num_rounds + 1):
             t0 = time.time()
@@ -209,13 +223,19 @@ class FederatedRun:
             if not self._train(r, rec):
                 log.warning("planned stop: %s", self.stop_reason)
                 break
-            calibrator, threshold = self.calibration.run(r, self.arrays, rec)
-            rec.threshold, rec.seconds = threshold, round(time.time() - t0, 2)
+            calibrator, threshold = self._calibrate(rec) if r in calibrate_after else (None, None)
+            rec.seconds = round(time.time() - t0, 2)
             self._checkpoint(rec, calibrator, threshold)
             append_metrics_line(metrics_log, rec)
             self.records.append(rec)
-            log.info("round %d: train %s | evaluate %s | threshold %.3f | %.1f s", r, rec.train,
-                     rec.evaluate, threshold, rec.seconds)
+            log.info("round %d: train %s | evaluate %s | threshold %s | %.1f s", r, rec.train,
+                     rec.evaluate, "-" if threshold is None else f"{threshold:.3f}", rec.seconds)
+        if (calibrator is None or threshold is None) and self.records:
+            # a planned stop after an uncalibrated round: its model is the final one
+            last = self.records[-1]
+            calibrator, threshold = self._calibrate(last)
+            self._checkpoint(last, calibrator, threshold)
+            append_metrics_line(metrics_log, last)
         if calibrator is None or threshold is None:
             raise RuntimeError("no round completed: there is no global model to save"
                                + (f" ({self.stop_reason})" if self.stop_reason else ""))

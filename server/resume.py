@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
+from safetensors.numpy import load_file
 
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.round_record import RoundRecord
 from seqanom_core.federation.run_config import RunConfig
-from seqanom_core.models import model_arrays
+from seqanom_core.models import check_arrays, model_arrays
 from seqanom_core.scoring import ScoreCalibrator
 from server import central_dp
-from server.checkpoints import ROUND_FILE, list_checkpoints, restore_strategy_state
+from server.checkpoints import GLOBAL_FILE, ROUND_FILE, list_checkpoints, restore_strategy_state
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ class ResumePoint:
     last_round: int
     arrays: dict[str, np.ndarray]  # the global model after ``last_round``
     records: list[RoundRecord]  # every completed round, oldest first
-    calibrator: ScoreCalibrator
-    threshold: float
+    calibrator: ScoreCalibrator | None  # None: that round was not calibrated
+    threshold: float | None
 
 
 def resume_point(root: Path, settings: RunConfig, strategy: Strategy,
-                 central: DifferentialPrivacyFixedClippingBase | None) -> ResumePoint | None:
+                 central: DifferentialPrivacyFixedClippingBase | None,
+                 shapes: dict[str, tuple[int, ...]]) -> ResumePoint | None:
     """The latest checkpoint under ``root`` when resuming (None: start at round 1), with the
     strategy's optimiser and central accountant state restored from it."""
     found = list_checkpoints(root)
@@ -53,16 +55,25 @@ def resume_point(root: Path, settings: RunConfig, strategy: Strategy,
                         "resume=true to continue instead)", root)
         return None
     last, path = found[-1]
-    det = SequenceDetector.load(path, device="cpu", progress=False)
-    _check_same_settings(det, settings, path)
-    arrays = model_arrays(det.network_)
+    calibrator, threshold = None, None
+    if (path / GLOBAL_FILE).is_file():  # an uncalibrated round: its arrays only
+        arrays = dict(load_file(str(path / GLOBAL_FILE)))
+        problems = check_arrays(shapes, arrays)
+        if problems:
+            raise ConfigError(f"{path}: the checkpoint's model differs from this run config's "
+                              f"({problems}): resume with the run config that wrote it")
+    else:
+        det = SequenceDetector.load(path, device="cpu", progress=False)
+        _check_same_settings(det, settings, path)
+        arrays = model_arrays(det.network_)
+        calibrator, threshold = det.calibrator_, det.threshold_
     if restore_strategy_state(strategy, path):
         log.info("restored the server optimiser state of round %d", last)
     records = [RoundRecord.from_json(json.loads((p / ROUND_FILE).read_text())) for _, p in found]
     if central is not None:
         _restore_central_accountant(central, records[-1].central_accountant, path)
     log.info("resuming from %s (round %d of %d)", path, last, settings.federation.num_rounds)
-    return ResumePoint(last, arrays, records, det.calibrator_, det.threshold_)
+    return ResumePoint(last, arrays, records, calibrator, threshold)
 
 
 def _check_same_settings(det: SequenceDetector, settings: RunConfig, path: Path) -> None:

@@ -1,10 +1,11 @@
 """The central team's view of a federated run: one line per completed round, from its checkpoints.
 
 Everything comes from the ``round.json`` of each complete checkpoint (written in full, then
-renamed, so a round being written is never read half-way): the round's losses, the AUROC where
-sites have labels, how many sites trained, declined (privacy budget) or had their update
-rejected, the worst cumulative epsilon of any site, the site-level epsilon of a run with central
-DP, the federated threshold and the round's wall time. ``seqanom rounds`` prints it; with
+renamed, so a round being written is never read half-way): how many sites trained, declined
+(privacy budget) or had their update rejected, the worst cumulative epsilon of any site, the
+site-level epsilon of a run with central DP, the federated threshold (rounds that calibrated)
+and the round's wall time. Losses and AUROC stay at the sites (their local logs): they are not
+releases the privacy guarantee covers. ``seqanom rounds`` prints it; with
 ``--follow`` it keeps printing rounds as they complete.
 """
 
@@ -23,9 +24,6 @@ from server.checkpoints import ROUND_FILE, list_checkpoints
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     # (row key, heading, width)
     ("round", "round", 5),
-    ("train_loss", "train loss", 10),
-    ("val_loss", "val loss", 8),
-    ("auroc", "AUROC", 6),
     ("trained", "trained", 7),
     ("declined", "declined", 8),
     ("rejected", "rejected", 8),
@@ -60,14 +58,9 @@ def round_row(record: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     privacy = record.get("privacy") or {}
     levels = {g.get("level"): g for g in privacy.get("guarantees") or [] if isinstance(g, dict)}
     shopper, site = levels.get("shopper", {}), levels.get("site", {})
-    train, evaluate = record.get("train") or {}, record.get("evaluate") or {}
     return {
         "round": record["round"],
         "checkpoint": str(checkpoint),
-        "train_loss": _number(train.get("train-loss")),
-        "val_loss": _number(evaluate.get("loss")),
-        "val_accuracy": _number(evaluate.get("accuracy")),
-        "auroc": _number(evaluate.get("auroc")),
         "trained": len(sites) - len(declined) - len(set(rejected) & set(sites)),
         "declined": len(declined),
         "rejected": len(rejected),

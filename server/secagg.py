@@ -32,6 +32,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 from seqanom_core.federation import message_keys
+from seqanom_core.federation.releases import SITE_METRICS
 from seqanom_core.federation.run_config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class SecAggTraining:
         for nid, res in self.workflow.results:
             m = dict(res.metrics)
             name = str(m.pop(message_keys.SITE_NAME, f"node-{nid}"))
-            sites[name] = {k: float(v) for k, v in m.items() if k in message_keys.SITE_METRICS}
+            sites[name] = {k: float(v) for k, v in m.items() if k in SITE_METRICS}
         out = SecAggRound(None, sites, self.workflow.failures,
                           all_declined=bool(sites) and all(s.get("declined") for s in sites.values()))
         aggregated = state.array_records[MAIN_PARAMS_RECORD]

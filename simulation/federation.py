@@ -13,6 +13,7 @@ ends with this process. The engine's entry point with a run config is Flower's
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -90,3 +91,30 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
         )
     del result  # a ServerApp exception has already been raised by _run_simulation
     return time.time() - t0
+
+
+def rounds_with_site_logs(rounds: list[dict[str, Any]], ledger_dir: Path) -> list[dict[str, Any]]:
+    """The server's round records with what the sites measured but kept (their local logs, beside
+    their ledgers): per round, the mean over sites of their training loss (``train``) and of their
+    validation loss, accuracy and labelled AUROC/AUPRC (``evaluate``), under ``site_logs``.
+
+    Only a simulation can do this (it runs every site); in a deployment these stay at the sites."""
+    sums: dict[tuple[int, str], dict[str, list[float]]] = {}
+    for path in sorted(ledger_dir.glob("*.local.jsonl")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            key = (int(entry.pop("round")), str(entry.pop("handler")))
+            for k, v in entry.items():
+                sums.setdefault(key, {}).setdefault(k, []).append(float(v))
+    out = []
+    for r in rounds:
+        r = dict(r)
+        for handler in ("train", "evaluate"):
+            values = sums.get((int(r.get("round", 0)), handler), {})
+            if values:
+                r["site_logs"] = {**r.get("site_logs", {}), handler: {
+                    k: sum(v) / len(v) for k, v in values.items()}}
+        out.append(r)
+    return out

@@ -49,10 +49,10 @@ def _series(rounds: list[dict], *keys: str) -> tuple[list[float], list[float]]:
 
 def plot_rounds(rounds: list[dict], path: Path) -> Path | None:
     """Per-round train/evaluate loss and evaluate AUROC/AUPRC; None when nothing to plot."""
-    loss = {"train loss": _series(rounds, "train", "train-loss"),
-            "evaluate loss": _series(rounds, "evaluate", "loss")}
-    quality = {"AUROC": _series(rounds, "evaluate", "auroc"),
-               "AUPRC": _series(rounds, "evaluate", "auprc")}
+    loss = {"train loss": _series(rounds, "site_logs", "train", "train-loss"),
+            "evaluate loss": _series(rounds, "site_logs", "evaluate", "loss")}
+    quality = {"AUROC": _series(rounds, "site_logs", "evaluate", "auroc"),
+               "AUPRC": _series(rounds, "site_logs", "evaluate", "auprc")}
     if not any(xs for xs, _ in [*loss.values(), *quality.values()]):
         return None
     fig = Figure(figsize=(9, 3.5))

@@ -62,13 +62,32 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{v:.3g}" if 0 < abs(v) < 10 ** -digits else f"{v:.{digits}f}"
 
 
-def _as_given(x: Any) -> str:
-    """A privacy number exactly as given (never rounded); a per-site dict points to the statement."""
-    if x is None:
-        return "—"
+def _epsilon(x: Any) -> str:
+    """An epsilon for people: 3 decimals (as the accountants gave it, rounded only here); a
+    per-site dict points to the statement."""
     if isinstance(x, dict):
         return "per site, see Privacy"
-    return str(plain_json(x))
+    v = number(x)
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _delta(x: Any) -> str:
+    """A delta for people (``1.0e-05``)."""
+    if isinstance(x, dict):
+        return "per site, see Privacy"
+    v = number(x)
+    return "—" if v is None else f"{v:.1e}"
+
+
+def _releases_lines(releases: list) -> list[str]:
+    """What the sites sent, each kind's protection and epsilon (that kind's releases alone)."""
+    rows = [[str(r.get("name")), str(r.get("record")), str(r.get("protection")),
+             _epsilon(r.get("epsilon_of_kind")) if r.get("protection") == "accounted" else "—",
+             _cell(str(r.get("how", "")), 160)] for r in releases if isinstance(r, dict)]
+    return ["Everything the sites sent, and how each is protected (ε: the site's ε of that "
+            "kind of release alone, worst site; composed in its ledger they give the ε above, "
+            "which is less than their sum):", "",
+            *_table(["sent", "in", "protection", "ε of its kind", "how / why public"], rows), ""]
 
 
 def _cell(text: str, limit: int = 300) -> str:
@@ -115,7 +134,8 @@ def _alert_rate(metrics: dict[str, Any]) -> str:
 
 
 def _privacy_lines(privacy: Any) -> list[str]:
-    """The privacy statement exactly as given (no number is computed or rounded here)."""
+    """The privacy statement as given (no number is computed here; ε and δ in the tables are
+    rounded for people)."""
     if not privacy:
         return ["No privacy statement was given for this run: no (ε, δ) is claimed."]
     if not isinstance(privacy, dict):
@@ -123,8 +143,8 @@ def _privacy_lines(privacy: Any) -> list[str]:
     lines = []
     guarantees = privacy.get("guarantees")
     if isinstance(guarantees, list):
-        rows = [[str(g.get("level", "—")), str(g.get("protects", "—")), _as_given(g.get("epsilon")),
-                 _as_given(g.get("delta")), str(g.get("accounted_by", "—"))]
+        rows = [[str(g.get("level", "—")), str(g.get("protects", "—")), _epsilon(g.get("epsilon")),
+                 _delta(g.get("delta")), str(g.get("accounted_by", "—"))]
                 for g in guarantees if isinstance(g, dict)]
         lines += ["Guarantees that held in this run:", ""]
         lines += (_table(["level", "protects", "ε", "δ", "accounted by"], rows) if rows
@@ -135,8 +155,10 @@ def _privacy_lines(privacy: Any) -> list[str]:
                                            "saw only the sum of the sites' model updates "
                                            "(secure aggregation).")]
         lines += ["", "Details:", ""]
+    if isinstance(privacy.get("releases"), list):
+        lines += _releases_lines(privacy["releases"])
     for key, value in privacy.items():
-        if key == "guarantees":
+        if key in ("guarantees", "releases", "epsilon_by_kind_per_site"):
             continue
         if isinstance(value, dict):
             lines += [f"- **{key}**:", "", *_table(["", str(key)], [[str(k), str(v)]
@@ -176,12 +198,14 @@ def _rounds_lines(rounds: list[dict]) -> list[str]:
         rejected = r.get("rejected") or []
         rej = ", ".join(f"{x.get('site', '?')} ({x.get('reason', '?')})" if isinstance(x, dict)
                         else str(x) for x in rejected)
-        rows.append([_fmt(r.get("round", i + 1)), _fmt(nested(r, "train", "train-loss")),
-                     _fmt(nested(r, "evaluate", "loss")), _fmt(nested(r, "evaluate", "auroc")),
+        rows.append([_fmt(r.get("round", i + 1)),
+                     _fmt(nested(r, "site_logs", "train", "train-loss")),
+                     _fmt(nested(r, "site_logs", "evaluate", "loss")),
+                     _fmt(nested(r, "site_logs", "evaluate", "auroc")),
                      str(len(sites) - len(declined)), ", ".join(declined) or "—",
-                     rej or "—", _fmt(r.get("seconds"), 1)])
+                     rej or "—", _fmt(r.get("threshold")), _fmt(r.get("seconds"), 1)])
     return _table(["round", "train loss", "eval loss", "eval AUROC", "sites trained",
-                   "declined", "rejected updates", "seconds"], rows)
+                   "declined", "rejected updates", "threshold", "seconds"], rows)
 
 
 def write_report(
@@ -209,8 +233,9 @@ def write_report(
 
     figures: list[tuple[Path | None, str]] = [
         (plot_rounds(rounds, fig_dir / "rounds.png"),
-         "Per-round federated training loss, evaluate loss, and evaluate AUROC/AUPRC "
-         "(as reported by the server)."),
+         "Per-round training loss, and evaluation loss and AUROC/AUPRC where the run "
+         "calibrated: means over the sites' own logs (read by the simulation; the server "
+         "never receives them)."),
         (plot_curves(labelled, fig_dir / "roc.png", "roc"),
          "ROC curves of all methods on the same test shoppers."),
         (plot_curves(labelled, fig_dir / "pr.png", "pr"),
@@ -231,7 +256,7 @@ def write_report(
         fa = false_alert.get(name)
         summary_rows.append([name, _fmt(ev["auroc"]), _fmt(ev["auprc"]),
                              "-" if fa is None else f"{100 * fa:.1f}%",
-                             _as_given(meta.get("epsilon")), _as_given(meta.get("delta"))])
+                             _epsilon(meta.get("epsilon")), _delta(meta.get("delta"))])
     kinds = sorted({k for ev in evaluation.values() for k in ev["auroc_per_kind"]})
     kind_rows = [[name, *(_fmt(ev["auroc_per_kind"].get(k)) for k in kinds)]
                  for name, ev in evaluation.items()]

@@ -31,7 +31,7 @@ from seqanom_core.ingest import read_nonempty_events, write_events
 from seqanom_core.privacy import UNIT
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
-from simulation.federation import run_federation, toml_lines
+from simulation.federation import rounds_with_site_logs, run_federation, toml_lines
 from simulation.inject import inject_anomalies
 from simulation.partition import partition_events, partition_summary
 from simulation.report import write_report
@@ -79,6 +79,8 @@ class SimulationConfig:
     seed: int = 0
     dp_seed: int | None = None  # DP sampling and noise: None = from the OS (secret, not repeatable)
     privacy_mode: str = "local"  # or "local+central" (site-level DP), "local+secagg" (SecAgg+)
+    calibration_share: float = 0.2  # of each site's budget, for the calibration releases (DP)
+    calibration_every: int = 0  # calibrate every k rounds and after the last (0: last only)
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
     central_epsilon: float = 10.0
@@ -170,6 +172,7 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
         "lr": cfg.site_lr if cfg.site_lr is not None else (DP_SITE_LR if cfg.dp else 0.0),
         "dp": cfg.dp, "dp-seed": -1 if cfg.dp_seed is None else cfg.dp_seed,
         "epsilon": cfg.epsilon, "seed": cfg.seed, "min-sites": cfg.sites,
+        "calibration-share": cfg.calibration_share, "calibration-every": cfg.calibration_every,
         "data-dir": str((cfg.out / "sites").resolve()),
         "ledger-dir": str((cfg.out / "ledgers").resolve()),
         "checkpoint-dir": str((cfg.out / "checkpoints").resolve()),
@@ -208,8 +211,10 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
             methods["federated"].update({"site_epsilon": g["epsilon"], "site_delta": g["delta"]})
     if cfg.baselines:
         _baselines(cfg, trains, test, curves, thresholds, methods)
-    rounds = [json.loads(line) for line in
-              (cfg.out / "checkpoints" / "metrics.jsonl").read_text().splitlines() if line]
+    rounds = rounds_with_site_logs(
+        [json.loads(line) for line in
+         (cfg.out / "checkpoints" / "metrics.jsonl").read_text().splitlines() if line],
+        cfg.out / "ledgers")
     config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
     if isinstance(cfg.fmt, FormatSpec):  # a generic mapping: its name, the mapping is in "ingest"
         config["fmt"] = cfg.fmt.name

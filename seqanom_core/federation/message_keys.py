@@ -1,8 +1,6 @@
 """Names of what travels between a site and the aggregator (one place for both sides).
 
-A site's replies hold only model arrays (``ARRAYS``), calibration histograms (``HISTOGRAMS``:
-counts over fixed bins, with noise) and the scalar metrics named in ``SITE_METRICS``. The
-message audit test checks every reply against this list.
+What a site may send under each name, and how it is protected: ``releases``.
 """
 
 from __future__ import annotations
@@ -23,11 +21,5 @@ PROXIMAL_MU = "proximal-mu"
 CALIBRATOR = "calibrator"  # JSON of the federated ScoreCalibrator (score-summary)
 ARRAY_NAMES = "array-names"  # JSON list: names of the arrays in a SecAgg+ (legacy) fit message
 
-# scalar metrics a site may send (site -> server)
-SITE_METRICS = frozenset({
-    "num-examples", "declined", "train-loss", "epsilon", "delta", "noise-multiplier", "budget",
-    "loss", "accuracy", "site-threshold", "auroc", "auprc", "num-test", "alert-rate-test",
-    "secagg-weight", "secagg-clipped",
-})
 SITE_NAME = "site"  # SecAgg+ (legacy) fit results carry the site's name among their metrics
 STAT_HIST, SCORE_HIST = "stat-histograms", "score-histogram"

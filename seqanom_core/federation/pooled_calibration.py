@@ -20,12 +20,21 @@ from seqanom_core.federation.calibration_histograms import (
 from seqanom_core.scoring import ScoreCalibrator
 
 
+def calibration_total(training_counts: Sequence[float], validation_fraction: float,
+                      all_shoppers: bool) -> float:
+    """The shoppers behind the sites' calibration histograms, estimated from their released
+    (noisy) training counts: each site holds out about ``validation_fraction`` of its shoppers
+    for validation, and counts them alone or with its training ones (``all_shoppers``); exact
+    counts are not released."""
+    share = 1.0 if all_shoppers else validation_fraction
+    return max(float(sum(training_counts)) * share / (1 - validation_fraction), 1.0)
+
+
 def pooled_calibrator(stat_histograms: Sequence[np.ndarray],
-                      shoppers: Sequence[float]) -> ScoreCalibrator:
-    """The calibrator from the sites' summed statistic histograms (``shoppers``: each site's count
-    of validation shoppers behind its histograms)."""
-    total = sum(shoppers)
-    return calibrator_from_histograms(np.asarray(sum(stat_histograms)), total or None)
+                      total: float | None = None) -> ScoreCalibrator:
+    """The calibrator from the sites' summed statistic histograms (``total``: the shoppers behind
+    them, estimated; default their noisy root count)."""
+    return calibrator_from_histograms(np.asarray(sum(stat_histograms)), total)
 
 
 @dataclass(frozen=True)
@@ -34,19 +43,20 @@ class PooledThreshold:
 
     threshold: float
     noise: float  # how far histogram noise can move its tail, as a fraction of the shoppers
-    shoppers: float  # validation shoppers behind it, all sites together
+    shoppers: float  # validation shoppers behind it, all sites together (noisy root count)
 
     def unreliable(self, alert_rate: float) -> bool:
         """True when the noise is large against the alert rate (the alert rate may stray)."""
         return self.noise > alert_rate / 2
 
 
-def pooled_threshold(score_histograms: Sequence[np.ndarray], shoppers: Sequence[float],
-                     alert_rate: float, noise_std: float) -> PooledThreshold:
+def pooled_threshold(score_histograms: Sequence[np.ndarray], noise_stds: Sequence[float],
+                     alert_rate: float, total: float | None = None) -> PooledThreshold:
     """The threshold flagging about ``alert_rate`` of the shoppers, from the sites' summed score
-    histograms (``noise_std``: the noise each site added per count)."""
-    total = sum(shoppers)
-    threshold = threshold_from_histogram(np.asarray(sum(score_histograms)), alert_rate,
-                                         total or None)
-    return PooledThreshold(threshold, threshold_noise(noise_std, total, len(score_histograms)),
-                           total)
+    histograms (``noise_stds``: the noise each site added per count; ``total``: the shoppers
+    behind them, estimated; default their noisy root count)."""
+    pooled = np.asarray(sum(score_histograms))
+    total = max(float(pooled[-1]) if total is None else total, 1.0)
+    threshold = threshold_from_histogram(pooled, alert_rate, total)
+    rms = float(np.sqrt(np.mean(np.square(noise_stds)))) if len(noise_stds) else 0.0
+    return PooledThreshold(threshold, threshold_noise(rms, total, len(score_histograms)), total)

@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from seqanom_core.config import Source
+from seqanom_core.federation.releases import ReleaseKind
 from seqanom_core.federation.run_config import RunConfig
 
 # Site metrics that a weighted mean over sites would misstate (a mean epsilon is no site's
 # guarantee): the round log keeps them per site (``sites``); the worst site's cumulative epsilon
 # is the record's privacy statement (``privacy``).
-PER_SITE_ONLY = frozenset({"epsilon", "delta", "budget", "noise-multiplier", "declined"})
+PER_SITE_ONLY = frozenset({"epsilon", "delta", "budget", "noise-multiplier", "declined",
+                           "calibration-noise", *(f"epsilon-{k}" for k in ReleaseKind)})
 
 
 @dataclass
@@ -61,11 +63,17 @@ class SiteGuarantees:
 
     epsilon: dict[str, float] = field(default_factory=dict)
     delta: dict[str, float] = field(default_factory=dict)
+    by_kind: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> kind -> epsilon
 
     def note(self, name: str, metrics: Mapping[str, Any]) -> None:
-        """Keep a site's reported epsilon (and delta, 0 when missing), if it reported one."""
+        """Keep a site's reported epsilon (and delta, 0 when missing) and its epsilon per kind of
+        release, if it reported them (a later reply of the same round may report more spent)."""
         if "epsilon" in metrics:
             self.epsilon[name], self.delta[name] = metrics["epsilon"], metrics.get("delta", 0.0)
+            kinds = {k.removeprefix("epsilon-"): float(v) for k, v in metrics.items()
+                     if k.startswith("epsilon-")}
+            if kinds:
+                self.by_kind[name] = kinds
 
     @classmethod
     def from_records(cls, records: list[RoundRecord]) -> SiteGuarantees:
@@ -74,6 +82,11 @@ class SiteGuarantees:
         for rec in records:
             for name, site in rec.sites.items():
                 out.note(name, site)
+        if records:  # the last statement holds what the calibration releases added after training
+            p = records[-1].privacy or {}
+            out.epsilon.update(p.get("epsilon_per_site") or {})
+            out.delta.update(p.get("delta_per_site") or {})
+            out.by_kind.update(p.get("epsilon_by_kind_per_site") or {})
         return out
 
 
@@ -88,6 +101,17 @@ def weighted_train_metrics(sites: Mapping[str, Mapping[str, float]]) -> dict[str
     return out
 
 
+def calibration_text(settings: RunConfig) -> str:
+    """How a federated model's calibration was made, in the privacy statement's terms."""
+    fed = settings.federation
+    if settings.train.dp is None:
+        return ("federated, not DP: noisy per-site histograms of held-out validation shoppers "
+                f"(noise std {fed.calibration_noise} counts per bin, not accounted)")
+    return ("federated, accounted: Gaussian-noised per-site histograms of held-out validation "
+            f"shoppers, in each site's ledger (planned at {fed.calibration_share:.0%} of its "
+            "budget per run)")
+
+
 def model_metadata(settings: RunConfig, run_id: str, rec: RoundRecord,
                    privacy: dict[str, Any], stop_reason: str) -> dict[str, Any]:
     """The metadata of the global model after round ``rec.round`` (model directory)."""
@@ -96,7 +120,6 @@ def model_metadata(settings: RunConfig, run_id: str, rec: RoundRecord,
             "kind": settings.model.kind, "source": str(Source.EVENTS), "federated": True,
             "run_id": run_id, "round": rec.round, "strategy": fed.strategy,
             "alert_rate": fed.alert_rate, "privacy": privacy, "stop_reason": stop_reason,
-            "calibration": "federated: noisy per-site histograms of held-out validation "
-                           f"shoppers (noise std {fed.calibration_noise} counts per bin)",
+            "calibration": calibration_text(settings),
             "threshold_noise": rec.threshold_noise,
             "round_metrics": {"train": rec.train, "evaluate": rec.evaluate}}

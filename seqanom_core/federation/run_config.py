@@ -21,6 +21,7 @@ from seqanom_core.config import (
 )
 from seqanom_core.errors import ConfigError
 
+CALIBRATION_SHOPPERS = ("auto", "validation", "all")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 PRIVACY_MODES = ("local", "local+central", "local+secagg")
 # Flower's central-DP accounting needs FedAvg's own aggregation; SecAgg+ only yields a (weighted) sum
@@ -41,7 +42,20 @@ class FederationConfig:
     trim_beta: float = 0.2  # FedTrimmedAvg's fraction cut at each end
     krum_byzantine: int = 0  # Krum's assumed number of malicious sites
     alert_rate: float = 0.05
-    calibration_noise: float = 0.5  # std (counts) of the noise on each calibration histogram bin
+    # without DP: std (counts) of the noise on each calibration histogram bin. Under DP the noise
+    # is set by calibration_share instead, and accounted (calibration_budget.py)
+    calibration_noise: float = 0.5
+    # under DP: the share of each site's epsilon budget that one run's calibration releases
+    # (and its noisy training count) may spend on their own; DP-SGD plans around it
+    calibration_share: float = 0.2
+    # calibrate (evaluate + threshold) every this many rounds and always after the last one;
+    # 0: after the last round only (each calibration is a release that costs privacy)
+    calibration_every: int = 0
+    # whose statistics the calibration histograms count: "validation" (held-out shoppers),
+    # "all" (training shoppers too: five times the shoppers behind the same noise, for a model
+    # trained under DP, which bounds how much better it fits its training shoppers), "auto"
+    # (all under DP, validation without)
+    calibration_shoppers: str = "auto"
     checkpoint_dir: str = "runs/flwr/checkpoints"
     final_model_dir: str = ""  # default: CHECKPOINT_DIR/final
     resume: bool = False
@@ -61,6 +75,13 @@ class FederationConfig:
             raise ConfigError(f"trim-beta must be in [0, 0.5), not {self.trim_beta}")
         if not 0 < self.alert_rate < 1:
             raise ConfigError(f"alert-rate must be in (0, 1), not {self.alert_rate}")
+        if not 0 < self.calibration_share < 1:
+            raise ConfigError(f"calibration-share must be in (0, 1), not {self.calibration_share}")
+        if self.calibration_shoppers not in CALIBRATION_SHOPPERS:
+            raise ConfigError(f"calibration-shoppers must be one of "
+                              f"{', '.join(CALIBRATION_SHOPPERS)}, not {self.calibration_shoppers!r}")
+        if self.calibration_every < 0:
+            raise ConfigError(f"calibration-every must be >= 0, not {self.calibration_every}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +173,12 @@ class RunConfig:
         if not is_positive_number(self.max_noise):
             raise ConfigError(f"max-noise must be a positive number, not {self.max_noise}")
 
+    @property
+    def calibrates_on_all(self) -> bool:
+        """Whether the calibration histograms count training shoppers too."""
+        mode = self.federation.calibration_shoppers
+        return mode == "all" or (mode == "auto" and self.train.dp is not None)
+
 
 #: A site's local training in a federation. Run config ``local-optimizer = "auto"`` (the
 #: default) trains with plain SGD under DP and with AdamW without DP; ``lr = 0`` (the default)
@@ -189,6 +216,9 @@ _KEYS: dict[str, tuple[str, str]] = {
     "krum-byzantine": ("federation", "krum_byzantine"),
     "alert-rate": ("federation", "alert_rate"),
     "calibration-noise": ("federation", "calibration_noise"),
+    "calibration-share": ("federation", "calibration_share"),
+    "calibration-every": ("federation", "calibration_every"),
+    "calibration-shoppers": ("federation", "calibration_shoppers"),
     "checkpoint-dir": ("federation", "checkpoint_dir"),
     "final-model-dir": ("federation", "final_model_dir"),
     "resume": ("federation", "resume"),

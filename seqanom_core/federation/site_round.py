@@ -1,11 +1,12 @@
 """What a merchant site does in a federated round, as plain library calls (no Flower here).
 
 A site holds its shoppers in three disjoint parts: training shoppers (DP-SGD), validation
-shoppers (held out: next-event loss, calibration summaries) and, where labels exist (the
+shoppers (held out, split by a keyed hash of the shopper id) and, where labels exist (the
 simulation), labelled test shoppers. ``train_round`` runs one round of local training under the
-site's privacy ledger; ``evaluate_round`` measures the global model on the site's held-out
-shoppers; ``score_summary`` releases the noisy score histogram used for the federated threshold.
-Only model arrays and scalars leave these functions.
+site's privacy ledger; ``evaluate_round`` and ``score_summary`` release the noisy calibration
+histograms of a global model. Under DP every value these return for sending is an accounted
+release or a function of them (``releases.py``); what the site measures besides (losses,
+accuracy, AUROC, its own threshold) is returned apart, to stay in its own log.
 """
 
 from __future__ import annotations
@@ -20,17 +21,28 @@ import numpy as np
 
 from seqanom_core.config import DPConfig, TokenizerConfig
 from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceeded
-from seqanom_core.federation.calibration_histograms import score_histogram, stat_histograms
+from seqanom_core.federation.calibration_budget import (
+    CalibrationNoise,
+    calibration_noise,
+    epsilon_by_kind,
+    noisy_training_count,
+    reserved_for_run,
+)
+from seqanom_core.federation.calibration_histograms import (
+    histogram_seed,
+    score_histogram,
+    stat_histograms,
+)
 from seqanom_core.federation.global_model import build_federated_model
+from seqanom_core.federation.releases import ReleaseKind
 from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.inference import next_event_metrics
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.metrics import auprc, auroc
 from seqanom_core.models import model_arrays, resolve_device
-from seqanom_core.privacy import default_delta
 from seqanom_core.privacy_ledger import PrivacyLedger
 from seqanom_core.scoring import ScoreCalibrator, score_statistics
-from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers
+from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers_by_id
 from seqanom_core.thresholds import calibrate_threshold
 from seqanom_core.training import poisson_schedule, train_model
 
@@ -59,6 +71,11 @@ class SitePaths:
     labels: Path | None = None
     ledger: Path | None = None
 
+    @property
+    def local_log(self) -> Path | None:
+        """The site's own log of what it measures but never sends (beside its ledger)."""
+        return None if self.ledger is None else self.ledger.with_suffix(".local.jsonl")
+
 
 _CACHE: dict[tuple, SiteData] = {}
 
@@ -82,7 +99,7 @@ def load_site(paths: SitePaths, tok: TokenizerConfig, validation_fraction: float
     seqs = build_sequences(_read(paths.data, paths.fmt), tok)
     if len(seqs) < 4:
         raise ConfigError(f"{paths.data}: site {paths.name!r} has only {len(seqs)} shoppers")
-    train, valid = split_shoppers(seqs, validation_fraction, seed)
+    train, valid = split_shoppers_by_id(seqs, validation_fraction, seed)
     site = SiteData(paths.name, train, valid)
     if paths.test is not None and paths.test.is_file():
         site.test = build_sequences(_read(paths.test, paths.fmt), tok)
@@ -107,9 +124,10 @@ class RoundOutcome:
     """Result of one local training round (arrays is None when the site declined)."""
 
     arrays: dict[str, np.ndarray] | None
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # what the site sends (releases.py)
     ledger: PrivacyLedger | None
     declined_reason: str = ""
+    local: dict[str, float] = dataclasses.field(default_factory=dict)  # kept at the site
 
 
 def train_round(
@@ -131,21 +149,32 @@ def train_round(
     device = resolve_device(cfg.device)
     model = build_federated_model(settings, arrays, site.train.source)
     metrics: dict[str, float] = {"num-examples": float(n), "declined": 0.0}
+    local: dict[str, float] = {}
     if cfg.dp is not None:
         if ledger is None:
             raise ConfigError("DP training needs a privacy ledger")
-        delta = ledger.fix_delta(cfg.dp.delta or ledger.delta or default_delta(n))
+        fed, budget = settings.federation, settings.budget
         try:
+            # the count is released (noisy, accounted) before anything is planned from it
+            noise = calibration_noise(fed, budget, cfg.dp.delta or ledger.delta or 1e-5,
+                                      ledger.state.accountant)
+            metrics["num-examples"] = noisy_training_count(
+                ledger, run_id, n, noise,
+                histogram_seed(settings.dp_seed, site.name, server_round, 2), cfg.dp.delta,
+                round=server_round)
+            delta = float(ledger.delta)  # type: ignore[arg-type]
+            noise = calibration_noise(fed, budget, delta, ledger.state.accountant)
+            reserved = reserved_for_run(fed, ledger, run_id, noise)
             if cfg.dp.noise_multiplier is not None:
                 sigma = cfg.dp.noise_multiplier
             else:
-                sigma = ledger.plan_noise(q, steps, rounds_left, max_noise=settings.max_noise)
-            ledger.check_affordable(sigma, q, steps)
+                sigma = ledger.plan_noise(q, steps, rounds_left, max_noise=settings.max_noise,
+                                          reserved=reserved)
+            ledger.check_affordable(sigma, q, steps, reserved)
         except PrivacyBudgetExceeded as err:
             log.warning("site %s declines round %d: %s", site.name, server_round, err)
-            return RoundOutcome(None, {"num-examples": 0.0, "declined": 1.0,
-                                       "epsilon": ledger.spent(), "delta": delta,
-                                       "budget": ledger.budget or 0.0}, ledger, str(err))
+            return RoundOutcome(None, {**metrics, **privacy_metrics(ledger, budget),
+                                       "declined": 1.0}, ledger, str(err))
         dp_seed = (None if cfg.dp.seed is None
                    else site_seed(cfg.dp.seed, site.name, server_round))
         cfg = dataclasses.replace(cfg, dp=DPConfig(noise_multiplier=sigma, delta=delta,
@@ -154,48 +183,112 @@ def train_round(
     result = train_model(model, site.train, cfg, device,
                          accountant_state=ledger.state if (ledger and cfg.dp) else None,
                          progress=False, proximal_mu=proximal_mu, schedule_span=span)
-    metrics["train-loss"] = float(result.epoch_losses[-1])
+    local["train-loss"] = float(result.epoch_losses[-1])
     if result.accountant_state is not None and ledger is not None:
         ledger.record(result.accountant_state, run=run_id, round=server_round,
+                      kind=str(ReleaseKind.MODEL_UPDATE),
                       noise_multiplier=result.noise_multiplier, steps=result.steps)
-        metrics.update({"epsilon": ledger.spent(), "delta": float(ledger.delta or 0.0),
-                        "noise-multiplier": float(result.noise_multiplier or 0.0),
-                        "budget": float(ledger.budget or 0.0)})
-    return RoundOutcome(model_arrays(model), metrics, ledger)
+        metrics.update({**privacy_metrics(ledger, settings.budget),
+                        "noise-multiplier": float(result.noise_multiplier or 0.0)})
+    return RoundOutcome(model_arrays(model), metrics, ledger, local=local)
+
+
+def privacy_metrics(ledger: PrivacyLedger, budget: float | None) -> dict[str, float]:
+    """What a site reports of its ledger: cumulative epsilon, delta, budget, epsilon per kind."""
+    return {"epsilon": ledger.spent(), "delta": float(ledger.delta or 0.0),
+            "budget": float(budget or 0.0), **epsilon_by_kind(ledger)}
 
 
 @dataclass
 class Evaluation:
-    """A site's measurements of a global model: scalars and calibration histograms."""
+    """A site's calibration release for a global model, and what it keeps to itself."""
 
-    metrics: dict[str, float]
-    stat_histograms: np.ndarray  # (n_stats, n_bins), noisy
-    valid_stats: np.ndarray  # (n_valid, n_stats): per shopper, stays at the site
+    metrics: dict[str, float]  # sent (releases.py)
+    local: dict[str, float]  # kept at the site: validation loss, accuracy, own threshold, AUROC
+    stat_histograms: np.ndarray | None  # (n_stats, TREE_SIZE), noisy; None: declined (budget)
+    # (n, n_stats): per calibration shopper (validation, then training ones when the run
+    # calibrates on all), stays at the site
+    valid_stats: np.ndarray
+
+
+@dataclass(frozen=True)
+class ReleaseContext:
+    """Which run and round a calibration release belongs to, and its noise seed (None: OS)."""
+
+    run_id: str
+    server_round: int
+    seed: int | None
+
+
+def _release(site: SiteData, settings: RunConfig, ledger: PrivacyLedger | None,
+             ctx: ReleaseContext, kind: ReleaseKind) -> tuple[CalibrationNoise, dict[str, float]]:
+    """Account one calibration release of ``kind`` (under DP) and the metrics its reply carries;
+    raises PrivacyBudgetExceeded, accounting nothing, when the budget cannot pay for it."""
+    dp = settings.train.dp
+    if dp is None or ledger is None:
+        noise = calibration_noise(settings.federation, None, None)
+        return noise, {"num-examples": float(len(site.train)), "declined": 0.0,
+                       "calibration-noise": noise.score_std}
+    noise = calibration_noise(settings.federation, settings.budget,
+                              dp.delta or ledger.delta or 1e-5, ledger.state.accountant)
+    count = noisy_training_count(ledger, ctx.run_id, len(site.train), noise,
+                                 histogram_seed(settings.dp_seed, site.name, ctx.server_round, 2),
+                                 dp.delta, round=ctx.server_round)
+    noise = calibration_noise(settings.federation, settings.budget, ledger.delta,
+                              ledger.state.accountant)
+    ledger.record_gaussian(noise.noise_multiplier, 1, str(kind), run=ctx.run_id,  # type: ignore[arg-type]
+                           round=ctx.server_round)
+    return noise, {"num-examples": count, "declined": 0.0, "calibration-noise": noise.score_std,
+                   **privacy_metrics(ledger, settings.budget)}
+
+
+def _declined(site: SiteData, ledger: PrivacyLedger | None, settings: RunConfig,
+              err: Exception, what: str) -> dict[str, float]:
+    log.warning("site %s declines the %s: %s", site.name, what, err)
+    out = {"declined": 1.0}
+    if ledger is not None:
+        out.update(privacy_metrics(ledger, settings.budget))
+        done = [e for e in ledger.entries if e.get("kind") == str(ReleaseKind.TRAINING_COUNT)]
+        out["num-examples"] = float(done[-1]["value"]) if done else 1.0
+    return out
 
 
 def evaluate_round(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndarray], *,
-                   noise_std: float, seed: int | None) -> Evaluation:
-    """Next-event loss/accuracy on validation shoppers, local AUROC/AUPRC where labelled."""
+                   ledger: PrivacyLedger | None, ctx: ReleaseContext) -> Evaluation:
+    """Query 1: noisy statistic histograms of the calibration shoppers (validation, and training
+    ones when ``settings.calibrates_on_all``) under the global model (accounted under DP);
+    next-event loss/accuracy, the site's own threshold and, where labelled, AUROC/AUPRC on the
+    validation shoppers are measured too but stay at the site (``Evaluation.local``)."""
     device = resolve_device(settings.train.device)
     model = build_federated_model(settings, arrays, site.valid.source)
     ev, stats = score_statistics(model, site.valid, device)
-    metrics = {"num-examples": float(len(site.valid)), **next_event_metrics(ev)}
-    local = ScoreCalibrator().fit(stats)
-    valid_scores, _ = local.score(stats)
-    metrics["site-threshold"] = calibrate_threshold(valid_scores, settings.federation.alert_rate)
+    local = {"validation-shoppers": float(len(site.valid)), **next_event_metrics(ev)}
+    calibrator = ScoreCalibrator().fit(stats)
+    valid_scores, _ = calibrator.score(stats)
+    local["site-threshold"] = calibrate_threshold(valid_scores, settings.federation.alert_rate)
     if site.test is not None and site.test_labels is not None:
-        t_scores, _ = local.score(score_statistics(model, site.test, device)[1])
-        metrics["auroc"] = auroc(site.test_labels, t_scores)
-        metrics["auprc"] = auprc(site.test_labels, t_scores)
-        metrics["num-test"] = float(len(site.test))
-        metrics["alert-rate-test"] = float(np.mean(t_scores > metrics["site-threshold"]))
-    return Evaluation(metrics, stat_histograms(stats, noise_std, seed), stats)
+        t_scores, _ = calibrator.score(score_statistics(model, site.test, device)[1])
+        local.update({"auroc": auroc(site.test_labels, t_scores),
+                      "auprc": auprc(site.test_labels, t_scores),
+                      "num-test": float(len(site.test)),
+                      "alert-rate-test": float(np.mean(t_scores > local["site-threshold"]))})
+    if settings.calibrates_on_all:
+        stats = np.concatenate([stats, score_statistics(model, site.train, device)[1]])
+    try:
+        noise, metrics = _release(site, settings, ledger, ctx,
+                                  ReleaseKind.CALIBRATION_STATISTICS)
+    except PrivacyBudgetExceeded as err:
+        return Evaluation(_declined(site, ledger, settings, err, "calibration"), local, None,
+                          stats)
+    return Evaluation(metrics, local, stat_histograms(stats, noise.stat_std, ctx.seed), stats)
 
 
 def score_summary(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndarray],
-                  calibrator: ScoreCalibrator, *, noise_std: float, seed: int | None,
-                  valid_stats: np.ndarray | None = None) -> np.ndarray:
-    """Noisy histogram of the validation shoppers' scores under the federated calibration.
+                  calibrator: ScoreCalibrator, *, ledger: PrivacyLedger | None,
+                  ctx: ReleaseContext, valid_stats: np.ndarray | None = None
+                  ) -> tuple[dict[str, float], np.ndarray | None]:
+    """Query 2: noisy histogram of the calibration shoppers' scores under the federated
+    calibration (accounted under DP), with the reply's metrics; None when declined.
 
     ``valid_stats``: the statistics ``evaluate_round`` computed for these same ``arrays``
     (saves scoring the validation shoppers again)."""
@@ -203,5 +296,12 @@ def score_summary(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndar
         device = resolve_device(settings.train.device)
         model = build_federated_model(settings, arrays, site.valid.source)
         _, valid_stats = score_statistics(model, site.valid, device)
+        if settings.calibrates_on_all:
+            valid_stats = np.concatenate([valid_stats,
+                                          score_statistics(model, site.train, device)[1]])
     scores, _ = calibrator.score(valid_stats)
-    return score_histogram(scores, noise_std, seed)
+    try:
+        noise, metrics = _release(site, settings, ledger, ctx, ReleaseKind.CALIBRATION_SCORES)
+    except PrivacyBudgetExceeded as err:
+        return _declined(site, ledger, settings, err, "score summary"), None
+    return metrics, score_histogram(scores, noise.score_std, ctx.seed)

@@ -77,7 +77,8 @@ def privacy_line(p: dict[str, Any]) -> str:
     return (f"privacy: {guarantee_text(p['epsilon'], p['delta'], p['unit'])}; "
             f"{p['accountant']}; noise multiplier {p['noise_multiplier']:.3f}, "
             f"clip {p['max_grad_norm']}"
-            + (f"; sampling and noise {p['randomness']}" if p.get("randomness") else ""))
+            + (f"; sampling and noise {p['randomness']}" if p.get("randomness") else "")
+            + (f"; calibration: {p['calibration']}" if p.get("calibration") else ""))
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -180,9 +181,13 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         budget = "not stored (each 'seqanom train --dp --epsilon E' call sets it)"
     remaining = "-" if s["remaining"] is None else f"{s['remaining']:.3f}"
     print(f"privacy ledger {args.path}" + (f" (site {s['site']})" if s["site"] else ""))
-    print(f"  protects: {s['unit']}; accountant: {s['accountant']} over {s['steps']} DP-SGD steps")
+    print(f"  protects: {s['unit']}; accountant: {s['accountant']} over {s['steps']} steps "
+          "(DP-SGD steps and Gaussian releases)")
     print(f"  delta {delta}; budget {budget}; epsilon spent {s['epsilon_spent']:.3f}; "
           f"remaining {remaining}")
+    if len(s.get("by_kind") or {}) > 1:
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in s["by_kind"].items())
+        print(f"  epsilon of each kind of release alone: {parts} (composed: the total above)")
     if s["runs"]:
         print(f"  {'run':24s} {'rounds':>9s} {'eps added':>10s} {'eps alone':>10s}  last release")
         for r in s["runs"]:

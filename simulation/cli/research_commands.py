@@ -141,7 +141,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines, history_copy=not args.no_history_copy,
         seed=args.seed, dp_seed=args.dp_seed, privacy_mode=args.privacy_mode,
         central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
-        central_epsilon=args.central_epsilon)
+        central_epsilon=args.central_epsilon, calibration_share=args.calibration_share,
+        calibration_every=args.calibration_every)
     if args.prepare_only:
         path = prepare_flwr_run(cfg)
         print(f"{cfg.sites} sites written under {cfg.out / 'sites'}; run config: {path}")
@@ -157,7 +158,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"simulation finished in {metrics['seconds']:.0f} s; report: {cfg.out / 'report.md'}")
     for name, m in ev.items():
         eps = metrics.get("methods", {}).get(name, {}).get("epsilon")
-        eps_txt = f", epsilon {eps:.2f}" if isinstance(eps, (int, float)) else ""
+        eps_txt = f", epsilon {eps:.3f}" if isinstance(eps, (int, float)) else ""
         fa = m.get("false_alert_rate")
         fa_txt = f"  normal flagged {fa:6.1%}" if isinstance(fa, (int, float)) else " " * 22
         print(f"  {name:24s} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}{fa_txt}{eps_txt}"
@@ -170,6 +171,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               f"over {priv['rounds']} rounds; accounted by {g['accounted_by'].split(':')[0]}")
     if not priv.get("guarantees"):
         print("  no differential privacy (no epsilon is claimed)")
+    if priv.get("epsilon_by_kind"):
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in priv["epsilon_by_kind"].items())
+        print(f"  covers everything the sites sent; epsilon of each kind alone: {parts}")
     saw = priv.get("server_saw_individual_updates", True)
     print("  the server saw each site's update" if saw else
           "  the server saw only the sum of the sites' updates (SecAgg+)")
@@ -246,6 +250,12 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="local+central: L2 norm each site's update is clipped to")
     p.add_argument("--central-epsilon", type=float, default=10.0,
                    help="local+central: site-level budget; the run stops before passing it")
+    p.add_argument("--calibration-share", type=float, default=0.2,
+                   help="with DP: share of each site's budget its calibration releases spend "
+                        "(accounted in its ledger; DP-SGD gets the rest)")
+    p.add_argument("--calibration-every", type=int, default=0,
+                   help="calibrate every K rounds and after the last (0: after the last only; "
+                        "each calibration is a release that costs privacy)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     p.add_argument("--no-history-copy", action="store_true",
                    help="train the federation and the baselines without the model's copy term "

@@ -117,3 +117,20 @@ def test_a_sequences_reordering_does_not_depend_on_the_other_sequences():
                                   full.channels["event"][full.span(int(i))])
     other = shuffle_within(s, seed=2)
     assert not np.array_equal(other.channels["event"], full.channels["event"])  # seed matters
+
+
+def test_split_by_id_moves_no_other_shopper_when_one_is_removed():
+    from seqanom_core.sequences import split_shoppers_by_id
+
+    n = 60
+    s = build_sequences(events_from_arrays(
+        user_id=[f"u{k}" for k in range(n)], item_id=["x"] * n, category_id=["c"] * n,
+        behavior=[0] * n, timestamp=[float(k) for k in range(n)]), TokenizerConfig())
+    a, b = split_shoppers_by_id(s, 0.3, 7)
+    assert len(a) + len(b) == len(s) and not set(a.ids) & set(b.ids)
+    assert 0.1 < len(b) / len(s) < 0.5
+    drop = s.ids[0]
+    a2, b2 = split_shoppers_by_id(s.subset(np.arange(1, len(s))), 0.3, 7)
+    assert set(a2.ids) == set(a.ids) - {drop} and set(b2.ids) == set(b.ids) - {drop}
+    a3, _ = split_shoppers_by_id(s, 0.3, 8)
+    assert set(a3.ids) != set(a.ids)  # the seed matters

@@ -1,7 +1,7 @@
 """Audit of what sites send: every reply of a run against the allowed shapes and the site's ids.
 
-A site may send only (``seqanom_core.federation.message_keys``): the model's arrays (train), scalar metrics
-named in ``SITE_METRICS``, calibration tree histograms over the fixed bins (``STAT_EDGES``,
+A site may send only what ``seqanom_core.federation.releases`` lists: the model's arrays (train),
+scalar metrics named in ``SITE_METRICS``, calibration tree histograms over the fixed bins (``STAT_EDGES``,
 ``SCORE_EDGES``) that hold counts, and one ConfigRecord with its own name. ``audit_replies``
 checks each reply against that exactly and scans every string, every scalar and every array for
 the sites' user and item ids; it raises ``MessageAuditError`` listing every problem found.
@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 
 from seqanom_core.federation import message_keys
 from seqanom_core.federation.calibration_histograms import TREE_SIZE, tree_levels
+from seqanom_core.federation.releases import SITE_METRICS
 from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.models import build_model, model_arrays
 from seqanom_core.scoring import stat_names
@@ -51,7 +52,8 @@ class ReplyPolicy:
     param_shapes: Mapping[str, tuple[int, ...]]  # model parameter name -> shape
     site_names: Mapping[int, str]  # node id -> the one string that node may send (its name)
     identifiers: frozenset[str]  # user and item ids of every site (none may leave)
-    calibration_noise: float  # std of the noise per histogram bin (counts)
+    calibration_noise: float  # std of the noise per histogram bin without DP (counts)
+    dp: bool = False  # under DP each reply states its noise (calibration-noise)
 
     @property
     def stat_shape(self) -> tuple[int, int]:
@@ -152,22 +154,24 @@ def _check_arrays(where: str, record, expected: Mapping[str, tuple[int, ...]], s
     return out
 
 
-def _check_counts(where: str, hist: np.ndarray, n: float | None, noise: float,
-                  problems: list[str]) -> None:
-    """Each level of each tree histogram counts the site's shoppers once: it sums to
-    num-examples +- noise."""
-    if n is None or hist.ndim == 0 or hist.dtype.kind != "f":
+def _check_counts(where: str, hist: np.ndarray, noise: float, problems: list[str]) -> None:
+    """Each level of each tree histogram counts the same shoppers once: every level sums to the
+    root count +- noise (``noise``: the std per count), and no count is far below zero."""
+    if hist.ndim == 0 or hist.dtype.kind != "f":
         return
     rows = hist.reshape(-1, hist.shape[-1])
-    for level in tree_levels(rows):
-        tol = 6.0 * noise * math.sqrt(level.shape[1]) + 1e-6
+    levels = tree_levels(rows)
+    root = levels[-1][:, 0]
+    for level in levels[:-1]:
+        tol = 6.0 * noise * math.sqrt(level.shape[1] + 1) + 1e-6
         sums = level.sum(axis=1)
-        if not np.all(np.abs(sums - n) <= tol):
+        if not np.all(np.abs(sums - root) <= tol):
             problems.append(f"{where}: a level of {level.shape[1]} bins sums to "
-                            f"{np.round(sums[:3], 1).tolist()}..., not to num-examples={n:g} "
-                            f"(+-{tol:.1f}): not counts of the site's shoppers")
+                            f"{np.round(sums[:3], 1).tolist()}..., not to the root count "
+                            f"{np.round(root[:3], 1).tolist()} (+-{tol:.1f}): not counts of "
+                            "the site's shoppers")
             return
-        if np.any(level < -tol):
+        if np.any(level < -6.0 * noise - 1e-6):
             problems.append(f"{where}: counts far below zero (not a noisy histogram)")
             return
 
@@ -226,19 +230,16 @@ def audit_reply(reply: Message, node_id: int, policy: ReplyPolicy, scan: _IdScan
                     problems.append(f"{where}: {message_keys.SITE!r} holds id(s) {hits}")
 
     metrics = content.get(message_keys.METRICS)
-    n = None
+    noise = policy.calibration_noise
     if not isinstance(metrics, MetricRecord):
         problems.append(f"{where}: no MetricRecord {message_keys.METRICS!r}")
     else:
         problems.extend(_metric_problems(f"{where} {message_keys.METRICS!r}", metrics, scan))
-        if isinstance(metrics.get("num-examples"), (int, float)):
-            n = float(metrics["num-examples"])
-        if mtype == SCORE_QUERY and set(metrics.keys()) != {"num-examples"}:
-            problems.append(f"{where}: metrics {sorted(metrics.keys())}, expected only "
-                            "['num-examples']")
+        if isinstance(metrics.get("calibration-noise"), (int, float)):
+            noise = float(metrics["calibration-noise"])  # the score histogram's, per count
+    declined = isinstance(metrics, MetricRecord) and metrics.get("declined") == 1.0
 
     if mtype == MessageType.TRAIN:
-        declined = isinstance(metrics, MetricRecord) and metrics.get("declined") == 1.0
         if message_keys.ARRAYS in content:
             if declined:
                 problems.append(f"{where}: a declined round sent model arrays")
@@ -247,15 +248,21 @@ def audit_reply(reply: Message, node_id: int, policy: ReplyPolicy, scan: _IdScan
         elif not declined:
             problems.append(f"{where}: neither model arrays nor declined=1")
     elif message_keys.HISTOGRAMS not in content:
-        problems.append(f"{where}: no {message_keys.HISTOGRAMS!r} record")
+        if not declined:
+            problems.append(f"{where}: neither a {message_keys.HISTOGRAMS!r} record nor "
+                            "declined=1")
+    elif declined:
+        problems.append(f"{where}: a declined calibration sent histograms")
     else:
         name, shape = ((message_keys.STAT_HIST, policy.stat_shape) if mtype == MessageType.EVALUATE
                        else (message_keys.SCORE_HIST, policy.score_shape))
         arrays = _check_arrays(f"{where} {message_keys.HISTOGRAMS!r}", content[message_keys.HISTOGRAMS],
                                {name: shape}, scan, problems)
         if name in arrays and arrays[name].shape == shape:
-            _check_counts(f"{where} {name!r}", arrays[name], n, policy.calibration_noise,
-                          problems)
+            # under DP one noise multiplier: the statistic histograms' noise is the score
+            # histogram's times sqrt(statistics) (their sensitivities' ratio)
+            scale = math.sqrt(len(stat_names())) if policy.dp and name == message_keys.STAT_HIST else 1.0
+            _check_counts(f"{where} {name!r}", arrays[name], noise * scale, problems)
     return problems
 
 
@@ -264,7 +271,7 @@ def _metric_problems(where: str, record, scan: _IdScan) -> list[str]:
         return [f"{where}: a {type(record).__name__}, expected a MetricRecord"]
     problems = []
     for k, v in record.items():
-        if k not in message_keys.SITE_METRICS:
+        if k not in SITE_METRICS:
             problems.append(f"{where}: metric {k!r} is not in SITE_METRICS")
         if hits := scan.in_string(k):
             problems.append(f"{where}: metric name {k!r} holds id(s) {hits}")

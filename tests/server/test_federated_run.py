@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from client.app import app as client_app
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation import message_keys
+from seqanom_core.federation.global_model import initial_global_arrays
+from seqanom_core.federation.releases import SITE_METRICS
 from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.privacy_ledger import PrivacyLedger
 from server.checkpoints import list_checkpoints
@@ -23,10 +26,10 @@ from server.strategies import build_strategy
 NODES = {101: {"partition-id": 0}, 102: {"partition-id": 1}, 103: {"partition-id": 2}}
 
 
-def _run(cfg: dict, nodes=None, tamper=None):
+def _run(cfg: dict, nodes=None, tamper=None, run_id: str = "test"):
     grid = InProcessGrid(client_app, nodes or NODES, cfg, tamper=tamper)
     s = settings_from_run_config(cfg)
-    run = FederatedRun(grid, build_strategy(s.federation), s, "test",
+    run = FederatedRun(grid, build_strategy(s.federation), s, run_id,
                        Path(cfg["final-model-dir"]))
     return run, run.run(), grid
 
@@ -41,24 +44,63 @@ def test_rounds_write_checkpoints_ledgers_and_a_scorable_model(tmp_path, site_di
     assert set(rec["sites"]) == {"site-0", "site-1", "site-2"}
     assert all(0 < s["epsilon"] <= 8.0 for s in rec["sites"].values())
     # the round's train metrics: no mean epsilon (no site's guarantee); the worst site's is in
-    # the record's privacy statement
+    # the record's privacy statement, after the calibration releases that followed training
     assert not {"epsilon", "delta", "noise-multiplier", "budget"} & set(rec["train"])
-    assert rec["privacy"]["epsilon"] == max(s["epsilon"] for s in rec["sites"].values())
+    ledgers = [PrivacyLedger.load(tmp_path / "ledgers" / f"site-{k}.json") for k in range(3)]
+    assert rec["privacy"]["epsilon"] == pytest.approx(max(lg.spent() for lg in ledgers))
+    assert rec["privacy"]["epsilon"] > max(s["epsilon"] for s in rec["sites"].values())
     assert rec["threshold"] is not None and np.isfinite(rec["threshold"])
-    # every checkpoint and the final model load as model directories and score shoppers
+    # calibrated once, after the last round: round 1 keeps the global arrays only
+    assert (ckpts[0][1] / "global_model.safetensors").is_file()
+    assert records[0].threshold is None and not (ckpts[0][1] / "config.json").exists()
+    # the last checkpoint and the final model load as model directories and score shoppers
     det = SequenceDetector.load(tmp_path / "model", progress=False)
     assert det.metadata_["privacy"]["dp"] and det.metadata_["privacy"]["epsilon"] <= 8.0
-    SequenceDetector.load(ckpts[0][1], progress=False)
+    assert det.metadata_["calibration"].startswith("federated, accounted")
+    SequenceDetector.load(ckpts[-1][1], progress=False)
     lines = (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["round"] == 2
-    for k in range(3):
-        ledger = PrivacyLedger.load(tmp_path / "ledgers" / f"site-{k}.json")
-        assert len(ledger.entries) == 2 and ledger.spent() <= 8.0
-    # nothing but arrays, histograms, the site name and whitelisted scalars left the sites
+    for ledger in ledgers:
+        # one noisy count, two DP-SGD rounds, two calibration releases; all within the budget
+        assert [e["kind"] for e in ledger.entries] == [
+            "training-count", "model-update", "model-update", "calibration-statistics",
+            "calibration-scores"]
+        assert ledger.spent() <= 8.0
+        kinds = ledger.by_kind()
+        assert set(kinds) == {"training-count", "model-update", "calibration-statistics",
+                              "calibration-scores"}
+        assert max(kinds.values()) < ledger.spent() <= sum(kinds.values())
+    # the statement: every release kind accounted with its epsilon, or public with a reason
+    releases = rec["privacy"]["releases"]
+    assert {r["protection"] for r in releases} == {"accounted", "public"}
+    for r in releases:
+        assert r["how"] and (r["protection"] == "public" or r["epsilon_of_kind"] > 0)
+    # nothing but arrays, histograms, the site name and listed scalars left the sites
     for reply in grid.sent:
         assert set(reply.content.keys()) <= {message_keys.ARRAYS, message_keys.METRICS, message_keys.HISTOGRAMS, message_keys.SITE}
         if message_keys.METRICS in reply.content:
-            assert set(reply.content[message_keys.METRICS].keys()) <= message_keys.SITE_METRICS
+            assert set(reply.content[message_keys.METRICS].keys()) <= SITE_METRICS
+
+
+def test_resume_from_an_uncalibrated_round_finishes_the_run(tmp_path, site_dirs):
+    cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 3, "dp": False})
+    _run(cfg)
+    for r in (2, 3):  # as if the server died after round 1 (not calibrated: only round 3 is)
+        shutil.rmtree(tmp_path / "ckpt" / f"round-{r:04d}")
+    _, records, _ = _run(dict(cfg, resume=True))
+    assert [r.round for r in records] == [1, 2, 3]
+    assert [r.threshold is None for r in records] == [True, True, False]
+
+
+def test_calibration_every_round_makes_every_checkpoint_a_model(tmp_path, site_dirs):
+    cfg = tiny_run_config(tmp_path, site_dirs, **{"calibration-every": 1})
+    _, records, _ = _run(cfg)
+    assert all(r.threshold is not None for r in records)
+    for _, path in list_checkpoints(tmp_path / "ckpt"):
+        SequenceDetector.load(path, progress=False)
+    ledger = PrivacyLedger.load(tmp_path / "ledgers" / "site-0.json")
+    assert sum(e["kind"].startswith("calibration") for e in ledger.entries) == 4
+    assert ledger.spent() <= 8.0
 
 
 def test_nan_update_is_rejected_and_does_not_poison_the_model(tmp_path, site_dirs):
@@ -90,10 +132,13 @@ def test_site_over_budget_declines_and_the_run_goes_on(tmp_path, site_dirs):
     spent = PrivacyLedger.load(tmp_path / "ledgers" / "site-2.json").spent()
     assert 0 < spent <= 6.0
     # restarting the site (new run, same ledger file) continues its ledger: it declines at once
+    # (its count and calibration may still be released while the budget allows them)
     cfg2 = dict(cfg, **{"checkpoint-dir": str(tmp_path / "ckpt2"), "num-rounds": 1})
-    _, records2, _ = _run(cfg2, nodes)
+    _, records2, _ = _run(cfg2, nodes, run_id="second")
     assert records2[0].sites["site-2"]["declined"] is True
-    assert PrivacyLedger.load(tmp_path / "ledgers" / "site-2.json").spent() == pytest.approx(spent)
+    again = PrivacyLedger.load(tmp_path / "ledgers" / "site-2.json")
+    assert spent <= again.spent() <= 6.0
+    assert not [e for e in again.run_entries("second", "model-update")]
 
 
 def test_resume_continues_after_the_latest_checkpoint(tmp_path, site_dirs):
@@ -132,8 +177,10 @@ def test_every_strategy_completes_a_round(tmp_path, site_dirs, strategy):
     cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1, "dp": False,
                                                   "strategy": strategy})
     run, records, _ = _run(cfg)
-    assert records[0].train and not records[0].rejected
+    assert not records[0].rejected and records[0].threshold is not None
     assert all(np.isfinite(v).all() for v in run.arrays.values() if v.dtype.kind == "f")
+    initial = initial_global_arrays(settings_from_run_config(cfg))
+    assert any(not np.allclose(run.arrays[k], v) for k, v in initial.items())  # it trained
 
 
 def test_resumed_fedadam_keeps_its_moments_and_matches_an_uninterrupted_run(tmp_path, site_dirs):

@@ -7,11 +7,13 @@ ClientApp handlers built them. The sites use deployment-style node config (``dat
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from fedtools import InProcessGrid, tiny_run_config
 from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType
@@ -27,6 +29,8 @@ from message_audit import (
 import client.app as client_module
 from client.app import app as client_app
 from seqanom_core.federation import message_keys
+from seqanom_core.federation.calibration_histograms import TREE_SIZE
+from seqanom_core.federation.releases import public_names
 from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.ingest import write_events
 from seqanom_core.sequences import split_events_by_shopper
@@ -74,7 +78,8 @@ def _policy(cfg: dict, nodes: dict[int, dict], sites: Path) -> ReplyPolicy:
     return ReplyPolicy(param_shapes=model_shapes(cfg),
                        site_names={nid: n["site-name"] for nid, n in nodes.items()},
                        identifiers=site_identifiers(files),
-                       calibration_noise=settings_from_run_config(cfg).federation.calibration_noise)
+                       calibration_noise=settings_from_run_config(cfg).federation.calibration_noise,
+                       dp=settings_from_run_config(cfg).train.dp is not None)
 
 
 def _run(cfg: dict, nodes: dict[int, dict], app=client_app, may_fail: bool = False
@@ -100,11 +105,63 @@ def test_every_site_reply_of_a_dp_run_passes_the_audit(tmp_path, audit_sites):
     grid = _run(cfg, nodes)
     seen = audit_replies(grid.sent, policy)
     # the audit saw every kind of reply: model updates, a declined round, evaluation, score query
+    # (the run calibrates once, after its last round)
     assert seen[(MessageType.TRAIN, False)] == 3
     assert seen[(MessageType.TRAIN, True)] == 1
-    assert seen[(MessageType.EVALUATE, False)] == 4
-    assert seen[(SCORE_QUERY, False)] == 4
-    assert sum(seen.values()) == len(grid.sent) == 12
+    assert seen[(MessageType.EVALUATE, False)] == 2
+    assert seen[(SCORE_QUERY, False)] == 2
+    assert sum(seen.values()) == len(grid.sent) == 8
+
+
+def _public_values(grid: InProcessGrid) -> list[tuple[str, dict]]:
+    """Per reply (in order): its type, and its values that the release list marks public."""
+    public = public_names()
+    out = []
+    for reply in grid.sent:
+        metrics = dict(reply.content.get(message_keys.METRICS, {}))
+        values = {k: v for k, v in metrics.items() if k in public}
+        values["record names"] = sorted(reply.content.keys())
+        values["metric names"] = sorted(metrics)
+        values[message_keys.SITE] = dict(reply.content[message_keys.SITE])
+        out.append((reply.metadata.message_type, values))
+    return out
+
+
+def test_public_values_do_not_change_when_one_shopper_is_removed(tmp_path, audit_sites):
+    """What the release list marks public carries nothing about any shopper: the same run at
+    site-a, with and without one of its shoppers, sends the same public values (the accounted
+    ones may differ), and the same kinds of records and metrics."""
+    smaller = tmp_path / "smaller"
+    shutil.copytree(audit_sites, smaller)
+    train = pq.read_table(smaller / "site-a" / "train.parquet")
+    one = train.column("user_id")[0]
+    pq.write_table(train.filter(pc.not_equal(train.column("user_id"), one)),
+                   smaller / "site-a" / "train.parquet")
+    seen = []
+    for k, sites in enumerate((audit_sites, smaller)):
+        cfg = tiny_run_config(tmp_path / f"run{k}", sites, **{"num-rounds": 1, "dp-seed": 3})
+        nodes = {nid: n for nid, n in _nodes(sites, tmp_path / f"ledgers{k}").items() if nid == 201}
+        grid = _run(cfg, nodes)
+        audit_replies(grid.sent, _policy(cfg, nodes, sites))
+        seen.append(_public_values(grid))
+    assert [t for t, _ in seen[0]] == [t for t, _ in seen[1]]
+    assert seen[0] == seen[1]
+    assert {"budget", message_keys.SITE} <= {k for _, v in seen[0] for k in v}
+
+
+def test_audit_catches_a_planted_extra_metric(tmp_path, audit_sites):
+    """A value the release list does not name (here the site's own validation loss, which it
+    measures but keeps) fails the audit, whatever its value."""
+    real = client_module.to_metric_record
+
+    def leaky_metrics(metrics):
+        return real({**metrics, "loss": 2.5})
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(client_module, "to_metric_record", leaky_metrics)
+        grid, policy = _one_round(tmp_path, audit_sites)
+    with pytest.raises(MessageAuditError, match=r"metric 'loss' is not in SITE_METRICS"):
+        audit_replies(grid.sent, policy)
 
 
 def _one_round(tmp_path: Path, sites: Path, app=client_app, may_fail: bool = False
@@ -161,14 +218,14 @@ def test_audit_catches_ids_in_metrics(tmp_path, audit_sites, how):
 
     def leaky_metrics(metrics):
         extra = ({f"top-user-{user}": 1.0} if how == "metric-name"
-                 else {"accuracy": float(item)})  # a whitelisted name carrying an item id
+                 else {"budget": float(item)})  # a listed name carrying an item id
         return real({**metrics, **extra})
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(client_module, "to_metric_record", leaky_metrics)
         grid, policy = _one_round(tmp_path, audit_sites)
     expected = (rf"metric 'top-user-{user}' is not in SITE_METRICS" if how == "metric-name"
-                else rf"\['accuracy'\] = {float(item)!r} is an id \['{item}'\]")
+                else rf"\['budget'\] = {float(item)!r} is an id \['{item}'\]")
     with pytest.raises(MessageAuditError, match=expected):
         audit_replies(grid.sent, policy)
 
@@ -201,7 +258,8 @@ def test_audit_catches_per_shopper_values_and_ids_in_arrays(tmp_path, audit_site
     with pytest.raises(MessageAuditError) as err:
         audit_replies(grid.sent, policy)
     text = str(err.value)
-    assert "score_summary reply 'histograms'['score-histogram']: shape (60,), expected (2047,)" in text
+    assert ("score_summary reply 'histograms'['score-histogram']: shape (60,), expected "
+            f"({TREE_SIZE},)") in text
     assert f"train reply 'arrays'['{first_name(policy)}']: raw bytes hold id(s) ['{item}']" in text
     assert "records ['debug'] are not allowed" in text
     assert f"'debug'['user-ids']: holds id value(s) ['{user}']" in text

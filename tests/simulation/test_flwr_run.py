@@ -126,4 +126,6 @@ def test_killed_server_resumes_and_ends_like_an_uninterrupted_run(tmp_path, supe
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=k)
-    assert abs(log[-1]["evaluate"]["loss"] - ref_log[-1]["evaluate"]["loss"]) < 1e-3
+    # both calibrated their final model once (calibration noise is fresh in each run)
+    assert [r["threshold"] is None for r in log] == [r["threshold"] is None for r in ref_log] \
+        == [True, True, False]

@@ -33,14 +33,15 @@ def scored() -> tuple[dict, pd.DataFrame]:
 
 def _rounds() -> list[dict]:
     return [
-        {"round": 1, "train": {"train-loss": 3.1}, "evaluate": {"loss": 2.9, "accuracy": 0.31,
-                                                          "auroc": 0.7, "auprc": 0.5},
+        {"round": 1, "site_logs": {"train": {"train-loss": 3.1},
+                                   "evaluate": {"loss": 2.9, "accuracy": 0.31, "auroc": 0.7,
+                                                "auprc": 0.5}},
          "sites": {"site-0": {"epsilon": 1.2, "declined": False, "train_loss": 3.0},
                    "site-1": {"epsilon": 0.9, "declined": False}},
          "rejected": [{"site": "site-2", "reason": "NaN"},
                       {"site": "site-3", "reason": "Traceback:\n  File x | y\nValueError"}],
          "seconds": 12.5},
-        {"round": 2, "train": {"train-loss": 2.5}, "evaluate": {"loss": 2.4},
+        {"round": 2, "site_logs": {"train": {"train-loss": 2.5}, "evaluate": {"loss": 2.4}},
          "sites": {"site-0": {"epsilon": 1.2, "declined": True},
                    "site-1": {"epsilon": 1.4, "declined": False}},
          "seconds": np.float64(11.0)},
@@ -70,11 +71,11 @@ def test_report_and_figures(tmp_path: Path, scored: tuple) -> None:
     for method in curves:
         assert f"| {method} |" in text
     assert "one shopper at one site" in text and "RDP" in text and "1e-05" in text
-    assert "| site-1 | 1.4 |" in text  # epsilon per site exactly as given
-    assert "| federated | " in text and "| 1.4 | 1e-05 |" in text
+    assert "| site-1 | 1.4 |" in text  # epsilon per site as given in the statement's details
+    assert "| federated | " in text and "| 1.400 | 1.0e-05 |" in text  # rounded for people
     assert "site-2 (NaN)" in text
     assert "site-3 (Traceback: File x \\| y ValueError)" in text  # one table row, pipe escaped
-    assert "| 1 | 3.100 | 2.900 | 0.700 |" in text  # the round log's keys, as the server writes them
+    assert "| 1 | 3.100 | 2.900 | 0.700 |" in text  # the sites' own logs, as the simulation reads them
     assert "score > threshold 0.5" in text and "top-k, k = 15" in text
     data = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert data["array"] == [0, 1, 2]
@@ -126,9 +127,9 @@ def test_report_states_each_guarantee_and_a_planned_stop(tmp_path: Path, scored:
     write_report(tmp_path, {"privacy": privacy, "stop_reason": "central privacy budget"},
                  curves, labels, _rounds())
     text = (tmp_path / "report.md").read_text()
-    assert "| shopper | one shopper at a site | 3.25 | 1e-05 | Opacus RDP accountant per site |" \
+    assert "| shopper | one shopper at a site | 3.250 | 1.0e-05 | Opacus RDP accountant per site |" \
         in text
-    assert "| site | one site | 7.077 | 1e-05 | Flower's RDP accountant |" in text
+    assert "| site | one site | 7.077 | 1.0e-05 | Flower's RDP accountant |" in text
     assert "saw only the sum" in text and "stopped early (planned):** central privacy budget" in text
     assert json.loads((tmp_path / "metrics.json").read_text())["privacy"]["guarantees"][1][
         "epsilon"] == 7.077

@@ -35,8 +35,14 @@ def test_simulate_cli_runs_a_federation_and_writes_the_report(tmp_path):
     rounds = (out / "checkpoints" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["round"] for r in rounds] == [1, 2]
     SequenceDetector.load(out / "model", progress=False)
-    SequenceDetector.load(out / "checkpoints" / "round-0001", progress=False)
-    assert sorted(p.name for p in (out / "ledgers").iterdir()) == ["site-0.json", "site-1.json"]
+    SequenceDetector.load(out / "checkpoints" / "round-0002", progress=False)  # calibrated
+    assert sorted(p.name for p in (out / "ledgers").glob("*.json")) == ["site-0.json", "site-1.json"]
+    report = (out / "report.md").read_text()
+    assert "Everything the sites sent" in report and "calibration-statistics" in report
+    kinds = metrics["privacy"]["epsilon_by_kind"]
+    assert set(kinds) == {"model-update", "training-count", "calibration-statistics",
+                          "calibration-scores"}
+    assert max(kinds.values()) < metrics["privacy"]["epsilon"] <= 8.0
     assert "AUROC" in output and Path(out / "model").is_dir()
 
 
@@ -62,7 +68,7 @@ def test_simulate_each_privacy_mode_reports_its_guarantees(tmp_path, mode):
         assert "only the sum" in output
     ckpt = json.loads((out / "checkpoints" / "round-0001" / "round.json").read_text())
     assert ckpt["privacy"]["mode"] == mode
-    assert sorted(p.name for p in (out / "ledgers").iterdir()) == [f"site-{k}.json" for k in range(3)]
+    assert sorted(p.name for p in (out / "ledgers").glob("*.json")) == [f"site-{k}.json" for k in range(3)]
     assert "Guarantees that held in this run" in (out / "report.md").read_text()
 
 

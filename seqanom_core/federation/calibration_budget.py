@@ -1,0 +1,121 @@
+"""The privacy cost of a site's calibration releases, planned and accounted in its ledger.
+
+Under DP a site's calibration (``calibration_histograms``) and its training count are Gaussian
+mechanisms on its shoppers, accounted in the same ledger as DP-SGD (Opacus' accountant: one
+history entry ``(noise multiplier, 1.0, releases)``, a sampled Gaussian with sample rate 1 being
+the plain Gaussian mechanism). Their L2 sensitivity for one shopper (added or removed):
+
+- statistic histograms: the shopper adds one count to one node of every level of every
+  statistic's tree: ``sqrt(statistics x levels)``;
+- score histogram: ``sqrt(levels)``;
+- training count: 1.
+
+All three use one noise multiplier ``z`` (noise std = ``z`` x sensitivity), chosen so that one
+run's planned releases alone (two per calibration, plus the count) cost ``calibration-share`` of
+the site's budget; DP-SGD then plans its noise with those releases set aside, so the whole run
+fits the budget. Calibrating once per run (``calibration-every = 0``, the default) instead of
+every round divides the calibration's releases by the number of rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqanom_core.federation.calibration_histograms import LEVELS
+from seqanom_core.federation.releases import ReleaseKind
+from seqanom_core.federation.run_config import FederationConfig
+from seqanom_core.privacy import AccountantState, default_delta, noise_for_budget
+from seqanom_core.privacy_ledger import PrivacyLedger
+from seqanom_core.scoring import stat_names
+
+TREE_LEVELS = LEVELS + 1  # levels of a tree histogram (1024 bins ... 1 root)
+CALIBRATION_KINDS = (ReleaseKind.CALIBRATION_STATISTICS, ReleaseKind.CALIBRATION_SCORES)
+
+
+def stat_sensitivity() -> float:
+    """L2 sensitivity of the statistic histograms to one shopper."""
+    return math.sqrt(len(stat_names()) * TREE_LEVELS)
+
+
+def score_sensitivity() -> float:
+    """L2 sensitivity of the score histogram to one shopper."""
+    return math.sqrt(TREE_LEVELS)
+
+
+def calibration_rounds(fed: FederationConfig) -> list[int]:
+    """The rounds after which the run calibrates (always the last)."""
+    every, n = fed.calibration_every, fed.num_rounds
+    rounds = set(range(every, n + 1, every)) if every > 0 else set()
+    return sorted(rounds | {n})
+
+
+def planned_releases(fed: FederationConfig) -> int:
+    """Gaussian releases one run plans outside DP-SGD: two per calibration plus the count."""
+    return 2 * len(calibration_rounds(fed)) + 1
+
+
+@dataclass(frozen=True)
+class CalibrationNoise:
+    """The noise of a site's calibration releases in one run."""
+
+    noise_multiplier: float | None  # None: no DP (the noise is ``calibration-noise`` counts)
+    stat_std: float  # counts, per node of the statistic histograms
+    score_std: float  # counts, per node of the score histogram
+    count_std: float  # shoppers, on the training count (0 without DP)
+
+
+def calibration_noise(fed: FederationConfig, budget: float | None, delta: float | None,
+                      accountant: str = "rdp") -> CalibrationNoise:
+    """The calibration noise of a run: without DP (``budget`` None) the fixed
+    ``calibration-noise``; under DP the multiplier at which the run's planned releases alone
+    spend ``calibration-share`` of ``budget`` at ``delta``."""
+    if budget is None:
+        return CalibrationNoise(None, fed.calibration_noise, fed.calibration_noise, 0.0)
+    if delta is None:
+        raise ValueError("calibration noise under DP needs the ledger's delta")
+    z = noise_for_budget(AccountantState(accountant=accountant), fed.calibration_share * budget,
+                         delta, 1.0, planned_releases(fed))
+    return CalibrationNoise(z, z * stat_sensitivity(), z * score_sensitivity(), z)
+
+
+def released_in_run(ledger: PrivacyLedger, run_id: str) -> int:
+    """Gaussian releases this run already made at the site (count and calibration)."""
+    kinds = (ReleaseKind.TRAINING_COUNT, *CALIBRATION_KINDS)
+    return sum(int(n) for k in kinds for e in ledger.run_entries(run_id, str(k))
+               for _, _, n in e.get("releases", []))
+
+
+def reserved_for_run(fed: FederationConfig, ledger: PrivacyLedger, run_id: str,
+                     noise: CalibrationNoise) -> tuple[float, float, int] | None:
+    """The releases still planned in this run, as an accountant entry DP-SGD plans around."""
+    if noise.noise_multiplier is None:
+        return None
+    left = planned_releases(fed) - released_in_run(ledger, run_id)
+    return (noise.noise_multiplier, 1.0, left) if left > 0 else None
+
+
+def noisy_training_count(ledger: PrivacyLedger, run_id: str, n: int, noise: CalibrationNoise,
+                         seed: int | None, delta: float | None, **meta: object) -> float:
+    """The site's training count as released: drawn once per run (``n`` plus Gaussian noise,
+    rounded, at least 1) and accounted, then read back from the ledger on later rounds.
+
+    A ledger without a delta gets ``delta`` (configured), else ``default_delta`` of the noisy
+    count (never of the exact one)."""
+    done = ledger.run_entries(run_id, str(ReleaseKind.TRAINING_COUNT))
+    if done:
+        return float(done[-1]["value"])
+    if noise.noise_multiplier is None:
+        return float(n)
+    value = float(max(1, round(n + np.random.default_rng(seed).normal(0.0, noise.count_std))))
+    ledger.fix_delta(delta or ledger.delta or default_delta(int(value)))
+    ledger.record_gaussian(noise.noise_multiplier, 1, str(ReleaseKind.TRAINING_COUNT),
+                           run=run_id, value=value, **meta)
+    return value
+
+
+def epsilon_by_kind(ledger: PrivacyLedger) -> dict[str, float]:
+    """``epsilon-<kind>`` metrics: each kind of release's epsilon alone (the ledger's)."""
+    return {f"epsilon-{k}": float(v) for k, v in ledger.by_kind().items()}
