@@ -58,12 +58,16 @@ def site_setup(context: Context) -> tuple[SitePaths, RunConfig]:
     return paths, settings
 
 
-def _restore_ledger(context: Context, paths: SitePaths, budget: float | None) -> PrivacyLedger:
-    """The site's ledger: the longer of the run's state copy and the file (never forget spend)."""
+def _restore_ledger(context: Context, paths: SitePaths, budget: float | None,
+                    accountant: str) -> PrivacyLedger:
+    """The site's ledger: the longer of the run's state copy and the file (never forget spend),
+    kept with the run's ``accountant`` (one written with another is refused)."""
     in_state = None
     if _LEDGER_STATE in context.state:
         in_state = PrivacyLedger.from_json(str(context.state[_LEDGER_STATE]["json"]))
-    on_disk = PrivacyLedger.open(paths.ledger, budget=budget, site=paths.name)
+        in_state.state.require(accountant, f"site {paths.name}'s ledger in the run state")
+    on_disk = PrivacyLedger.open(paths.ledger, budget=budget, site=paths.name,
+                                 accountant=accountant)
     ledger = more_recent(in_state, on_disk) or on_disk
     ledger.budget = budget
     ledger.site = ledger.site or paths.name
@@ -81,7 +85,8 @@ def train_site(context: Context, arrays: dict[str, np.ndarray], cfg: Mapping[str
     """One round of local (DP) training from the global ``arrays``, kept in the site's ledger."""
     paths, settings = site_setup(context)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
-    ledger = _restore_ledger(context, paths, settings.budget) if settings.train.dp else None
+    dp = settings.train.dp
+    ledger = _restore_ledger(context, paths, settings.budget, dp.accountant) if dp else None
     out = train_round(
         site, settings, arrays, ledger=ledger,
         server_round=int(cfg[message_keys.SERVER_ROUND]), rounds_left=int(cfg.get(message_keys.ROUNDS_LEFT, 1)),

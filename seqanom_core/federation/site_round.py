@@ -134,6 +134,7 @@ def train_round(
     if cfg.dp is not None:
         if ledger is None:
             raise ConfigError("DP training needs a privacy ledger")
+        ledger.state.require(cfg.dp.accountant, f"site {site.name}'s privacy ledger")
         delta = ledger.fix_delta(cfg.dp.delta or ledger.delta or default_delta(n))
         try:
             if cfg.dp.noise_multiplier is not None:
@@ -150,7 +151,7 @@ def train_round(
                    else site_seed(cfg.dp.seed, site.name, server_round))
         cfg = dataclasses.replace(cfg, dp=DPConfig(noise_multiplier=sigma, delta=delta,
                                                    max_grad_norm=cfg.dp.max_grad_norm,
-                                                   seed=dp_seed))
+                                                   seed=dp_seed, accountant=cfg.dp.accountant))
     result = train_model(model, site.train, cfg, device,
                          accountant_state=ledger.state if (ledger and cfg.dp) else None,
                          progress=False, proximal_mu=proximal_mu, schedule_span=span)
