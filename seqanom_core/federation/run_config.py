@@ -263,9 +263,10 @@ def default_run_config() -> dict[str, Any]:
     defaults = {"federation": FederationConfig(), "model": ModelConfig(),
                 "tokenizer": TokenizerConfig(), "train": FEDERATED_TRAIN,
                 "privacy": PrivacyModeConfig()}
-    flat = {"dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
-                   "max_grad_norm": 1.0, "seed": -1, "accountant": "rdp"},
-            "run": {"validation_fraction": 0.2, "max_noise": MAX_NOISE}}
+    flat: dict[str, dict[str, Any]] = {
+        "dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
+               "max_grad_norm": 1.0, "seed": -1, "accountant": "rdp"},
+        "run": {"validation_fraction": 0.2, "max_noise": MAX_NOISE}}
     out = {key: getattr(defaults[section], name) if section in defaults else flat[section][name]
            for key, (section, name) in _KEYS.items()}
     # chosen by whether the run has DP (settings_from_run_config)
