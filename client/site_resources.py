@@ -63,8 +63,9 @@ def site_setup(context: Context) -> tuple[SitePaths, RunConfig]:
 
 
 def site_ledger(context: Context, paths: SitePaths, settings: RunConfig) -> PrivacyLedger | None:
-    """The site's ledger under DP (None without DP)."""
-    return _restore_ledger(context, paths, settings.budget) if settings.train.dp else None
+    """The site's ledger under DP (None without DP), kept with the run's accountant."""
+    dp = settings.train.dp
+    return _restore_ledger(context, paths, settings.budget, dp.accountant) if dp else None
 
 
 def keep_ledger(context: Context, paths: SitePaths, ledger: PrivacyLedger | None) -> None:
@@ -85,12 +86,16 @@ def keep_locally(paths: SitePaths, handler: str, server_round: int,
                                 **{k: float(v) for k, v in values.items()}}) + "\n")
 
 
-def _restore_ledger(context: Context, paths: SitePaths, budget: float | None) -> PrivacyLedger:
-    """The site's ledger: the longer of the run's state copy and the file (never forget spend)."""
+def _restore_ledger(context: Context, paths: SitePaths, budget: float | None,
+                    accountant: str) -> PrivacyLedger:
+    """The site's ledger: the longer of the run's state copy and the file (never forget spend),
+    kept with the run's ``accountant`` (one written with another is refused)."""
     in_state = None
     if _LEDGER_STATE in context.state:
         in_state = PrivacyLedger.from_json(str(context.state[_LEDGER_STATE]["json"]))
-    on_disk = PrivacyLedger.open(paths.ledger, budget=budget, site=paths.name)
+        in_state.state.require(accountant, f"site {paths.name}'s ledger in the run state")
+    on_disk = PrivacyLedger.open(paths.ledger, budget=budget, site=paths.name,
+                                 accountant=accountant)
     ledger = more_recent(in_state, on_disk) or on_disk
     ledger.budget = budget
     ledger.site = ledger.site or paths.name

@@ -83,6 +83,17 @@ class ModelConfig:
             raise ConfigError(f"history_copy must be true or false, not {self.history_copy!r}")
 
 
+#: Opacus accountants a DP training can be accounted with (Opacus' ``PrivacyEngine`` names).
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
+
+#: The most noise (multiplier) a training call may plan for its budget: with more it declines
+#: (a federated site) or trains nothing (``seqanom train --dp``). Was 50 for sites only; at the
+#: simulate defaults epsilon 8 needs about 1, and at 10 a batch of 16 shoppers' clipped
+#: gradients is drowned by noise of 10/16 of the clip in every coordinate: such a model learns
+#: next to nothing while it still spends the budget.
+MAX_NOISE = 10.0
+
+
 @dataclass(frozen=True)
 class DPConfig:
     """Opacus DP-SGD settings; one example is one shopper (one window per shopper per step)."""
@@ -95,8 +106,15 @@ class DPConfig:
     # from the OS at every training call, so nobody can predict it. A seed makes a run
     # reproducible, and its noise removable by whoever knows the seed: for experiments only.
     seed: int | None = None
+    accountant: str = "rdp"  # Opacus' "rdp" or "prv" (tighter: less noise for the same epsilon)
+    max_noise: float = MAX_NOISE  # with epsilon: refuse to train rather than need more noise
 
     def __post_init__(self) -> None:
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, "
+                              f"not {self.accountant!r}")
+        if not is_positive_number(self.max_noise):
+            raise ConfigError(f"max noise must be a positive number, not {self.max_noise}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or self.seed < 0):
             raise ConfigError(f"DP seed must be a non-negative integer, not {self.seed!r}")

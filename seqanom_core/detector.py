@@ -38,7 +38,7 @@ from seqanom_core.models import (
     get_backbone,
     resolve_device,
 )
-from seqanom_core.privacy import UNIT, AccountantState, noise_source
+from seqanom_core.privacy import UNIT, AccountantState, accountant_name, noise_source
 from seqanom_core.schema import BEHAVIORS
 from seqanom_core.scoring import (
     DRIVER_TEXT,
@@ -181,7 +181,8 @@ class SequenceDetector:
             "unit": UNIT,
             "epsilon": r.epsilon,
             "delta": r.delta,
-            "accountant": "Opacus RDP accountant, Poisson sampling, cumulative over restored history",
+            "accountant": f"{accountant_name(getattr(r.accountant_state, 'accountant', 'rdp'))} "
+                          "accountant, Poisson sampling, cumulative over restored history",
             "noise_multiplier": r.noise_multiplier,
             "randomness": noise_source(self.train_config.dp.seed if self.train_config.dp else None),
             "max_grad_norm": self.train_config.dp.max_grad_norm if self.train_config.dp else None,

@@ -1,12 +1,14 @@
 """A site's privacy ledger: every DP-SGD release it made, its budget, and the epsilon spent.
 
 The ledger is what makes a site's budget cumulative across federated rounds and across runs:
-it holds the Opacus RDP accountant history of every training call the site ever made (one
-``(noise_multiplier, sample_rate, steps)`` entry per call), the delta fixed at its first use, and
+it holds the Opacus accountant history (RDP or PRV, fixed when the ledger is created) of every
+training call the site ever made (one ``(noise_multiplier, sample_rate, steps)`` entry per
+call), the delta fixed at its first use, and
 a human-readable entry per release (run, round, epsilon after). Before a round the site asks
 the ledger which noise keeps the *planned* rest of the run inside the budget, or whether it must
-decline; after the round it records what was spent. Epsilon always comes from Opacus' RDP
-accountant over the whole history; nothing here does privacy math of its own.
+decline; after the round it records what was spent. Epsilon always comes from the ledger's
+Opacus accountant over the whole history; nothing here does privacy math of its own. A ledger
+is never read under another accountant than the one it was written with.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from seqanom_core.atomic_files import write_json_atomic
-from seqanom_core.config import is_positive_number
+from seqanom_core.config import MAX_NOISE, is_positive_number
 from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
-from seqanom_core.privacy import UNIT, AccountantState, noise_for_budget
+from seqanom_core.privacy import UNIT, AccountantState, accountant_name, noise_within_budget
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +61,14 @@ class PrivacyLedger:
 
     def plan_noise(
         self, sample_rate: float, steps_per_round: int, rounds_left: int, *,
-        max_noise: float = 50.0, reserved: tuple[float, float, int] | None = None,
+        max_noise: float = MAX_NOISE, reserved: tuple[float, float, int] | None = None,
     ) -> float:
         """Noise multiplier that spends the remaining budget evenly over ``rounds_left`` rounds,
         after ``reserved`` (``(noise multiplier, sample rate, steps)``: releases still planned in
         this run, e.g. calibration, whose cost is set aside first).
 
-        Raises PrivacyBudgetExceeded when no noise up to ``max_noise`` fits (the site must decline).
+        Raises PrivacyBudgetExceeded when no noise up to ``max_noise`` fits (the site must
+        decline): ``privacy.noise_within_budget``, the rule ``seqanom train --dp`` follows too.
         """
         if self.budget is None:
             raise ConfigError("planning noise needs a privacy budget")
@@ -75,13 +78,11 @@ class PrivacyLedger:
         if reserved is not None and reserved[2] > 0:
             prior = AccountantState(history=[*self.state.history, reserved],
                                     delta=self.state.delta, accountant=self.state.accountant)
-        sigma = noise_for_budget(prior, self.budget, self.state.delta, sample_rate,
-                                 steps_per_round * max(rounds_left, 1))
-        if sigma > max_noise:
-            raise PrivacyBudgetExceeded(
-                f"budget {self.budget} would need noise {sigma:.1f} > {max_noise} for the "
-                f"{rounds_left} rounds left (spent {self.spent():.3f})")
-        return sigma
+        try:
+            return noise_within_budget(prior, self.budget, self.state.delta, sample_rate,
+                                       steps_per_round * max(rounds_left, 1), max_noise)
+        except PrivacyBudgetExceeded as err:
+            raise PrivacyBudgetExceeded(f"{err}; {rounds_left} rounds left") from err
 
     def check_affordable(self, sigma: float, sample_rate: float, steps: int,
                          reserved: tuple[float, float, int] | None = None) -> float:
@@ -127,7 +128,8 @@ class PrivacyLedger:
             before = after
         out = []
         for run in runs.values():
-            alone = AccountantState(history=run.pop("releases"), delta=self.delta)
+            alone = AccountantState(history=run.pop("releases"), delta=self.delta,
+                                    accountant=self.state.accountant)
             out.append({**run, "epsilon_alone": alone.epsilon() if alone.history else 0.0})
         return out
 
@@ -167,7 +169,8 @@ class PrivacyLedger:
 
     def summary(self) -> dict[str, Any]:
         """Everything ``seqanom ledger`` shows: site, unit, delta, budget, spent, remaining, runs."""
-        return {"site": self.site, "unit": UNIT, "accountant": "Opacus RDP",
+        return {"site": self.site, "unit": UNIT,
+                "accountant": accountant_name(self.state.accountant),
                 "delta": self.delta, "budget": self.budget, "epsilon_spent": self.spent(),
                 "remaining": self.remaining(), "steps": _total_steps(self), "runs": self.by_run(),
                 "by_kind": self.by_kind()}
@@ -175,12 +178,16 @@ class PrivacyLedger:
     # ----------------------------------------------------------------- updates
     def record(self, state: AccountantState, **meta: Any) -> None:
         """Replace the accountant state by ``state`` (which extends it) and log the release."""
+        if state.accountant != self.state.accountant:
+            raise ConfigError(f"a release accounted with {state.accountant!r} cannot go into a "
+                              f"ledger kept with {self.state.accountant!r}")
         old_steps, new_steps = _steps_by_mechanism(self.state), _steps_by_mechanism(state)
         if any(new_steps.get(k, 0) < n for k, n in old_steps.items()):
             raise ConfigError("new accountant history does not extend the ledger's history")
         new = [[s, q, n - old_steps.get((s, q), 0)] for (s, q), n in new_steps.items()
                if n > old_steps.get((s, q), 0)]
-        self.state = AccountantState(history=list(state.history), delta=state.delta)
+        self.state = AccountantState(history=list(state.history), delta=state.delta,
+                                     accountant=state.accountant)
         eps = self.spent()
         if self.budget is not None and eps > self.budget * (1 + 1e-9):
             raise PrivacyBudgetExceeded(f"epsilon {eps:.3f} exceeds the budget {self.budget}")
@@ -253,15 +260,18 @@ class PrivacyLedger:
             raise ConfigError(f"{path}: cannot read privacy ledger: {err}") from err
 
     @classmethod
-    def open(cls, path: str | Path | None, *, budget: float | None, site: str = "") -> PrivacyLedger:
-        """Load the ledger at ``path`` if it exists, else start an empty one; set the budget.
+    def open(cls, path: str | Path | None, *, budget: float | None, site: str = "",
+             accountant: str = "rdp") -> PrivacyLedger:
+        """Load the ledger at ``path`` if it exists, else start an empty one under
+        ``accountant``; set the budget. A ledger written with another accountant is refused.
 
         A budget lowered below what is already spent makes every later training call decline.
         """
         if path is not None and Path(path).is_file():
             ledger = cls.load(path)
+            ledger.state.require(accountant, f"privacy ledger {path}")
         else:
-            ledger = cls(site=site)
+            ledger = cls(site=site, state=AccountantState(accountant=accountant))
         if budget is not None:
             ledger.budget = budget
         ledger.site = ledger.site or site

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from seqanom_core.config import TrainConfig
 from seqanom_core.errors import ConfigError
 from seqanom_core.models import NextEventModel
-from seqanom_core.privacy import AccountantState, default_delta, noise_for_budget
+from seqanom_core.privacy import AccountantState, default_delta, noise_within_budget
 from seqanom_core.sequences import PAD, SequenceSet
 from seqanom_core.windows import ShopperWindows, channel_nll, split_batch
 
@@ -136,7 +136,8 @@ def train_model(
     if cfg.dp is not None:
         from opacus import PrivacyEngine
 
-        prior = accountant_state or AccountantState()
+        prior = accountant_state or AccountantState(accountant=cfg.dp.accountant)
+        prior.require(cfg.dp.accountant, "the restored accountant state")
         delta = cfg.dp.delta or prior.delta or default_delta(len(seqs))
         if prior.delta is not None and prior.history and not math.isclose(prior.delta, delta):
             raise ConfigError(f"delta {delta} differs from the restored ledger's delta {prior.delta}")
@@ -146,12 +147,13 @@ def train_model(
         sigma = cfg.dp.noise_multiplier
         if sigma is None:
             assert cfg.dp.epsilon is not None
-            sigma = noise_for_budget(prior, cfg.dp.epsilon, delta, sample_rate, steps)
+            sigma = noise_within_budget(prior, cfg.dp.epsilon, delta, sample_rate, steps,
+                                        cfg.dp.max_noise)
         with warnings.catch_warnings():
             # Opacus warns that secure_mode is off on every engine: the noise comes from
             # PyTorch's default generator (stated in the README's privacy section)
             warnings.simplefilter("ignore")
-            engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+            engine = PrivacyEngine(accountant=prior.accountant, secure_mode=False)
             engine.accountant.history = list(prior.history)
             train_module, optimizer, loader = engine.make_private(
                 module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
@@ -205,7 +207,7 @@ def train_model(
             train_module._close()  # type: ignore[operator]  # remove Opacus hooks
     if engine is not None:
         state = AccountantState(history=[tuple(h) for h in engine.accountant.history],
-                                delta=result.delta)
+                                delta=result.delta, accountant=engine.accountant.mechanism())
         result.accountant_state = state
         result.epsilon = state.epsilon()
         target = cfg.dp.epsilon if cfg.dp is not None else None

@@ -62,6 +62,7 @@ class SimulationConfig:
     strategy: str = "fedavg"
     dp: bool = True
     epsilon: float = 8.0
+    accountant: str = "rdp"  # Opacus accountant of the sites' and baselines' DP: "rdp" or "prv"
     test_fraction: float = 0.3
     anomaly_rate: float = 0.3
     d_model: int = 32
@@ -171,7 +172,8 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
         "max-len": cfg.max_len, "history-copy": cfg.history_copy, "batch-size": cfg.batch_size,
         "lr": cfg.site_lr if cfg.site_lr is not None else (DP_SITE_LR if cfg.dp else 0.0),
         "dp": cfg.dp, "dp-seed": -1 if cfg.dp_seed is None else cfg.dp_seed,
-        "epsilon": cfg.epsilon, "seed": cfg.seed, "min-sites": cfg.sites,
+        "epsilon": cfg.epsilon, "accountant": cfg.accountant, "seed": cfg.seed,
+        "min-sites": cfg.sites,
         "calibration-share": cfg.calibration_share, "calibration-every": cfg.calibration_every,
         "data-dir": str((cfg.out / "sites").resolve()),
         "ledger-dir": str((cfg.out / "ledgers").resolve()),
@@ -239,7 +241,8 @@ def centralised_configs(cfg: SimulationConfig) -> tuple[ModelConfig, TrainConfig
                         max_len=cfg.max_len, history_copy=cfg.history_copy)
     plain = TrainConfig(epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
                         seed=cfg.seed)
-    dp = (dataclasses.replace(plain, dp=DPConfig(epsilon=cfg.epsilon, seed=cfg.dp_seed))
+    dp = (dataclasses.replace(plain, dp=DPConfig(epsilon=cfg.epsilon, seed=cfg.dp_seed,
+                                                 accountant=cfg.accountant))
           if cfg.dp else plain)
     return model, plain, dp
 

@@ -11,11 +11,14 @@ from typing import Any
 
 from seqanom_core.federation.releases import inventory
 from seqanom_core.federation.run_config import RunConfig
-from seqanom_core.privacy import UNIT, noise_source
+from seqanom_core.privacy import UNIT, accountant_name, noise_source
 
 SECAGG_PROTOCOL = "SecAgg+ (Flower SecAggPlusWorkflow / secaggplus_mod, legacy stack)"
-SHOPPER_ACCOUNTANT = ("Opacus RDP accountant per site, cumulative over the site's ledger (all "
-                      "runs it took part in), Poisson sampling of shoppers")
+def shopper_accountant(accountant: str) -> str:
+    """How the per-site shopper-level epsilon is accounted (``accountant``: "rdp" or "prv")."""
+    return (f"{accountant_name(accountant)} accountant per site, cumulative over the site's "
+            "ledger (all runs it took part in, every kind of release), Poisson sampling of "
+            "shoppers for DP-SGD")
 COVERS = ("everything a site sends (seqanom_core/federation/releases.py): model updates "
           "(DP-SGD), calibration histograms and the training count (Gaussian mechanisms), all "
           "accounted in the site's ledger; the rest is public (site name, budget, error types)")
@@ -49,7 +52,7 @@ def privacy_statement(settings: RunConfig, site_epsilon: dict[str, float],
                    "epsilon": max(site_epsilon.values(), default=0.0),
                    "delta": max(site_delta.values(), default=None),
                    "epsilon_per_site": dict(site_epsilon), "delta_per_site": dict(site_delta),
-                   "budget": settings.budget, "accounted_by": SHOPPER_ACCOUNTANT,
+                   "budget": settings.budget, "accounted_by": shopper_accountant(dp.accountant),
                    "covers": COVERS,
                    "max_grad_norm": dp.max_grad_norm,
                    "randomness": noise_source(dp.seed) + "; every site and round its own"}
@@ -57,7 +60,7 @@ def privacy_statement(settings: RunConfig, site_epsilon: dict[str, float],
         # the shopper-level numbers stay at the top level too (what `seqanom simulate` prints)
         out.update({"unit": UNIT, "epsilon": shopper["epsilon"], "delta": shopper["delta"],
                     "epsilon_per_site": dict(site_epsilon), "delta_per_site": dict(site_delta),
-                    "budget": settings.budget, "accountant": SHOPPER_ACCOUNTANT,
+                    "budget": settings.budget, "accountant": shopper_accountant(dp.accountant),
                     "max_grad_norm": dp.max_grad_norm, "randomness": shopper["randomness"]})
     if central is not None:
         guarantees.append({"level": "site", **central})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seqanom_core.config import (
+    MAX_NOISE,
     DPConfig,
     ModelConfig,
     TokenizerConfig,
@@ -160,7 +161,7 @@ class RunConfig:
     federation: FederationConfig
     validation_fraction: float = 0.2
     budget: float | None = None  # per-site epsilon budget (None without DP)
-    max_noise: float = 50.0  # a site declines rather than train with more noise than this
+    max_noise: float = MAX_NOISE  # a site declines rather than train with more noise than this
     privacy: PrivacyModeConfig = PrivacyModeConfig()
     # run config dp-seed (None: -1, from the OS): seeds DP-SGD's sampling and noise (also in
     # train.dp) and the sites' calibration-histogram noise, with or without DP
@@ -248,6 +249,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "noise-multiplier": ("dp", "noise_multiplier"),
     "max-grad-norm": ("dp", "max_grad_norm"),
     "dp-seed": ("dp", "seed"),
+    "accountant": ("dp", "accountant"),
     "privacy-mode": ("privacy", "mode"),
     "central-noise-multiplier": ("privacy", "central_noise_multiplier"),
     "central-clipping-norm": ("privacy", "central_clipping_norm"),
@@ -291,9 +293,10 @@ def default_run_config() -> dict[str, Any]:
     defaults = {"federation": FederationConfig(), "model": ModelConfig(),
                 "tokenizer": TokenizerConfig(), "train": FEDERATED_TRAIN,
                 "privacy": PrivacyModeConfig()}
-    flat = {"dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
-                   "max_grad_norm": 1.0, "seed": -1},
-            "run": {"validation_fraction": 0.2, "max_noise": 50.0}}
+    flat: dict[str, dict[str, Any]] = {
+        "dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
+               "max_grad_norm": 1.0, "seed": -1, "accountant": "rdp"},
+        "run": {"validation_fraction": 0.2, "max_noise": MAX_NOISE}}
     out = {key: getattr(defaults[section], name) if section in defaults else flat[section][name]
            for key, (section, name) in _KEYS.items()}
     # chosen by whether the run has DP (settings_from_run_config)
@@ -332,7 +335,8 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunConfig:
         noise = dp_in["noise_multiplier"] or None
         dp = DPConfig(epsilon=None if noise else dp_in["epsilon"], noise_multiplier=noise,
                       delta=dp_in["delta"] or None, max_grad_norm=dp_in["max_grad_norm"],
-                      seed=None if dp_in["seed"] < 0 else dp_in["seed"])
+                      seed=None if dp_in["seed"] < 0 else dp_in["seed"],
+                      accountant=dp_in["accountant"])
     run = {**{name: like[k] for k, (sec, name) in _KEYS.items() if sec == "run"}, **sections["run"]}
     if not 0 < run["validation_fraction"] < 1:
         raise ConfigError(f"validation-fraction must be in (0, 1), not {run['validation_fraction']}")

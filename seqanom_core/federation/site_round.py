@@ -153,6 +153,7 @@ def train_round(
     if cfg.dp is not None:
         if ledger is None:
             raise ConfigError("DP training needs a privacy ledger")
+        ledger.state.require(cfg.dp.accountant, f"site {site.name}'s privacy ledger")
         fed, budget = settings.federation, settings.budget
         try:
             # the count is released (noisy, accounted) before anything is planned from it
@@ -179,7 +180,7 @@ def train_round(
                    else site_seed(cfg.dp.seed, site.name, server_round))
         cfg = dataclasses.replace(cfg, dp=DPConfig(noise_multiplier=sigma, delta=delta,
                                                    max_grad_norm=cfg.dp.max_grad_norm,
-                                                   seed=dp_seed))
+                                                   seed=dp_seed, accountant=cfg.dp.accountant))
     result = train_model(model, site.train, cfg, device,
                          accountant_state=ledger.state if (ledger and cfg.dp) else None,
                          progress=False, proximal_mu=proximal_mu, schedule_span=span)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from seqanom_core.config import SESSION_GAP_S, Source
+from seqanom_core.config import MAX_NOISE, SESSION_GAP_S, Source
 from seqanom_core.errors import ConfigError
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.privacy import guarantee_text
@@ -37,10 +37,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dp:
         if args.epsilon is None and args.noise_multiplier is None:
             raise ConfigError("--dp needs --epsilon (a budget) or --noise-multiplier")
+        if args.max_noise is not None and args.epsilon is None:
+            raise ConfigError("--max-noise bounds the noise an --epsilon budget may need")
         dp = DPConfig(epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
-                      max_grad_norm=args.max_grad_norm, seed=args.dp_seed)
-    elif args.epsilon is not None or args.noise_multiplier is not None or args.dp_seed is not None:
-        raise ConfigError("--epsilon/--noise-multiplier/--dp-seed need --dp")
+                      max_grad_norm=args.max_grad_norm, seed=args.dp_seed,
+                      accountant=args.accountant or "rdp",
+                      max_noise=MAX_NOISE if args.max_noise is None else args.max_noise)
+    else:
+        given = [f"--{name.replace('_', '-')}" for name in ("epsilon", "noise_multiplier",
+                                                           "dp_seed", "accountant", "max_noise")
+                 if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(f"{'/'.join(given)} need --dp")
     model = ModelConfig(kind=args.model, d_model=args.d_model, n_layers=args.layers,
                         max_len=args.max_len)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -50,9 +58,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a model directory")
     distinct_outputs(data=args.data, quarantine=args.quarantine, ledger=args.ledger)
+    prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
+    if prior is not None and dp is not None:  # never continued under another accountant
+        prior.require(dp.accountant, f"accountant state {args.ledger}")
     seqs, _, report = load_input(args, tok)
     print(report.summary())
-    prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
+    # too little budget left (more noise than --max-noise needed): fit raises
+    # PrivacyBudgetExceeded before anything is written, the ledger and --out untouched
     det = make_detector(args.model, model_config=model, tokenizer_config=tok, train_config=train,
                         progress=not args.quiet)
     t0 = time.time()
@@ -233,6 +245,13 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--delta", type=float, help="with --dp: delta (default min(1e-5, 1/(10 n)))")
     p.add_argument("--noise-multiplier", type=float, help="with --dp: fixed noise instead of --epsilon")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="with --dp: per-shopper clip")
+    p.add_argument("--accountant", choices=["rdp", "prv"],
+                   help="with --dp: Opacus accountant, rdp (default) or prv (tighter: less noise "
+                        "for the same epsilon); a --ledger keeps the one it was written with")
+    p.add_argument("--max-noise", type=float, metavar="Z",
+                   help=f"with --dp --epsilon: refuse to train (exit 2, nothing written) when the "
+                        f"budget left would need a noise multiplier above Z (default "
+                        f"{MAX_NOISE:g}, as a federated site declines a round)")
     p.add_argument("--dp-seed", type=seed_int, metavar="N",
                    help="with --dp: seed DP-SGD's sampling and noise (reproducible runs; whoever "
                         "knows N can remove the noise). Default: seeded from the OS, secret")

@@ -129,6 +129,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError("--epsilon is a budget of DP training: it cannot go with --no-dp")
     if not args.dp and args.dp_seed is not None:
         raise ConfigError("--dp-seed seeds DP training: it cannot go with --no-dp")
+    if not args.dp and args.accountant is not None:
+        raise ConfigError("--accountant accounts DP training: it cannot go with --no-dp")
     fmt = event_format(args)
     distinct_outputs(data=args.data, quarantine=args.quarantine)
     cfg = SimulationConfig(
@@ -138,6 +140,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         partition=args.partition or ("natural" if args.data is None else "iid"),
         alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, model=args.model,
         strategy=args.strategy, dp=args.dp, epsilon=8.0 if args.epsilon is None else args.epsilon,
+        accountant=args.accountant or "rdp",
         baselines=not args.no_baselines, history_copy=not args.no_history_copy,
         seed=args.seed, dp_seed=args.dp_seed, privacy_mode=args.privacy_mode,
         central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
@@ -239,6 +242,9 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=True,
                    help="DP-SGD at every site (one shopper = one example)")
     p.add_argument("--epsilon", type=float, help="per-site privacy budget (default 8)")
+    p.add_argument("--accountant", choices=["rdp", "prv"],
+                   help="Opacus accountant of the sites' (and baselines') DP-SGD: rdp (default) "
+                        "or prv (tighter: less noise for the same epsilon, slower to compute)")
     p.add_argument("--privacy-mode", choices=["local", "local+central", "local+secagg"],
                    default="local",
                    help="local: DP-SGD at every site; local+central: plus site-level DP "

@@ -174,3 +174,23 @@ def test_dp_seed_reaches_the_sites_and_the_baselines_only_when_given(capsys):
     assert centralised_configs(seeded)[2].dp.seed == 11
     assert main(["simulate", "--no-dp", "--dp-seed", "3", "--out", "unused"]) == 2
     assert "--dp-seed seeds DP training" in capsys.readouterr().err
+
+
+def test_accountant_reaches_the_sites_and_the_baselines(tmp_path, capsys):
+    import tomllib
+
+    from seqanom_core.federation.run_config import settings_from_run_config
+    from simulation.cli import main
+    from simulation.run import SimulationConfig, centralised_configs, run_config
+
+    assert settings_from_run_config(run_config(SimulationConfig())).train.dp.accountant == "rdp"
+    prv = SimulationConfig(out=Path("unused"), accountant="prv")
+    assert settings_from_run_config(run_config(prv)).train.dp.accountant == "prv"
+    assert centralised_configs(prv)[2].dp.accountant == "prv"
+    out = tmp_path / "run"
+    assert main(["-q", "simulate", "--prepare-only", "--shoppers", "60", "--accountant", "prv",
+                 "--out", str(out)]) == 0
+    written = tomllib.loads((out / "run-config.toml").read_text())
+    assert settings_from_run_config(written).train.dp.accountant == "prv"
+    assert main(["simulate", "--no-dp", "--accountant", "prv", "--out", "unused"]) == 2
+    assert "--accountant accounts DP training" in capsys.readouterr().err
