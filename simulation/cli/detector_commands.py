@@ -28,24 +28,10 @@ log = logging.getLogger("seqanom")
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector on normal-looking shoppers and save its model directory."""
-    from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
     from seqanom_core.detector import make_detector
     from seqanom_core.privacy import AccountantState
 
-    tok = TokenizerConfig(category_buckets=args.category_buckets, session_gap_s=args.session_gap)
-    dp = None
-    if args.dp:
-        if args.epsilon is None and args.noise_multiplier is None:
-            raise ConfigError("--dp needs --epsilon (a budget) or --noise-multiplier")
-        dp = DPConfig(epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
-                      max_grad_norm=args.max_grad_norm, seed=args.dp_seed)
-    elif args.epsilon is not None or args.noise_multiplier is not None or args.dp_seed is not None:
-        raise ConfigError("--epsilon/--noise-multiplier/--dp-seed need --dp")
-    model = ModelConfig(kind=args.model, d_model=args.d_model, n_layers=args.layers,
-                        max_len=args.max_len)
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        lr_schedule=args.lr_schedule, calibration_fraction=args.calibration_fraction,
-                        alert_rate=args.alert_rate, seed=args.seed, device=args.device, dp=dp)
+    tok, model, train = training_configs(args)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a model directory")
@@ -68,6 +54,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(privacy_line(meta["privacy"]))
     print(f"model written to {out}")
     return 0
+
+
+def training_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(tokenizer, model, training) configs from the options of ``add_training_args``: what
+    ``train`` fits, and what ``audit`` trains with."""
+    from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
+
+    tok = TokenizerConfig(category_buckets=args.category_buckets, session_gap_s=args.session_gap)
+    dp = None
+    if args.dp:
+        if args.epsilon is None and args.noise_multiplier is None:
+            raise ConfigError("--dp needs --epsilon (a budget) or --noise-multiplier")
+        dp = DPConfig(epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
+                      max_grad_norm=args.max_grad_norm, seed=args.dp_seed)
+    elif args.epsilon is not None or args.noise_multiplier is not None or args.dp_seed is not None:
+        raise ConfigError("--epsilon/--noise-multiplier/--dp-seed need --dp")
+    model = ModelConfig(kind=args.model, d_model=args.d_model, n_layers=args.layers,
+                        max_len=args.max_len)
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        lr_schedule=args.lr_schedule, calibration_fraction=args.calibration_fraction,
+                        alert_rate=args.alert_rate, seed=args.seed, device=args.device, dp=dp)
+    return tok, model, train
 
 
 def privacy_line(p: dict[str, Any]) -> str:
@@ -198,12 +206,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 
-def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register train / score / ledger with the seqanom parser's ``add``."""
-    p = add("train", cmd_train, "train a detector and write a model directory")
-    add_input_args(p)
-    add_model_kind_arg(p)
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The training options of ``train`` (model size, optimisation, DP, seed, device), which
+    ``training_configs`` turns into configs."""
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64,
                    help="(expected) batch size; with --dp, shoppers are Poisson-sampled")
@@ -231,10 +236,19 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--dp-seed", type=seed_int, metavar="N",
                    help="with --dp: seed DP-SGD's sampling and noise (reproducible runs; whoever "
                         "knows N can remove the noise). Default: seeded from the OS, secret")
-    p.add_argument("--ledger", metavar="PATH",
-                   help="with --dp: accountant state to continue from and update (epsilon accumulates)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+
+
+def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register train / score / ledger with the seqanom parser's ``add``."""
+    p = add("train", cmd_train, "train a detector and write a model directory")
+    add_input_args(p)
+    add_model_kind_arg(p)
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    add_training_args(p)
+    p.add_argument("--ledger", metavar="PATH",
+                   help="with --dp: accountant state to continue from and update (epsilon accumulates)")
 
     p = add("score", cmd_score, "score shoppers with a model directory")
     p.add_argument("--model", required=True, metavar="MODEL_DIR")

@@ -168,3 +168,15 @@ def test_dp_seed_reaches_the_sites_and_the_baselines_only_when_given(capsys):
     assert centralised_configs(seeded)[2].dp.seed == 11
     assert main(["simulate", "--no-dp", "--dp-seed", "3", "--out", "unused"]) == 2
     assert "--dp-seed seeds DP training" in capsys.readouterr().err
+
+
+def test_site_audit_trains_site_zero_alone_with_the_runs_dp_setting(small_split):
+    from simulation.run import SimulationConfig, site_audit
+
+    cfg = SimulationConfig(out=Path("unused"), rounds=1, local_epochs=1, d_model=16, n_layers=1,
+                           max_len=16, epsilon=4.0, dp_seed=2, audit=True, audit_canaries=12)
+    record = site_audit(cfg, small_split[0])
+    assert record["site"] == "site-0" and record["dp"] is True
+    assert 0 < record["epsilon_accounted"] <= 4.0 + 1e-9 and record["epochs"] == 1
+    assert record["canaries"]["canaries"] == 12 and record["canaries"]["canary_length"] == 15
+    assert 0.0 <= record["mia_auc"] <= 1.0 and record["epsilon_lower_bound"] >= 0.0
