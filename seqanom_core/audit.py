@@ -263,8 +263,9 @@ def run_audit(events: pa.Table, config: DetectorConfig, audit: AuditConfig, *,
     result = det.train_result_
     delta = float(result.delta) if result.dp and result.delta is not None else 0.0
     bound = epsilon_lower_bound(is_member, member_score, delta)
+    auc = membership_auc(is_member, member_score)  # NaN when every canary is on one side
     return {
-        "mia_auc": membership_auc(is_member, member_score),
+        "mia_auc": auc if math.isfinite(auc) else None,
         "epsilon_lower_bound": bound["epsilon"],
         "epsilon_accounted": float(result.epsilon) if result.dp and result.epsilon is not None
         else None,
@@ -274,8 +275,9 @@ def run_audit(events: pa.Table, config: DetectorConfig, audit: AuditConfig, *,
         "attack": f"loss: mean per-event negative log-likelihood ({ATTACK_STATISTIC}), "
                   "lower = member",
         "canaries": {**asdict(audit), "members": int(is_member.sum())},
-        "mean_loss": {"members": float(loss[is_member].mean()),
-                      "non_members": float(loss[~is_member].mean())},
+        "mean_loss": {"members": float(loss[is_member].mean()) if is_member.any() else None,
+                      "non_members": float(loss[~is_member].mean()) if not is_member.all()
+                      else None},
         "model": config.model.kind,
         "epochs": config.train.epochs,
         "n_train_shoppers": len(train),

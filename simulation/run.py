@@ -287,6 +287,6 @@ def site_audit(cfg: SimulationConfig, train: pa.Table) -> dict[str, Any]:
     audit = AuditConfig(canaries=cfg.audit_canaries, canary_length=min(32, cfg.max_len - 1),
                         seed=cfg.seed)
     record = run_audit(train, DetectorConfig(model=model, train=site_alone_config(cfg)), audit)
-    log.info("privacy audit of site-0: MIA AUC %.3f, epsilon lower bound %.3f",
+    log.info("privacy audit of site-0: MIA AUC %s, epsilon lower bound %.3f",
              record["mia_auc"], record["epsilon_lower_bound"])
     return {"site": "site-0", **record}

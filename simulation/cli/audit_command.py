@@ -59,14 +59,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def summary_lines(r: dict[str, Any]) -> list[str]:
     """A few lines for people: the attack, the bound, the accounted epsilon."""
     b, c = r["bound"], r["canaries"]
+    def num(x: float | None) -> str:
+        return "undefined (every canary on one side)" if x is None else f"{x:.3f}"
+
     accounted = ("no DP: nothing accounted" if r["epsilon_accounted"] is None else
                  f"accounted epsilon {r['epsilon_accounted']:.3f} at delta {r['delta']:.1e}")
     return [
         f"audit of {r['model']} ({r['epochs']} epochs, {'DP-SGD' if r['dp'] else 'no DP'}): "
         f"{c['canaries']} canaries of {c['canary_length']} events, {c['members']} trained on, "
         f"beside {r['n_real_training_shoppers']} real training shoppers; {r['seconds']:.0f} s",
-        f"  membership inference AUC {r['mia_auc']:.3f} (mean loss: members "
-        f"{r['mean_loss']['members']:.3f}, others {r['mean_loss']['non_members']:.3f})",
+        f"  membership inference AUC {num(r['mia_auc'])} (mean loss: members "
+        f"{num(r['mean_loss']['members'])}, others {num(r['mean_loss']['non_members'])})",
         f"  epsilon lower bound {r['epsilon_lower_bound']:.3f} at {b['confidence']:.0%} "
         + (f"confidence ({b['correct']} of {b['guesses']} guesses right); " if b["guesses"] else
            "confidence (no number of guesses rejected epsilon 0); ") + accounted,

@@ -180,7 +180,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         a = metrics["audit"]
         acc = a["epsilon_accounted"]
         print(f"privacy audit ({a['site']} alone, {a['canaries']['canaries']} canaries): "
-              f"MIA AUC {a['mia_auc']:.3f}, epsilon lower bound {a['epsilon_lower_bound']:.3f}"
+              f"MIA AUC {'-' if a['mia_auc'] is None else format(a['mia_auc'], '.3f')}, "
+              f"epsilon lower bound {a['epsilon_lower_bound']:.3f}"
               + ("" if acc is None else f" (accounted {acc:.3f})"))
     print(f"global model: {cfg.out / 'model'} (seqanom score --model accepts it)")
     return 0
