@@ -23,7 +23,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Empirical privacy audit: plant canary shoppers (a random half in the training data), train
     as 'seqanom train' would with the same options, attack the canaries by their loss, and write
     the membership-inference AUC and the one-run epsilon lower bound (Steinke, Nasr & Jagielski
-    2023) beside the accounted epsilon to OUT/audit.json. Without --data: the built-in generator."""
+    2023) beside the accounted epsilon to OUT/audit.json. --seed also draws the canaries and which are trained on. Without
+    --data: the built-in generator."""
     from seqanom_core.audit import AuditConfig, run_audit
     from seqanom_core.config import DetectorConfig
 

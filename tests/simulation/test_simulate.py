@@ -175,7 +175,13 @@ def test_site_audit_trains_site_zero_alone_with_the_runs_dp_setting(small_split)
 
     cfg = SimulationConfig(out=Path("unused"), rounds=1, local_epochs=1, d_model=16, n_layers=1,
                            max_len=16, epsilon=4.0, dp_seed=2, audit=True, audit_canaries=12)
-    record = site_audit(cfg, small_split[0])
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    events = small_split[0]
+    first = pc.unique(events.column("user_id"))[:80]
+    record = site_audit(cfg, events.filter(pc.is_in(events.column("user_id"),
+                                                    value_set=pa.array(first))))
     assert record["site"] == "site-0" and record["dp"] is True
     assert 0 < record["epsilon_accounted"] <= 4.0 + 1e-9 and record["epochs"] == 1
     assert record["canaries"]["canaries"] == 12 and record["canaries"]["canary_length"] == 15
