@@ -120,9 +120,13 @@ class SequenceDetector:
         raise ConfigError(f"expected an events table or a SequenceSet, not {type(data).__name__}")
 
     def fit(
-        self, data: SequenceSet | pa.Table, *, accountant_state: AccountantState | None = None
+        self, data: SequenceSet | pa.Table, *, accountant_state: AccountantState | None = None,
+        calibration: SequenceSet | pa.Table | None = None,
     ) -> SequenceDetector:
-        """Train on (mostly normal) shoppers and calibrate the threshold; returns ``self``."""
+        """Train on (mostly normal) shoppers and calibrate the threshold; returns ``self``.
+
+        ``calibration``: shoppers to calibrate on, all of ``data`` then trains (default: a
+        seeded ``calibration_fraction`` of ``data`` is held out for it)."""
         seqs = self._sequences(data)
         if len(seqs) < 10:
             raise ConfigError(f"need at least 10 shoppers to train, got {len(seqs)}")
@@ -131,7 +135,13 @@ class SequenceDetector:
                               f"not '{self.model_config.kind}'")
         t0 = time.time()
         self.source_ = seqs.source
-        train_seqs, calib_seqs = split_shoppers(seqs, self.train_config.calibration_fraction, self.train_config.seed)
+        if calibration is None:
+            train_seqs, calib_seqs = split_shoppers(seqs, self.train_config.calibration_fraction,
+                                                    self.train_config.seed)
+        else:
+            train_seqs, calib_seqs = seqs, self._sequences(calibration)
+            if calib_seqs.source != seqs.source or len(calib_seqs) == 0:
+                raise ConfigError("calibration shoppers must be of the training data's source")
         self.device_ = resolve_device(self.train_config.device)
         torch.manual_seed(self.train_config.seed)  # the initial weights too: same seed, same model
         self.network_ = build_model(self.model_config, vocab_sizes(self.tokenizer_config, seqs.source))

@@ -168,6 +168,20 @@ def _privacy_lines(privacy: Any) -> list[str]:
     return lines
 
 
+def audit_line(audit: dict[str, Any]) -> str:
+    """One sentence on the empirical privacy audit (``seqanom_core.audit``'s record)."""
+    can = audit.get("canaries") or {}
+    acc = audit.get("epsilon_accounted")
+    accounted = ("trained without DP: no ε accounted" if acc is None else
+                 f"ε accounted {_epsilon(acc)} (δ {_delta(audit.get('delta'))})")
+    return (f"- Membership inference on {can.get('canaries', '?')} canary shoppers "
+            f"({can.get('members', '?')} trained on) planted in {audit.get('site', 'a site')}'s "
+            f"training data, trained alone with the run's model and DP setting "
+            f"({audit.get('epochs', '?')} epochs): AUC {_fmt(audit.get('mia_auc'))}, "
+            f"ε lower bound {_fmt(audit.get('epsilon_lower_bound'))} (95% confidence, one-run "
+            f"test of Steinke, Nasr & Jagielski 2023); {accounted}.")
+
+
 def _partition_lines(partition: Any) -> list[str]:
     """Partition summary (list of per-site dicts, or a dict with ``sites``) as Markdown."""
     lines: list[str] = []
@@ -277,6 +291,8 @@ def write_report(
         lines += [f"**Training stopped early (planned):** {metrics['stop_reason']}. The model is "
                   "that of the last completed round.", ""]
     lines += ["## Privacy", "", *_privacy_lines(metrics.get("privacy")), ""]
+    if isinstance(metrics.get("audit"), dict):
+        lines += ["## Privacy audit", "", audit_line(metrics["audit"]), ""]
     if (metrics.get("ingest") or {}).get("summary"):
         lines += ["## Data", "", f"- {metrics['ingest']['summary']}", ""]
     if metrics.get("partition"):

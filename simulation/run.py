@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from seqanom_core.config import DPConfig, ModelConfig, TrainConfig
+from seqanom_core.audit import AuditConfig, run_audit
+from seqanom_core.config import DetectorConfig, DPConfig, ModelConfig, TrainConfig
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.run_config import settings_from_run_config
@@ -85,6 +86,9 @@ class SimulationConfig:
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
     central_epsilon: float = 10.0
+    # an empirical privacy audit of site 0 trained alone (seqanom_core.audit), with this many canaries
+    audit: bool = False
+    audit_canaries: int = 64
 
 
 def _load(cfg: SimulationConfig) -> tuple[pa.Table, dict[str, Any] | None]:
@@ -213,6 +217,7 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
             methods["federated"].update({"site_epsilon": g["epsilon"], "site_delta": g["delta"]})
     if cfg.baselines:
         _baselines(cfg, trains, test, curves, thresholds, methods)
+    audit = site_audit(cfg, trains[0]) if cfg.audit else None
     rounds = rounds_with_site_logs(
         [json.loads(line) for line in
          (cfg.out / "checkpoints" / "metrics.jsonl").read_text().splitlines() if line],
@@ -230,6 +235,8 @@ def simulate(cfg: SimulationConfig) -> dict[str, Any]:
         "alert_rate": settings_from_run_config(run_config(cfg)).federation.alert_rate,
         "seconds": round(time.time() - t0, 1),
     }
+    if audit is not None:
+        metrics["audit"] = audit
     write_report(cfg.out, metrics, curves, labels, rounds)
     return json.loads((cfg.out / "metrics.json").read_text())
 
@@ -259,8 +266,7 @@ def _baselines(cfg: SimulationConfig, trains: list[pa.Table], test: pa.Table,
         runs.append(("centralised-dp", pooled, dp))
     # each site alone trains as it does in the federation (same optimiser, lr, epochs and DP),
     # without the others: the comparison isolates what federating adds
-    site = settings_from_run_config(run_config(cfg)).train
-    local = dataclasses.replace(dp, optimizer=site.optimizer, lr=site.lr)
+    local = site_alone_config(cfg)
     runs += [(f"site-alone:site-{k}", t, local) for k, t in enumerate(trains)]
     for name, train, tcfg in runs:
         t0 = time.time()
@@ -273,3 +279,22 @@ def _baselines(cfg: SimulationConfig, trains: list[pa.Table], test: pa.Table,
     ids, scores = isolation_forest_scores(pooled, test, seed=cfg.seed)
     curves["isolation-forest"] = (ids, scores)
     methods["isolation-forest"] = {"epsilon": None, "delta": None}
+
+
+def site_alone_config(cfg: SimulationConfig) -> TrainConfig:
+    """Training of one site alone: the federation's local optimiser and lr, its DP setting, and
+    its total epochs (rounds x local epochs)."""
+    site = settings_from_run_config(run_config(cfg)).train
+    return dataclasses.replace(centralised_configs(cfg)[2], optimizer=site.optimizer, lr=site.lr)
+
+
+def site_audit(cfg: SimulationConfig, train: pa.Table) -> dict[str, Any]:
+    """Empirical privacy audit (``seqanom_core.audit``) of site 0 trained alone on its own
+    training shoppers with the run's model and DP setting; ``cfg.audit_canaries`` canaries."""
+    model = centralised_configs(cfg)[0]
+    audit = AuditConfig(canaries=cfg.audit_canaries, canary_length=min(32, cfg.max_len - 1),
+                        seed=cfg.seed)
+    record = run_audit(train, DetectorConfig(model=model, train=site_alone_config(cfg)), audit)
+    log.info("privacy audit of site-0: MIA AUC %s, epsilon lower bound %.3f",
+             record["mia_auc"], record["epsilon_lower_bound"])
+    return {"site": "site-0", **record}

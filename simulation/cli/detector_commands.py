@@ -28,9 +28,42 @@ log = logging.getLogger("seqanom")
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector on normal-looking shoppers and save its model directory."""
-    from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
     from seqanom_core.detector import make_detector
     from seqanom_core.privacy import AccountantState
+
+    tok, model, train = training_configs(args)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a model directory")
+    distinct_outputs(data=args.data, quarantine=args.quarantine, ledger=args.ledger)
+    prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
+    if prior is not None and train.dp is not None:  # never continued under another accountant
+        prior.require(train.dp.accountant, f"accountant state {args.ledger}")
+    seqs, _, report = load_input(args, tok)
+    print(report.summary())
+    # too little budget left (more noise than --max-noise needed): fit raises
+    # PrivacyBudgetExceeded before anything is written, the ledger and --out untouched
+    det = make_detector(args.model, model_config=model, tokenizer_config=tok, train_config=train,
+                        progress=not args.quiet)
+    t0 = time.time()
+    det.fit(seqs, accountant_state=prior)
+    out = det.save(args.out)
+    if args.ledger and det.train_result_.accountant_state is not None:
+        det.train_result_.accountant_state.save(args.ledger)
+    meta = det.metadata_
+    print(f"trained {args.model} on {meta['n_train_shoppers']} shoppers "
+          f"({meta['n_train_events']} events), calibrated on {meta['n_calibration_shoppers']} "
+          f"held-out shoppers, {time.time() - t0:.1f} s; final loss {meta['epoch_losses'][-1]:.3f}")
+    print(f"threshold {det.threshold_:.3f} for a target alert rate of {args.alert_rate:.1%}")
+    print(privacy_line(meta["privacy"]))
+    print(f"model written to {out}")
+    return 0
+
+
+def training_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(tokenizer, model, training) configs from the options of ``add_training_args``: what
+    ``train`` fits, and what ``audit`` trains with."""
+    from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
 
     tok = TokenizerConfig(category_buckets=args.category_buckets, session_gap_s=args.session_gap)
     dp = None
@@ -54,32 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         lr_schedule=args.lr_schedule, calibration_fraction=args.calibration_fraction,
                         alert_rate=args.alert_rate, seed=args.seed, device=args.device, dp=dp)
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {args.out} is a file, not a model directory")
-    distinct_outputs(data=args.data, quarantine=args.quarantine, ledger=args.ledger)
-    prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
-    if prior is not None and dp is not None:  # never continued under another accountant
-        prior.require(dp.accountant, f"accountant state {args.ledger}")
-    seqs, _, report = load_input(args, tok)
-    print(report.summary())
-    # too little budget left (more noise than --max-noise needed): fit raises
-    # PrivacyBudgetExceeded before anything is written, the ledger and --out untouched
-    det = make_detector(args.model, model_config=model, tokenizer_config=tok, train_config=train,
-                        progress=not args.quiet)
-    t0 = time.time()
-    det.fit(seqs, accountant_state=prior)
-    out = det.save(args.out)
-    if args.ledger and det.train_result_.accountant_state is not None:
-        det.train_result_.accountant_state.save(args.ledger)
-    meta = det.metadata_
-    print(f"trained {args.model} on {meta['n_train_shoppers']} shoppers "
-          f"({meta['n_train_events']} events), calibrated on {meta['n_calibration_shoppers']} "
-          f"held-out shoppers, {time.time() - t0:.1f} s; final loss {meta['epoch_losses'][-1]:.3f}")
-    print(f"threshold {det.threshold_:.3f} for a target alert rate of {args.alert_rate:.1%}")
-    print(privacy_line(meta["privacy"]))
-    print(f"model written to {out}")
-    return 0
+    return tok, model, train
 
 
 def privacy_line(p: dict[str, Any]) -> str:
@@ -215,12 +223,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 
-def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register train / score / ledger with the seqanom parser's ``add``."""
-    p = add("train", cmd_train, "train a detector and write a model directory")
-    add_input_args(p)
-    add_model_kind_arg(p)
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The training options of ``train`` (model size, optimisation, DP, seed, device), which
+    ``training_configs`` turns into configs."""
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64,
                    help="(expected) batch size; with --dp, shoppers are Poisson-sampled")
@@ -255,10 +260,19 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--dp-seed", type=seed_int, metavar="N",
                    help="with --dp: seed DP-SGD's sampling and noise (reproducible runs; whoever "
                         "knows N can remove the noise). Default: seeded from the OS, secret")
-    p.add_argument("--ledger", metavar="PATH",
-                   help="with --dp: accountant state to continue from and update (epsilon accumulates)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+
+
+def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register train / score / ledger with the seqanom parser's ``add``."""
+    p = add("train", cmd_train, "train a detector and write a model directory")
+    add_input_args(p)
+    add_model_kind_arg(p)
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    add_training_args(p)
+    p.add_argument("--ledger", metavar="PATH",
+                   help="with --dp: accountant state to continue from and update (epsilon accumulates)")
 
     p = add("score", cmd_score, "score shoppers with a model directory")
     p.add_argument("--model", required=True, metavar="MODEL_DIR")

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from seqanom_core import __version__
 from seqanom_core.errors import SeqanomError
+from simulation.cli.audit_command import add_audit_command
 from simulation.cli.central_commands import add_central_commands
 from simulation.cli.detector_commands import add_detector_commands
 from simulation.cli.research_commands import add_research_commands
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_detector_commands(add)
     add_research_commands(add)
+    add_audit_command(add)
     add_central_commands(add)
     add_site_commands(add)
     return parser

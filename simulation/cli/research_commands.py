@@ -145,7 +145,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed, dp_seed=args.dp_seed, privacy_mode=args.privacy_mode,
         central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
         central_epsilon=args.central_epsilon, calibration_share=args.calibration_share,
-        calibration_every=args.calibration_every)
+        calibration_every=args.calibration_every, audit=args.audit,
+        audit_canaries=args.audit_canaries)
     if args.prepare_only:
         path = prepare_flwr_run(cfg)
         print(f"{cfg.sites} sites written under {cfg.out / 'sites'}; run config: {path}")
@@ -182,6 +183,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
           "  the server saw only the sum of the sites' updates (SecAgg+)")
     if metrics.get("stop_reason"):
         print(f"stopped early (planned): {metrics['stop_reason']}")
+    if metrics.get("audit"):
+        a = metrics["audit"]
+        acc = a["epsilon_accounted"]
+        print(f"privacy audit ({a['site']} alone, {a['canaries']['canaries']} canaries): "
+              f"MIA AUC {'-' if a['mia_auc'] is None else format(a['mia_auc'], '.3f')}, "
+              f"epsilon lower bound {a['epsilon_lower_bound']:.3f}"
+              + ("" if acc is None else f" (accounted {acc:.3f})"))
     print(f"global model: {cfg.out / 'model'} (seqanom score --model accepts it)")
     return 0
 
@@ -263,6 +271,13 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="calibrate every K rounds and after the last (0: after the last only; "
                         "each calibration is a release that costs privacy)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    p.add_argument("--audit", action="store_true",
+                   help="also audit privacy empirically: canaries planted in site 0's training "
+                        "data, trained alone with the run's model and DP setting, attacked by "
+                        "membership inference ('seqanom audit'); a line in the report, 'audit' "
+                        "in metrics.json")
+    p.add_argument("--audit-canaries", type=int, default=64, metavar="N",
+                   help="with --audit: canary shoppers (default 64)")
     p.add_argument("--no-history-copy", action="store_true",
                    help="train the federation and the baselines without the model's copy term "
                         "from each shopper's own history (README, How it works)")

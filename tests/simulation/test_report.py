@@ -133,3 +133,18 @@ def test_report_states_each_guarantee_and_a_planned_stop(tmp_path: Path, scored:
     assert "saw only the sum" in text and "stopped early (planned):** central privacy budget" in text
     assert json.loads((tmp_path / "metrics.json").read_text())["privacy"]["guarantees"][1][
         "epsilon"] == 7.077
+
+
+def test_report_states_the_privacy_audit(tmp_path: Path, scored: tuple) -> None:
+    curves, labels = scored
+    audit = {"site": "site-0", "mia_auc": 0.5312, "epsilon_lower_bound": 0.0,
+             "epsilon_accounted": 7.9981, "delta": 1e-5, "epochs": 20,
+             "canaries": {"canaries": 64, "canary_length": 32, "seed": 0, "members": 30}}
+    write_report(tmp_path, {"audit": audit}, curves, labels, [])
+    text = (tmp_path / "report.md").read_text()
+    line = next(x for x in text.splitlines() if "Membership inference" in x)
+    assert "64 canary shoppers (30 trained on)" in line and "site-0" in line
+    assert "AUC 0.531" in line and "ε lower bound 0.000" in line and "ε accounted 7.998" in line
+    assert json.loads((tmp_path / "metrics.json").read_text())["audit"]["mia_auc"] == 0.5312
+    write_report(tmp_path, {}, curves, labels, [])  # no audit: no section
+    assert "Privacy audit" not in (tmp_path / "report.md").read_text()

@@ -194,3 +194,43 @@ def test_accountant_reaches_the_sites_and_the_baselines(tmp_path, capsys):
     assert settings_from_run_config(written).train.dp.accountant == "prv"
     assert main(["simulate", "--no-dp", "--accountant", "prv", "--out", "unused"]) == 2
     assert "--accountant accounts DP training" in capsys.readouterr().err
+
+
+def test_site_audit_trains_site_zero_alone_with_the_runs_dp_setting(small_split):
+    from simulation.run import SimulationConfig, site_audit
+
+    cfg = SimulationConfig(out=Path("unused"), rounds=1, local_epochs=1, d_model=16, n_layers=1,
+                           max_len=16, epsilon=4.0, dp_seed=2, audit=True, audit_canaries=12)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    events = small_split[0]
+    first = pc.unique(events.column("user_id"))[:80]
+    record = site_audit(cfg, events.filter(pc.is_in(events.column("user_id"),
+                                                    value_set=pa.array(first))))
+    assert record["site"] == "site-0" and record["dp"] is True
+    assert 0 < record["epsilon_accounted"] <= 4.0 + 1e-9 and record["epochs"] == 1
+    assert record["canaries"]["canaries"] == 12 and record["canaries"]["canary_length"] == 15
+    assert 0.0 <= record["mia_auc"] <= 1.0 and record["epsilon_lower_bound"] >= 0.0
+
+
+def test_simulate_audit_option_reaches_the_config_and_the_console(monkeypatch, capsys, tmp_path):
+    import simulation.run as run
+    from simulation.cli import main
+
+    seen = {}
+
+    def fake_simulate(cfg):
+        seen["cfg"] = cfg
+        return {"seconds": 1.0, "evaluation": {}, "privacy": {}, "audit": {
+            "site": "site-0", "mia_auc": 0.5123, "epsilon_lower_bound": 0.0,
+            "epsilon_accounted": 7.99, "canaries": {"canaries": 32}}}
+
+    monkeypatch.setattr(run, "simulate", fake_simulate)
+    assert main(["-q", "simulate", "--audit", "--audit-canaries", "32", "--out",
+                 str(tmp_path / "r")]) == 0
+    assert seen["cfg"].audit is True and seen["cfg"].audit_canaries == 32
+    out = capsys.readouterr().out
+    assert ("privacy audit (site-0 alone, 32 canaries): MIA AUC 0.512, epsilon lower bound "
+            "0.000 (accounted 7.990)") in out
+    assert run.SimulationConfig().audit is False  # off unless asked for
