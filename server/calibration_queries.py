@@ -117,8 +117,9 @@ class CalibrationQueries:
 
     def _warn_if_unreliable(self, r: int, pooled: PooledThreshold) -> None:
         if pooled.unreliable(self.fed.alert_rate):
-            log.warning("round %d: the federated threshold rests on %d validation shoppers; the "
-                        "histogram noise moves its tail by about %.1f%% of them, against an "
-                        "alert rate of %.1f%%: the model's alert rate may be far from its "
-                        "target (more validation shoppers per site, or a higher alert rate)",
+            log.warning("round %d: the federated threshold rests on about %d calibration "
+                        "shoppers; the histogram noise moves its tail by up to about %.1f%% of "
+                        "them, against an alert rate of %.1f%%: the model's alert rate may "
+                        "stray from its target (more shoppers per site, a larger "
+                        "calibration-share, or a higher alert rate)",
                         r, int(pooled.shoppers), 100 * pooled.noise, 100 * self.fed.alert_rate)

@@ -63,18 +63,22 @@ def test_bad_training_setting_is_one_line_error(workdir, capsys, flag, value):
 def test_train_with_dp_reports_exact_privacy(workdir, capsys):
     d = workdir
     ledger = d / "ledger.json"
-    args = ["-q", "train", "--data", str(d / "train.csv.gz"), "--model", "transformer",
-            "--out", str(d / "dp_model"), "--dp", "--epsilon", "4", "--delta", "1e-5",
-            "--ledger", str(ledger), *SMALL]
-    assert main(args) == 0
+    first = ["-q", "train", "--data", str(d / "train.csv.gz"), "--model", "transformer",
+             "--out", str(d / "dp_model"), "--dp", "--epsilon", "2", "--delta", "1e-5",
+             "--ledger", str(ledger), *SMALL]
+    assert main(first) == 0
     out = capsys.readouterr().out
-    assert "-DP for one shopper" in out and "RDP" in out
+    assert "-DP for one shopper" in out and "RDP" in out and "calibration: not DP" in out
     eps = float(out.split("privacy: (")[1].split(",")[0])
-    assert 0 < eps <= 4
-    # a second run continues the ledger: only the remainder is spent, the total stays <= 4
+    assert 0 < eps <= 2
+    # a second run with a larger budget continues the ledger: only the remainder is spent
+    args = [a if a != "2" else "4" for a in first]
     assert main(args) == 0
     eps2 = float(capsys.readouterr().out.split("privacy: (")[1].split(",")[0])
     assert eps < eps2 <= 4
+    # the budget (nearly) spent: it refuses, as a site declines, rather than train at noise > 10
+    assert main(args) == 2
+    assert "noise" in capsys.readouterr().err
     # a budget below what the ledger already holds refuses to train
     lower = [a if a != "4" else "3" for a in args]
     assert main(lower) == 2
