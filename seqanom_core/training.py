@@ -37,6 +37,20 @@ def sequence_loss(
     return (per_pos.sum(1) / n_valid).mean()
 
 
+class _Batches(torch.utils.data.Sampler):
+    """A batch sampler that only states how many batches an epoch has (under DP, Opacus replaces
+    it by Poisson sampling at 1 / that number and never iterates it)."""
+
+    def __init__(self, n_batches: int) -> None:
+        self.n_batches = n_batches
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):  # noqa: ANN204
+        raise RuntimeError("only Opacus' Poisson sampler iterates a DP loader")
+
+
 def poisson_schedule(n_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
     """(sample rate, steps) of a training call: what Opacus' Poisson loader does and what is accounted.
 
@@ -106,12 +120,18 @@ def train_model(
     progress: bool = True,
     proximal_mu: float = 0.0,
     schedule_span: tuple[int, int] | None = None,
+    public_size: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``seqs`` for ``cfg.epochs`` (DP-SGD when ``cfg.dp`` is set).
 
     ``proximal_mu > 0`` pulls the weights towards their values at the start of the call after
     every step (FedProx's proximal term as a decoupled step: it touches no data, so it is
     post-processing under DP).
+
+    ``public_size`` (DP only): a released, noisy count of ``seqs`` that DP-SGD's sample rate,
+    steps and expected batch size are computed from instead of the exact count, so that they,
+    and the epsilon and noise derived from them, carry nothing more about the shoppers (a
+    federated site passes its accounted training count).
     """
     if len(seqs) == 0:
         raise ConfigError("no sequences to train on")
@@ -127,6 +147,10 @@ def train_model(
     # under DP, Opacus draws the Poisson batches from the loader's generator: the secret one
     gen = dp_gens[0] if dp_gens else torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
+    size = len(seqs) if public_size is None or cfg.dp is None else max(int(public_size), 1)
+    if size != len(seqs):  # Opacus takes its sample rate from the loader's length
+        loader = DataLoader(data, batch_sampler=_Batches(poisson_schedule(size, cfg.batch_size,
+                                                                          1)[1]), generator=gen)
     optimizer_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.AdamW
     optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     clip_plain = cfg.optimizer == "sgd" and cfg.dp is None
@@ -141,7 +165,7 @@ def train_model(
         delta = cfg.dp.delta or prior.delta or default_delta(len(seqs))
         if prior.delta is not None and prior.history and not math.isclose(prior.delta, delta):
             raise ConfigError(f"delta {delta} differs from the restored ledger's delta {prior.delta}")
-        sample_rate, steps = poisson_schedule(len(seqs), cfg.batch_size, cfg.epochs)
+        sample_rate, steps = poisson_schedule(size, cfg.batch_size, cfg.epochs)
         if steps != cfg.epochs * len(loader):
             raise RuntimeError(f"planned {steps} steps, the loader takes {cfg.epochs * len(loader)}")
         sigma = cfg.dp.noise_multiplier
@@ -162,6 +186,8 @@ def train_model(
             )
         if not math.isclose(loader.sample_rate, sample_rate):  # type: ignore[attr-defined]
             raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != planned {sample_rate}")
+        # Opacus divides the noisy sum by len(dataset) x rate: from the public size instead
+        optimizer.expected_batch_size = max(1, int(size * sample_rate))  # type: ignore[attr-defined]
         result.noise_multiplier, result.delta = sigma, delta
         log.info("DP-SGD: noise %.3f, clip %.2f, sample rate %.4f, %d steps, delta %.2e",
                  sigma, cfg.dp.max_grad_norm, sample_rate, steps, delta)

@@ -81,7 +81,7 @@ class SimulationConfig:
     seed: int = 0
     dp_seed: int | None = None  # DP sampling and noise: None = from the OS (secret, not repeatable)
     privacy_mode: str = "local"  # or "local+central" (site-level DP), "local+secagg" (SecAgg+)
-    calibration_share: float = 0.2  # of each site's budget, for the calibration releases (DP)
+    calibration_share: float = 0.4  # of each site's budget, for the calibration releases (DP)
     calibration_every: int = 0  # calibrate every k rounds and after the last (0: last only)
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0

@@ -48,7 +48,7 @@ class FederationConfig:
     calibration_noise: float = 0.5
     # under DP: the share of each site's epsilon budget that one run's calibration releases
     # (and its noisy training count) may spend on their own; DP-SGD plans around it
-    calibration_share: float = 0.2
+    calibration_share: float = 0.4
     # calibrate (evaluate + threshold) every this many rounds and always after the last one;
     # 0: after the last round only (each calibration is a release that costs privacy)
     calibration_every: int = 0

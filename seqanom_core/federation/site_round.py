@@ -141,11 +141,7 @@ def train_round(
     cfg = dataclasses.replace(settings.train, seed=site_seed(settings.train.seed, site.name,
                                                              server_round))
     n = len(site.train)
-    # the steps of this round: what is accounted under DP and what the lr schedule advances by
-    q, steps = poisson_schedule(n, cfg.batch_size, cfg.epochs)
-    # the learning-rate schedule spans the whole run, step by step, as one training call would
-    total_rounds = server_round - 1 + max(1, rounds_left)
-    span = ((server_round - 1) * steps, total_rounds * steps)
+    public_size = None  # under DP: the released count, which the schedule is computed from
     device = resolve_device(cfg.device)
     model = build_federated_model(settings, arrays, site.train.source)
     metrics: dict[str, float] = {"num-examples": float(n), "declined": 0.0}
@@ -163,6 +159,8 @@ def train_round(
                 ledger, run_id, n, noise,
                 histogram_seed(settings.dp_seed, site.name, server_round, 2), cfg.dp.delta,
                 round=server_round)
+            public_size = int(metrics["num-examples"])
+            q, steps = poisson_schedule(public_size, cfg.batch_size, cfg.epochs)
             delta = float(ledger.delta)  # type: ignore[arg-type]
             noise = calibration_noise(fed, budget, delta, ledger.state.accountant)
             reserved = reserved_for_run(fed, ledger, run_id, noise)
@@ -181,9 +179,15 @@ def train_round(
         cfg = dataclasses.replace(cfg, dp=DPConfig(noise_multiplier=sigma, delta=delta,
                                                    max_grad_norm=cfg.dp.max_grad_norm,
                                                    seed=dp_seed, accountant=cfg.dp.accountant))
+    # the steps of this round (what is accounted under DP); the learning-rate schedule spans the
+    # whole run, step by step, as one training call would
+    _, steps = poisson_schedule(public_size or n, cfg.batch_size, cfg.epochs)
+    total_rounds = server_round - 1 + max(1, rounds_left)
+    span = ((server_round - 1) * steps, total_rounds * steps)
     result = train_model(model, site.train, cfg, device,
                          accountant_state=ledger.state if (ledger and cfg.dp) else None,
-                         progress=False, proximal_mu=proximal_mu, schedule_span=span)
+                         progress=False, proximal_mu=proximal_mu, schedule_span=span,
+                         public_size=public_size)
     local["train-loss"] = float(result.epoch_losses[-1])
     if result.accountant_state is not None and ledger is not None:
         ledger.record(result.accountant_state, run=run_id, round=server_round,

@@ -264,7 +264,7 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="local+central: L2 norm each site's update is clipped to")
     p.add_argument("--central-epsilon", type=float, default=10.0,
                    help="local+central: site-level budget; the run stops before passing it")
-    p.add_argument("--calibration-share", type=float, default=0.2,
+    p.add_argument("--calibration-share", type=float, default=0.4,
                    help="with DP: share of each site's budget its calibration releases spend "
                         "(accounted in its ledger; DP-SGD gets the rest)")
     p.add_argument("--calibration-every", type=int, default=0,

@@ -47,3 +47,29 @@ def test_plain_sgd_at_a_dp_sized_learning_rate_trains_without_dp(small_split):
     losses = det.train_result_.epoch_losses
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert np.isfinite(det.decision_function(test)).all()
+
+
+@pytest.mark.parametrize("public_size", [None, 64])
+def test_dp_schedule_follows_the_public_size_not_the_exact_count(small_split, public_size):
+    """A site passes its released (noisy) count: the sample rate, the steps and Opacus' expected
+    batch size then come from it, so nothing derived from them depends on the exact count."""
+    import numpy as np
+    import torch
+
+    from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig
+    from seqanom_core.models import build_model
+    from seqanom_core.sequences import build_sequences, vocab_sizes
+    from seqanom_core.training import train_model
+
+    tok = TokenizerConfig()
+    seqs = build_sequences(small_split[0], tok)
+    seqs = seqs.subset(np.arange(40))
+    model = build_model(ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=16),
+                        vocab_sizes(tok, "events"))
+    cfg = TrainConfig(epochs=2, batch_size=8, optimizer="sgd", lr=0.5,
+                      dp=DPConfig(noise_multiplier=1.0, delta=1e-5, seed=3))
+    result = train_model(model, seqs, cfg, torch.device("cpu"), progress=False,
+                         public_size=public_size)
+    batches = 5 if public_size is None else 8  # ceil(40 / 8), ceil(64 / 8)
+    [(sigma, q, steps)] = result.accountant_state.history
+    assert sigma == 1.0 and q == pytest.approx(1 / batches) and steps == 2 * batches
