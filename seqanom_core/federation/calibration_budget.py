@@ -117,5 +117,8 @@ def noisy_training_count(ledger: PrivacyLedger, run_id: str, n: int, noise: Cali
 
 
 def epsilon_by_kind(ledger: PrivacyLedger) -> dict[str, float]:
-    """``epsilon-<kind>`` metrics: each kind of release's epsilon alone (the ledger's)."""
-    return {f"epsilon-{k}": float(v) for k, v in ledger.by_kind().items()}
+    """``epsilon-<kind>`` metrics: each kind of release's epsilon alone (the ledger's; 0 for a
+    kind it has not released). Every kind always: replies aggregated together must carry the
+    same metric names."""
+    spent = ledger.by_kind()
+    return {f"epsilon-{k}": float(spent.get(str(k), 0.0)) for k in ReleaseKind}
