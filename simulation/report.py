@@ -82,7 +82,8 @@ def _delta(x: Any) -> str:
 def _releases_lines(releases: list) -> list[str]:
     """What the sites sent, each kind's protection and epsilon (that kind's releases alone)."""
     rows = [[str(r.get("name")), str(r.get("record")), str(r.get("protection")),
-             _epsilon(r.get("epsilon_of_kind")) if r.get("protection") == "accounted" else "—",
+             ("no cost (derived)" if r.get("derived") else _epsilon(r.get("epsilon_of_kind")))
+             if r.get("protection") == "accounted" else "—",
              _cell(str(r.get("how", "")), 160)] for r in releases if isinstance(r, dict)]
     return ["Everything the sites sent, and how each is protected (ε: the site's ε of that "
             "kind of release alone, worst site; composed in its ledger they give the ε above, "

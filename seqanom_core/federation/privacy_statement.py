@@ -27,12 +27,13 @@ COVERS_NO_DP = "nothing: dp = false (model updates, histograms and counts are se
 
 def releases_statement(site_by_kind: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """``privacy.releases``: every kind of value a site sends, with the epsilon of its kind alone
-    (worst site) when accounted, or its public reason."""
+    (worst site) when it is a mechanism's output, ``derived`` when it is computed from such
+    outputs (no cost of its own), or its public reason."""
     out: list[dict[str, Any]] = []
     for listed in inventory():
         row: dict[str, Any] = dict(listed)
         kind = row.get("kind")
-        if row["protection"] == "accounted" and kind is not None:
+        if row["protection"] == "accounted" and kind is not None and not row.get("derived"):
             row["epsilon_of_kind"] = max((k.get(kind, 0.0) for k in site_by_kind.values()),
                                          default=0.0)
         out.append(row)

@@ -49,6 +49,7 @@ class Release:
     protection: Protection
     how: str  # the mechanism (accounted) or the reason it is public
     kind: ReleaseKind | None = None  # the ledger kind whose epsilon covers it (accounted)
+    derived: bool = False  # computed from accounted releases and public settings: no cost of its own
 
 
 _DERIVED = "computed from the accounted releases' noise levels and the public settings only"
@@ -58,38 +59,40 @@ RELEASES: tuple[Release, ...] = (
             "DP-SGD: per-shopper clipped gradients with Gaussian noise, Poisson sampling",
             ReleaseKind.MODEL_UPDATE),
     Release(message_keys.STAT_HIST, "histograms", Protection.ACCOUNTED,
-            "Gaussian mechanism on tree histograms of the validation shoppers' statistics "
-            "(L2 sensitivity sqrt(statistics x levels) for one shopper)",
+            "Gaussian mechanism on tree histograms of the calibration shoppers' statistics "
+            "(validation shoppers; training ones too under DP; L2 sensitivity "
+            "sqrt(statistics x levels) for one shopper)",
             ReleaseKind.CALIBRATION_STATISTICS),
     Release(message_keys.SCORE_HIST, "histograms", Protection.ACCOUNTED,
-            "Gaussian mechanism on a tree histogram of the validation shoppers' scores "
+            "Gaussian mechanism on a tree histogram of the calibration shoppers' scores "
             "(L2 sensitivity sqrt(levels))", ReleaseKind.CALIBRATION_SCORES),
     Release("num-examples", "metrics", Protection.ACCOUNTED,
             "the training shoppers' count plus Gaussian noise (sensitivity 1), drawn once per "
             "run and sent unchanged after; the aggregation weight, and what the sample rate, "
             "steps and delta are computed from", ReleaseKind.TRAINING_COUNT),
     Release("declined", "metrics", Protection.ACCOUNTED,
-            f"whether the budget is spent: {_DERIVED}", ReleaseKind.MODEL_UPDATE),
+            f"whether the budget is spent: {_DERIVED}", ReleaseKind.MODEL_UPDATE, derived=True),
     Release("epsilon", "metrics", Protection.ACCOUNTED, f"cumulative epsilon: {_DERIVED}",
-            ReleaseKind.MODEL_UPDATE),
+            ReleaseKind.MODEL_UPDATE, derived=True),
     *(Release(f"epsilon-{k}", "metrics", Protection.ACCOUNTED,
-              f"epsilon of the {k} releases alone: {_DERIVED}", k) for k in ReleaseKind),
+              f"epsilon of the {k} releases alone: {_DERIVED}", k, derived=True)
+      for k in ReleaseKind),
     Release("noise-multiplier", "metrics", Protection.ACCOUNTED,
-            f"DP-SGD's noise multiplier: {_DERIVED}", ReleaseKind.MODEL_UPDATE),
+            f"DP-SGD's noise multiplier: {_DERIVED}", ReleaseKind.MODEL_UPDATE, derived=True),
     Release("delta", "metrics", Protection.ACCOUNTED,
             "the ledger's delta: set in the run config, or from the noisy training count",
-            ReleaseKind.TRAINING_COUNT),
+            ReleaseKind.TRAINING_COUNT, derived=True),
     Release("calibration-noise", "metrics", Protection.ACCOUNTED,
             f"the noise std per count of the score histogram: {_DERIVED}",
-            ReleaseKind.CALIBRATION_SCORES),
+            ReleaseKind.CALIBRATION_SCORES, derived=True),
     Release("budget", "metrics", Protection.PUBLIC, "the site's epsilon budget (run or node "
             "config)"),
     Release("secagg-weight", "metrics", Protection.ACCOUNTED,
             "SecAgg+ weight: the noisy training count, capped (post-processing)",
-            ReleaseKind.TRAINING_COUNT),
+            ReleaseKind.TRAINING_COUNT, derived=True),
     Release("secagg-clipped", "metrics", Protection.ACCOUNTED,
             "whether SecAgg+ clipped the (DP-SGD) update: post-processing of it",
-            ReleaseKind.MODEL_UPDATE),
+            ReleaseKind.MODEL_UPDATE, derived=True),
     Release(message_keys.SITE, "site", Protection.PUBLIC, "the site's name from its node config"),
     Release("error", "error reply", Protection.PUBLIC,
             "which handler failed and the error's type, never its text (that stays in the "
@@ -117,7 +120,8 @@ def public_names() -> frozenset[str]:
     return frozenset(r.name for r in RELEASES if r.protection is Protection.PUBLIC)
 
 
-def inventory() -> list[dict[str, str]]:
+def inventory() -> list[dict[str, str | bool]]:
     """The inventory as rows for statements (name, record, protection, how, kind)."""
     return [{"name": r.name, "record": r.carried_in, "protection": str(r.protection),
-             "how": r.how, **({"kind": str(r.kind)} if r.kind else {})} for r in RELEASES]
+             "how": r.how, **({"kind": str(r.kind)} if r.kind else {}),
+             **({"derived": True} if r.derived else {})} for r in RELEASES]

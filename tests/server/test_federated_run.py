@@ -74,7 +74,11 @@ def test_rounds_write_checkpoints_ledgers_and_a_scorable_model(tmp_path, site_di
     releases = rec["privacy"]["releases"]
     assert {r["protection"] for r in releases} == {"accounted", "public"}
     for r in releases:
-        assert r["how"] and (r["protection"] == "public" or r["epsilon_of_kind"] > 0)
+        assert r["how"] and (r["protection"] == "public" or r.get("derived")
+                             or r["epsilon_of_kind"] > 0)
+    assert {r["name"] for r in releases if r["protection"] == "accounted"
+            and not r.get("derived")} == {"arrays", "stat-histograms", "score-histogram",
+                                          "num-examples"}
     # nothing but arrays, histograms, the site name and listed scalars left the sites
     for reply in grid.sent:
         assert set(reply.content.keys()) <= {message_keys.ARRAYS, message_keys.METRICS, message_keys.HISTOGRAMS, message_keys.SITE}

@@ -125,6 +125,9 @@ def test_the_release_list_names_a_protection_for_everything():
     for r in RELEASES:
         assert r.how
         assert (r.protection is Protection.ACCOUNTED) == (r.kind is not None)
+        assert not (r.derived and r.protection is Protection.PUBLIC)
+    mechanisms = {r.name for r in RELEASES if r.protection is Protection.ACCOUNTED and not r.derived}
+    assert mechanisms == {"arrays", "stat-histograms", "score-histogram", "num-examples"}
     assert {"num-examples", "epsilon", "declined"} <= SITE_METRICS
     assert not {"loss", "accuracy", "auroc", "site-threshold", "train-loss"} & SITE_METRICS
     assert public_names() == {"budget", "site", "error"}
