@@ -226,8 +226,10 @@ def phases(marks: dict[str, float], steps: dict[str, list[float]], rounds: list[
     rounds_total = sum(round_s) - (ray_start or 0.0)
     train = [b - a for a, b in zip(steps["configure_train"], steps["aggregate_train"],
                                    strict=False)]
-    evaluate = [b - a for a, b in zip(steps["configure_evaluate"], steps["aggregate_evaluate"],
-                                      strict=False)]
+    measured = iter([b - a for a, b in zip(steps["configure_evaluate"],
+                                           steps["aggregate_evaluate"], strict=False)])
+    # only calibrated rounds (a threshold; ``calibration-every``) evaluate: 0 for the others
+    evaluate = [next(measured, 0.0) if r.get("threshold") is not None else 0.0 for r in rounds]
     if train and ray_start is not None:
         train[0] -= ray_start
     out = {

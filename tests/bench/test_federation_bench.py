@@ -69,7 +69,7 @@ def test_phases_split_ray_start_rounds_and_the_rest():
     marks = {"ray_init": 102.0, "ray_ready": 110.0, "stop": 140.0}
     steps = {"configure_train": [101.0, 125.0], "aggregate_train": [118.0, 132.0],
              "configure_evaluate": [118.5, 132.5], "aggregate_evaluate": [121.0, 135.0]}
-    rounds = [{"seconds": 23.0}, {"seconds": 14.0}]
+    rounds = [{"seconds": 23.0, "threshold": 1.0}, {"seconds": 14.0, "threshold": 2.0}]
     p = phases(marks, steps, rounds, t0, 142.0)
     assert p["ray_start_s"] == 8.0 and p["total_s"] == 42.0
     assert p["rounds_s"] == 29.0 and p["other_s"] == 5.0
@@ -77,6 +77,17 @@ def test_phases_split_ray_start_rounds_and_the_rest():
     assert p["per_round_evaluate_s"] == [2.5, 2.5]
     assert p["per_round_rest_s"] == [3.5, 4.5]
     assert p["before_round_1_s"] == 1.0 and p["shutdown_s"] == 2.0
+
+
+def test_phases_count_evaluation_only_in_calibrated_rounds():
+    # calibration-every = 0: only the last round evaluates (it alone has a threshold)
+    marks = {"ray_init": 102.0, "ray_ready": 110.0, "stop": 140.0}
+    steps = {"configure_train": [101.0, 125.0], "aggregate_train": [118.0, 132.0],
+             "configure_evaluate": [132.5], "aggregate_evaluate": [135.0]}
+    rounds = [{"seconds": 23.0, "threshold": None}, {"seconds": 14.0, "threshold": 2.0}]
+    p = phases(marks, steps, rounds, 100.0, 142.0)
+    assert p["per_round_evaluate_s"] == [0.0, 2.5]
+    assert p["per_round_rest_s"] == [6.0, 4.5]
 
 
 @pytest.mark.integration
