@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,11 @@ class PrivacyLedger:
 
     def plan_noise(
         self, sample_rate: float, steps_per_round: int, rounds_left: int, *,
-        max_noise: float = MAX_NOISE, reserved: tuple[float, float, int] | None = None,
+        max_noise: float = MAX_NOISE, reserved: Sequence[tuple[float, float, int]] = (),
     ) -> float:
         """Noise multiplier that spends the remaining budget evenly over ``rounds_left`` rounds,
-        after ``reserved`` (``(noise multiplier, sample rate, steps)``: releases still planned in
-        this run, e.g. calibration, whose cost is set aside first).
+        after ``reserved`` (``[(noise multiplier, sample rate, steps), ...]``: releases still
+        planned in this run, e.g. calibration, whose cost is set aside first).
 
         Raises PrivacyBudgetExceeded when no noise up to ``max_noise`` fits (the site must
         decline): ``privacy.noise_within_budget``, the rule ``seqanom train --dp`` follows too.
@@ -75,8 +76,8 @@ class PrivacyLedger:
         if self.state.delta is None:
             raise ConfigError("fix the ledger's delta before planning noise")
         prior = self.state
-        if reserved is not None and reserved[2] > 0:
-            prior = AccountantState(history=[*self.state.history, reserved],
+        if reserved:
+            prior = AccountantState(history=[*self.state.history, *reserved],
                                     delta=self.state.delta, accountant=self.state.accountant)
         try:
             return noise_within_budget(prior, self.budget, self.state.delta, sample_rate,
@@ -85,14 +86,14 @@ class PrivacyLedger:
             raise PrivacyBudgetExceeded(f"{err}; {rounds_left} rounds left") from err
 
     def check_affordable(self, sigma: float, sample_rate: float, steps: int,
-                         reserved: tuple[float, float, int] | None = None) -> float:
+                         reserved: Sequence[tuple[float, float, int]] = ()) -> float:
         """Epsilon after the release (and ``reserved``, releases still planned); raises
         PrivacyBudgetExceeded if it would pass the budget."""
         if self.state.delta is None:
             raise ConfigError("fix the ledger's delta before training")
         state = self.state
-        if reserved is not None and reserved[2] > 0:
-            state = AccountantState(history=[*self.state.history, reserved],
+        if reserved:
+            state = AccountantState(history=[*self.state.history, *reserved],
                                     delta=self.state.delta, accountant=self.state.accountant)
         after = state.epsilon_after(sigma, sample_rate, steps, self.state.delta)
         if self.budget is not None and after > self.budget * (1 + 1e-9):

@@ -10,10 +10,10 @@ the plain Gaussian mechanism). Their L2 sensitivity for one shopper (added or re
 - score histogram: ``sqrt(levels)``;
 - training count: 1.
 
-All three use one noise multiplier ``z`` (noise std = ``z`` x sensitivity), chosen so that one
-run's planned releases alone (two per calibration, plus the count) cost ``calibration-share`` of
-the site's budget; DP-SGD then plans its noise with those releases set aside, so the whole run
-fits the budget. Calibrating once per run (``calibration-every = 0``, the default) instead of
+The histograms use one noise multiplier ``z`` (noise std = ``z`` x sensitivity) and the count a
+larger one (``COUNT_WEIGHT``), chosen so that one run's planned releases alone (two per
+calibration, plus the count) cost ``calibration-share`` of the site's budget; DP-SGD then plans
+its noise with those releases set aside, so the whole run fits the budget. Calibrating once per run (``calibration-every = 0``, the default) instead of
 every round divides the calibration's releases by the number of rounds.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from seqanom_core.federation.calibration_histograms import LEVELS
 from seqanom_core.federation.releases import ReleaseKind
 from seqanom_core.federation.run_config import FederationConfig
-from seqanom_core.privacy import AccountantState, default_delta, noise_for_budget
+from seqanom_core.privacy import AccountantState, default_delta
 from seqanom_core.privacy_ledger import PrivacyLedger
 from seqanom_core.scoring import stat_names
 
@@ -57,44 +57,83 @@ def planned_releases(fed: FederationConfig) -> int:
     return 2 * len(calibration_rounds(fed)) + 1
 
 
+#: The count's share of the calibration's privacy cost, against 1 for each histogram release: it
+#: only weighs the sites' updates and estimates the number of calibration shoppers, so a few
+#: shoppers of noise do no harm, and what it saves goes to the histograms. Measured on two models
+#: (simulate defaults, Taobao 4 IID; share 0.4, 20 noise draws) against equal noise everywhere:
+#: histogram noise -17%, mean distance of the alert rate from its 5% target 1.8 -> 1.4 and
+#: 4.0 -> 3.7 points, the AUROC's spread over noise draws 0.006 -> 0.003 and 0.026 -> 0.017.
+COUNT_WEIGHT = 0.1
+
+
 @dataclass(frozen=True)
 class CalibrationNoise:
     """The noise of a site's calibration releases in one run."""
 
-    noise_multiplier: float | None  # None: no DP (the noise is ``calibration-noise`` counts)
+    noise_multiplier: float | None  # histogram releases; None: no DP (``calibration-noise``)
     stat_std: float  # counts, per node of the statistic histograms
     score_std: float  # counts, per node of the score histogram
-    count_std: float  # shoppers, on the training count (0 without DP)
+    count_std: float  # shoppers, on the training count (its noise multiplier; 0 without DP)
+
+    def planned(self, fed: FederationConfig) -> list[tuple[float, float, int]]:
+        """One run's releases as accountant entries: the count, then the histograms."""
+        if self.noise_multiplier is None:
+            return []
+        return [(self.count_std, 1.0, 1),
+                (self.noise_multiplier, 1.0, planned_releases(fed) - 1)]
+
+
+def _with_multiplier(z: float) -> CalibrationNoise:
+    return CalibrationNoise(z, z * stat_sensitivity(), z * score_sensitivity(),
+                            z / math.sqrt(COUNT_WEIGHT))
 
 
 def calibration_noise(fed: FederationConfig, budget: float | None, delta: float | None,
                       accountant: str = "rdp") -> CalibrationNoise:
     """The calibration noise of a run: without DP (``budget`` None) the fixed
-    ``calibration-noise``; under DP the multiplier at which the run's planned releases alone
-    spend ``calibration-share`` of ``budget`` at ``delta``."""
+    ``calibration-noise``; under DP the smallest histogram noise multiplier (within 1%; the
+    count's is ``1/sqrt(COUNT_WEIGHT)`` times it) at which the run's planned releases alone
+    spend at most ``calibration-share`` of ``budget`` at ``delta`` (the accountant's epsilon)."""
     if budget is None:
         return CalibrationNoise(None, fed.calibration_noise, fed.calibration_noise, 0.0)
     if delta is None:
         raise ValueError("calibration noise under DP needs the ledger's delta")
-    z = noise_for_budget(AccountantState(accountant=accountant), fed.calibration_share * budget,
-                         delta, 1.0, planned_releases(fed))
-    return CalibrationNoise(z, z * stat_sensitivity(), z * score_sensitivity(), z)
+    target = fed.calibration_share * budget
+
+    def spent(z: float) -> float:
+        return AccountantState(history=_with_multiplier(z).planned(fed), delta=delta,
+                               accountant=accountant).epsilon()
+
+    lo, hi = 0.1, 1.0
+    while spent(hi) > target:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise ValueError(f"no calibration noise keeps its epsilon within {target}")
+    while hi - lo > 0.01 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if spent(mid) > target else (lo, mid)
+    return _with_multiplier(hi)
 
 
-def released_in_run(ledger: PrivacyLedger, run_id: str) -> int:
-    """Gaussian releases this run already made at the site (count and calibration)."""
-    kinds = (ReleaseKind.TRAINING_COUNT, *CALIBRATION_KINDS)
+def released_in_run(ledger: PrivacyLedger, run_id: str, kinds: tuple[str, ...]) -> int:
+    """Gaussian releases of ``kinds`` this run already made at the site."""
     return sum(int(n) for k in kinds for e in ledger.run_entries(run_id, str(k))
                for _, _, n in e.get("releases", []))
 
 
 def reserved_for_run(fed: FederationConfig, ledger: PrivacyLedger, run_id: str,
-                     noise: CalibrationNoise) -> tuple[float, float, int] | None:
-    """The releases still planned in this run, as an accountant entry DP-SGD plans around."""
+                     noise: CalibrationNoise) -> list[tuple[float, float, int]]:
+    """The releases still planned in this run, as accountant entries DP-SGD plans around."""
     if noise.noise_multiplier is None:
-        return None
-    left = planned_releases(fed) - released_in_run(ledger, run_id)
-    return (noise.noise_multiplier, 1.0, left) if left > 0 else None
+        return []
+    out = []
+    if not released_in_run(ledger, run_id, (str(ReleaseKind.TRAINING_COUNT),)):
+        out.append((noise.count_std, 1.0, 1))
+    left = planned_releases(fed) - 1 - released_in_run(ledger, run_id,
+                                                       tuple(map(str, CALIBRATION_KINDS)))
+    if left > 0:
+        out.append((noise.noise_multiplier, 1.0, left))
+    return out
 
 
 def noisy_training_count(ledger: PrivacyLedger, run_id: str, n: int, noise: CalibrationNoise,
@@ -111,7 +150,7 @@ def noisy_training_count(ledger: PrivacyLedger, run_id: str, n: int, noise: Cali
         return float(n)
     value = float(max(1, round(n + np.random.default_rng(seed).normal(0.0, noise.count_std))))
     ledger.fix_delta(delta or ledger.delta or default_delta(int(value)))
-    ledger.record_gaussian(noise.noise_multiplier, 1, str(ReleaseKind.TRAINING_COUNT),
+    ledger.record_gaussian(noise.count_std, 1, str(ReleaseKind.TRAINING_COUNT),
                            run=run_id, value=value, **meta)
     return value
 

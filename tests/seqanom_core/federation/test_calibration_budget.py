@@ -9,6 +9,7 @@ import pytest
 
 from seqanom_core.errors import PrivacyBudgetExceeded
 from seqanom_core.federation.calibration_budget import (
+    COUNT_WEIGHT,
     calibration_noise,
     calibration_rounds,
     noisy_training_count,
@@ -50,10 +51,14 @@ def test_noise_spends_the_share_of_the_budget(share):
     fed = FederationConfig(num_rounds=5, calibration_share=share)
     noise = calibration_noise(fed, 8.0, 1e-5)
     z = noise.noise_multiplier
-    alone = AccountantState(history=[(z, 1.0, planned_releases(fed))], delta=1e-5).epsilon()
-    assert share * 8.0 * 0.97 <= alone <= share * 8.0
+    planned = noise.planned(fed)
+    assert planned == [(noise.count_std, 1.0, 1), (z, 1.0, planned_releases(fed) - 1)]
+    alone = AccountantState(history=planned, delta=1e-5).epsilon()
+    assert share * 8.0 * 0.95 <= alone <= share * 8.0
     assert noise.stat_std == pytest.approx(z * stat_sensitivity())
     assert noise.score_std == pytest.approx(z * score_sensitivity())
+    # the count needs little precision: it gets COUNT_WEIGHT of a histogram's share
+    assert noise.count_std == pytest.approx(z / np.sqrt(COUNT_WEIGHT))
     # calibrating every round costs more noise for the same share
     every = calibration_noise(dataclasses.replace(fed, calibration_every=1), 8.0, 1e-5)
     assert every.noise_multiplier > z
@@ -81,18 +86,20 @@ def test_the_reserve_shrinks_as_the_run_releases():
     ledger = PrivacyLedger(budget=8.0)
     ledger.fix_delta(1e-5)
     noise = calibration_noise(fed, 8.0, 1e-5)
-    assert reserved_for_run(fed, ledger, "r", noise) == (noise.noise_multiplier, 1.0, 3)
+    z = noise.noise_multiplier
+    assert reserved_for_run(fed, ledger, "r", noise) == noise.planned(fed)
     noisy_training_count(ledger, "r", 100, noise, seed=0, delta=1e-5)
-    ledger.record_gaussian(noise.noise_multiplier, 1, "calibration-statistics", run="r")
-    assert reserved_for_run(fed, ledger, "r", noise) == (noise.noise_multiplier, 1.0, 1)
-    ledger.record_gaussian(noise.noise_multiplier, 1, "calibration-scores", run="r")
-    assert reserved_for_run(fed, ledger, "r", noise) is None
+    assert reserved_for_run(fed, ledger, "r", noise) == [(z, 1.0, 2)]
+    ledger.record_gaussian(z, 1, "calibration-statistics", run="r")
+    assert reserved_for_run(fed, ledger, "r", noise) == [(z, 1.0, 1)]
+    ledger.record_gaussian(z, 1, "calibration-scores", run="r")
+    assert reserved_for_run(fed, ledger, "r", noise) == []
 
 
 def test_dp_sgd_plans_around_the_reserve_and_the_total_stays_in_budget():
     ledger = PrivacyLedger(budget=8.0)
     ledger.fix_delta(1e-5)
-    reserve = (8.0, 1.0, 3)
+    reserve = [(8.0, 1.0, 3)]
     plain = ledger.plan_noise(0.1, 50, 4)
     around = ledger.plan_noise(0.1, 50, 4, reserved=reserve)
     assert around > plain
