@@ -95,8 +95,12 @@ class CalibrationQueries:
             raise RuntimeError(f"round {r}: no site returned a score summary")
         return answers
 
-    def _total(self, replies: list[Message]) -> float:
-        """The validation shoppers behind the replies' histograms, from their noisy counts."""
+    def _total(self, replies: list[Message]) -> float | None:
+        """The shoppers behind the replies' histograms: without DP the pooled histograms' own
+        root count (noise 0.5 per site); under DP an estimate from the sites' noisy training
+        counts (the root count then carries the histograms' far larger noise)."""
+        if self.settings.train.dp is None:
+            return None
         return calibration_total([site_metrics(m).get("num-examples", 0.0) for m in replies],
                                  self.settings.validation_fraction,
                                  self.settings.calibrates_on_all)
