@@ -75,12 +75,8 @@ class PrivacyLedger:
             raise ConfigError("planning noise needs a privacy budget")
         if self.state.delta is None:
             raise ConfigError("fix the ledger's delta before planning noise")
-        prior = self.state
-        if reserved:
-            prior = AccountantState(history=[*self.state.history, *reserved],
-                                    delta=self.state.delta, accountant=self.state.accountant)
         try:
-            return noise_within_budget(prior, self.budget, self.state.delta, sample_rate,
+            return noise_within_budget(self._extended(reserved), self.budget, self.state.delta, sample_rate,
                                        steps_per_round * max(rounds_left, 1), max_noise)
         except PrivacyBudgetExceeded as err:
             raise PrivacyBudgetExceeded(f"{err}; {rounds_left} rounds left") from err
@@ -91,11 +87,8 @@ class PrivacyLedger:
         PrivacyBudgetExceeded if it would pass the budget."""
         if self.state.delta is None:
             raise ConfigError("fix the ledger's delta before training")
-        state = self.state
-        if reserved:
-            state = AccountantState(history=[*self.state.history, *reserved],
-                                    delta=self.state.delta, accountant=self.state.accountant)
-        after = state.epsilon_after(sigma, sample_rate, steps, self.state.delta)
+        after = self._extended(reserved).epsilon_after(sigma, sample_rate, steps,
+                                                       self.state.delta)
         if self.budget is not None and after > self.budget * (1 + 1e-9):
             raise PrivacyBudgetExceeded(
                 f"this round would bring epsilon to {after:.3f}, over the budget {self.budget} "
@@ -134,6 +127,13 @@ class PrivacyLedger:
             out.append({**run, "epsilon_alone": alone.epsilon() if alone.history else 0.0})
         return out
 
+    def _extended(self, entries: Sequence[tuple[float, float, int]]) -> AccountantState:
+        """This ledger's accountant state with ``entries`` appended (the ledger is unchanged)."""
+        if not entries:
+            return self.state
+        return AccountantState(history=[*self.state.history, *entries], delta=self.state.delta,
+                               accountant=self.state.accountant)
+
     def by_kind(self) -> dict[str, float]:
         """Epsilon of each kind of release alone (entries without a kind: ``model-update``), at
         the ledger's delta; composed they give ``spent()``, which is at most their sum."""
@@ -163,9 +163,7 @@ class PrivacyLedger:
             raise PrivacyBudgetExceeded(
                 f"{kind} would bring epsilon to {after:.3f}, over the budget {self.budget} "
                 f"(spent {self.spent():.3f})")
-        state = AccountantState(history=[*self.state.history, entry], delta=self.state.delta,
-                                accountant=self.state.accountant)
-        self.record(state, kind=kind, **meta)
+        self.record(self._extended([entry]), kind=kind, **meta)
         return self.spent()
 
     def summary(self) -> dict[str, Any]:
