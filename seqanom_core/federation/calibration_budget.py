@@ -143,9 +143,9 @@ def noisy_training_count(ledger: PrivacyLedger, run_id: str, n: int, noise: Cali
 
     A ledger without a delta gets ``delta`` (configured), else ``default_delta`` of the noisy
     count (never of the exact one)."""
-    done = ledger.run_entries(run_id, str(ReleaseKind.TRAINING_COUNT))
-    if done:
-        return float(done[-1]["value"])
+    done = released_count(ledger, run_id)
+    if done is not None:
+        return done
     if noise.noise_multiplier is None:
         return float(n)
     value = float(max(1, round(n + np.random.default_rng(seed).normal(0.0, noise.count_std))))
@@ -153,6 +153,29 @@ def noisy_training_count(ledger: PrivacyLedger, run_id: str, n: int, noise: Cali
     ledger.record_gaussian(noise.count_std, 1, str(ReleaseKind.TRAINING_COUNT),
                            run=run_id, value=value, **meta)
     return value
+
+
+def released_count(ledger: PrivacyLedger, run_id: str) -> float | None:
+    """The training count this run released at the site (None: not yet)."""
+    done = ledger.run_entries(run_id, str(ReleaseKind.TRAINING_COUNT))
+    return float(done[-1]["value"]) if done else None
+
+
+def count_and_noise(ledger: PrivacyLedger, run_id: str, n: int, fed: FederationConfig,
+                    budget: float | None, delta: float | None, seed: int | None,
+                    **meta: object) -> tuple[float, CalibrationNoise]:
+    """The run's released training count (``noisy_training_count``: drawn and accounted the
+    first time) and the calibration noise at the ledger's delta.
+
+    Before a ledger has a delta, the count's noise is planned at ``delta`` (configured) or 1e-5,
+    and the ledger's delta is then fixed from the noisy count: the noise of the later releases
+    is planned again only when that delta differs."""
+    planned_at = delta or ledger.delta or 1e-5
+    noise = calibration_noise(fed, budget, planned_at, ledger.state.accountant)
+    count = noisy_training_count(ledger, run_id, n, noise, seed, delta, **meta)
+    if ledger.delta != planned_at:
+        noise = calibration_noise(fed, budget, ledger.delta, ledger.state.accountant)
+    return count, noise
 
 
 def epsilon_by_kind(ledger: PrivacyLedger) -> dict[str, float]:

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,8 +24,9 @@ from seqanom_core.errors import ConfigError, DataFileError, PrivacyBudgetExceede
 from seqanom_core.federation.calibration_budget import (
     CalibrationNoise,
     calibration_noise,
+    count_and_noise,
     epsilon_by_kind,
-    noisy_training_count,
+    released_count,
     reserved_for_run,
 )
 from seqanom_core.federation.calibration_histograms import (
@@ -45,6 +46,11 @@ from seqanom_core.scoring import ScoreCalibrator, score_statistics
 from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers_by_id
 from seqanom_core.thresholds import calibrate_threshold
 from seqanom_core.training import poisson_schedule, train_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from seqanom_core.models import NextEventModel
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +159,12 @@ def train_round(
         fed, budget = settings.federation, settings.budget
         try:
             # the count is released (noisy, accounted) before anything is planned from it
-            noise = calibration_noise(fed, budget, cfg.dp.delta or ledger.delta or 1e-5,
-                                      ledger.state.accountant)
-            metrics["num-examples"] = noisy_training_count(
-                ledger, run_id, n, noise,
-                histogram_seed(settings.dp_seed, site.name, server_round, 2), cfg.dp.delta,
-                round=server_round)
+            metrics["num-examples"], noise = count_and_noise(
+                ledger, run_id, n, fed, budget, cfg.dp.delta,
+                histogram_seed(settings.dp_seed, site.name, server_round, 2), round=server_round)
             public_size = int(metrics["num-examples"])
             q, steps = poisson_schedule(public_size, cfg.batch_size, cfg.epochs)
             delta = float(ledger.delta)  # type: ignore[arg-type]
-            noise = calibration_noise(fed, budget, delta, ledger.state.accountant)
             reserved = reserved_for_run(fed, ledger, run_id, noise)
             if cfg.dp.noise_multiplier is not None:
                 sigma = cfg.dp.noise_multiplier
@@ -234,13 +236,9 @@ def _release(site: SiteData, settings: RunConfig, ledger: PrivacyLedger | None,
         noise = calibration_noise(settings.federation, None, None)
         return noise, {"num-examples": float(len(site.train)), "declined": 0.0,
                        "calibration-noise": noise.score_std}
-    noise = calibration_noise(settings.federation, settings.budget,
-                              dp.delta or ledger.delta or 1e-5, ledger.state.accountant)
-    count = noisy_training_count(ledger, ctx.run_id, len(site.train), noise,
-                                 histogram_seed(settings.dp_seed, site.name, ctx.server_round, 2),
-                                 dp.delta, round=ctx.server_round)
-    noise = calibration_noise(settings.federation, settings.budget, ledger.delta,
-                              ledger.state.accountant)
+    count, noise = count_and_noise(
+        ledger, ctx.run_id, len(site.train), settings.federation, settings.budget, dp.delta,
+        histogram_seed(settings.dp_seed, site.name, ctx.server_round, 2), round=ctx.server_round)
     ledger.record_gaussian(noise.noise_multiplier, 1, str(kind), run=ctx.run_id,  # type: ignore[arg-type]
                            round=ctx.server_round)
     return noise, {"num-examples": count, "declined": 0.0, "calibration-noise": noise.score_std,
@@ -248,14 +246,23 @@ def _release(site: SiteData, settings: RunConfig, ledger: PrivacyLedger | None,
 
 
 def _declined(site: SiteData, ledger: PrivacyLedger | None, settings: RunConfig,
-              err: Exception, what: str) -> dict[str, float]:
+              ctx: ReleaseContext, err: Exception, what: str) -> dict[str, float]:
     log.warning("site %s declines the %s: %s", site.name, what, err)
     out = {"declined": 1.0}
     if ledger is not None:
         out.update(privacy_metrics(ledger, settings.budget))
-        done = [e for e in ledger.entries if e.get("kind") == str(ReleaseKind.TRAINING_COUNT)]
-        out["num-examples"] = float(done[-1]["value"]) if done else 1.0
+        count = released_count(ledger, ctx.run_id)
+        out["num-examples"] = 1.0 if count is None else count
     return out
+
+
+def _calibration_stats(model: NextEventModel, site: SiteData, settings: RunConfig,
+                       device: torch.device, valid_stats: np.ndarray) -> np.ndarray:
+    """The calibration shoppers' statistics ``(n, n_stats)``: the validation shoppers', then,
+    when the run calibrates on all shoppers, the training shoppers'."""
+    if not settings.calibrates_on_all:
+        return valid_stats
+    return np.concatenate([valid_stats, score_statistics(model, site.train, device)[1]])
 
 
 def evaluate_round(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndarray], *,
@@ -277,14 +284,13 @@ def evaluate_round(site: SiteData, settings: RunConfig, arrays: dict[str, np.nda
                       "auprc": auprc(site.test_labels, t_scores),
                       "num-test": float(len(site.test)),
                       "alert-rate-test": float(np.mean(t_scores > local["site-threshold"]))})
-    if settings.calibrates_on_all:
-        stats = np.concatenate([stats, score_statistics(model, site.train, device)[1]])
+    stats = _calibration_stats(model, site, settings, device, stats)
     try:
         noise, metrics = _release(site, settings, ledger, ctx,
                                   ReleaseKind.CALIBRATION_STATISTICS)
     except PrivacyBudgetExceeded as err:
-        return Evaluation(_declined(site, ledger, settings, err, "calibration"), local, None,
-                          stats)
+        return Evaluation(_declined(site, ledger, settings, ctx, err, "calibration"), local,
+                          None, stats)
     return Evaluation(metrics, local, stat_histograms(stats, noise.stat_std, ctx.seed), stats)
 
 
@@ -300,13 +306,11 @@ def score_summary(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndar
     if valid_stats is None:
         device = resolve_device(settings.train.device)
         model = build_federated_model(settings, arrays, site.valid.source)
-        _, valid_stats = score_statistics(model, site.valid, device)
-        if settings.calibrates_on_all:
-            valid_stats = np.concatenate([valid_stats,
-                                          score_statistics(model, site.train, device)[1]])
+        valid_stats = _calibration_stats(model, site, settings, device,
+                                         score_statistics(model, site.valid, device)[1])
     scores, _ = calibrator.score(valid_stats)
     try:
         noise, metrics = _release(site, settings, ledger, ctx, ReleaseKind.CALIBRATION_SCORES)
     except PrivacyBudgetExceeded as err:
-        return _declined(site, ledger, settings, err, "score summary"), None
+        return _declined(site, ledger, settings, ctx, err, "score summary"), None
     return metrics, score_histogram(scores, noise.score_std, ctx.seed)
