@@ -17,6 +17,7 @@ from seqanom_core.atomic_files import replaced_dir_on_success
 from seqanom_core.config import DetectorConfig, Source
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.federation.global_model import build_federated_model
+from seqanom_core.federation.records import contiguous
 from seqanom_core.federation.round_record import RoundRecord
 from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.scoring import ScoreCalibrator
@@ -53,13 +54,11 @@ def write_checkpoint(root: Path, server_round: int, settings: RunConfig,
     # written in full under a hidden name, then renamed: a kill leaves no half checkpoint
     with replaced_dir_on_success(out, f".{out.name}.partial") as partial:
         if calibrator is None or threshold is None:
-            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
-                      str(partial / GLOBAL_FILE))
+            save_file(contiguous(arrays), str(partial / GLOBAL_FILE))
         else:
             save_model_dir(partial, settings, arrays, calibrator, threshold, metadata)
         if strategy_state:
-            save_file({k: np.ascontiguousarray(v) for k, v in strategy_state.items()},
-                      str(partial / STRATEGY_FILE))
+            save_file(contiguous(strategy_state), str(partial / STRATEGY_FILE))
         (partial / ROUND_FILE).write_text(json.dumps(record, indent=2, default=float))
     return out
 

@@ -8,9 +8,10 @@ of the new global model, and a second query collects noisy score histograms for 
 threshold (``server/calibration_queries.py``): each is a release the sites account. A checkpoint
 directory is written every round (``server/checkpoints.py``: a model directory when the round
 was calibrated, the global arrays otherwise; ``resume=true`` continues from the latest,
-``server/resume.py``). A planned stop after an uncalibrated round calibrates that round's model. A round without a single usable training reply fails the run
-(RuntimeError -> non-zero exit), unless every site declined because its budget is spent, which
-ends training early with a clear message.
+``server/resume.py``). A planned stop after an uncalibrated round calibrates that round's
+model. A round without a single usable training reply fails the run (RuntimeError -> non-zero
+exit), unless every site declined because its budget is spent, which ends training early with
+a clear message.
 
 Privacy modes (``privacy-mode``): ``local`` as above; ``local+central`` wraps the strategy in
 Flower's central-DP wrapper (``server/central_dp.py``): every sampled site counts with weight 1,

@@ -13,8 +13,9 @@ the plain Gaussian mechanism). Their L2 sensitivity for one shopper (added or re
 The histograms use one noise multiplier ``z`` (noise std = ``z`` x sensitivity) and the count a
 larger one (``COUNT_WEIGHT``), chosen so that one run's planned releases alone (two per
 calibration, plus the count) cost ``calibration-share`` of the site's budget; DP-SGD then plans
-its noise with those releases set aside, so the whole run fits the budget. Calibrating once per run (``calibration-every = 0``, the default) instead of
-every round divides the calibration's releases by the number of rounds.
+its noise with those releases set aside, so the whole run fits the budget. Calibrating once
+per run (``calibration-every = 0``, the default) instead of every round divides the
+calibration's releases by the number of rounds.
 """
 
 from __future__ import annotations
