@@ -317,9 +317,17 @@ def noise_source(seed: int | None) -> str:
             "and remove the noise; for experiments, not a deployment)")
 
 
+def epsilon_text(epsilon: float | None, unknown: str = "-") -> str:
+    """An epsilon rounded for people: ``7.997`` (``unknown`` when not known)."""
+    return unknown if epsilon is None else f"{epsilon:.3f}"
+
+
+def delta_text(delta: float | None, unknown: str = "-") -> str:
+    """A delta rounded for people: ``1.0e-05`` (``unknown`` when not known)."""
+    return unknown if delta is None else f"{delta:.1e}"
+
+
 def guarantee_text(epsilon: float | None, delta: float | None, protects: str) -> str:
     """A guarantee rounded for people, one form everywhere: ``(7.997, 1.0e-05)-DP for <unit>``
     (``-`` for a figure that is not known)."""
-    eps = "-" if epsilon is None else f"{epsilon:.3f}"
-    dlt = "-" if delta is None else f"{delta:.1e}"
-    return f"({eps}, {dlt})-DP for {protects}"
+    return f"({epsilon_text(epsilon)}, {delta_text(delta)})-DP for {protects}"

@@ -146,11 +146,12 @@ def train_model(
     dp_gens = dp_generators(cfg.dp.seed, device) if cfg.dp is not None else None
     # under DP, Opacus draws the Poisson batches from the loader's generator: the secret one
     gen = dp_gens[0] if dp_gens else torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
     size = len(seqs) if public_size is None or cfg.dp is None else max(int(public_size), 1)
-    if size != len(seqs):  # Opacus takes its sample rate from the loader's length
-        loader = DataLoader(data, batch_sampler=_Batches(poisson_schedule(size, cfg.batch_size,
-                                                                          1)[1]), generator=gen)
+    if size == len(seqs):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
+    else:  # Opacus takes its sample rate from the loader's length: the public size's batches
+        batches = poisson_schedule(size, cfg.batch_size, 1)[1]
+        loader = DataLoader(data, batch_sampler=_Batches(batches), generator=gen)
     optimizer_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.AdamW
     optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     clip_plain = cfg.optimizer == "sgd" and cfg.dp is None

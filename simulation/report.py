@@ -13,6 +13,7 @@ import pandas as pd
 
 from seqanom_core.labels import align_labels
 from seqanom_core.metrics import recall_per_kind
+from seqanom_core.privacy import delta_text, epsilon_text
 from simulation.baselines import evaluate_scores
 from simulation.figures import (
     nested,
@@ -63,20 +64,14 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def _epsilon(x: Any) -> str:
-    """An epsilon for people: 3 decimals (as the accountants gave it, rounded only here); a
-    per-site dict points to the statement."""
-    if isinstance(x, dict):
-        return "per site, see Privacy"
-    v = number(x)
-    return "—" if v is None else f"{v:.3f}"
+    """An epsilon for people (``privacy.epsilon_text``; rounded only here); a per-site dict points
+    to the statement."""
+    return "per site, see Privacy" if isinstance(x, dict) else epsilon_text(number(x), "—")
 
 
 def _delta(x: Any) -> str:
-    """A delta for people (``1.0e-05``)."""
-    if isinstance(x, dict):
-        return "per site, see Privacy"
-    v = number(x)
-    return "—" if v is None else f"{v:.1e}"
+    """A delta for people (``privacy.delta_text``)."""
+    return "per site, see Privacy" if isinstance(x, dict) else delta_text(number(x), "—")
 
 
 def _releases_lines(releases: list) -> list[str]:
