@@ -104,12 +104,13 @@ def weighted_train_metrics(sites: Mapping[str, Mapping[str, float]]) -> dict[str
 def calibration_text(settings: RunConfig) -> str:
     """How a federated model's calibration was made, in the privacy statement's terms."""
     fed = settings.federation
+    shoppers = ("all its shoppers (training ones too)" if settings.calibrates_on_all
+                else "its held-out validation shoppers")
     if settings.train.dp is None:
-        return ("federated, not DP: noisy per-site histograms of held-out validation shoppers "
-                f"(noise std {fed.calibration_noise} counts per bin, not accounted)")
-    return ("federated, accounted: Gaussian-noised per-site histograms of held-out validation "
-            f"shoppers, in each site's ledger (planned at {fed.calibration_share:.0%} of its "
-            "budget per run)")
+        return (f"federated, not DP: noisy per-site histograms of {shoppers} (noise std "
+                f"{fed.calibration_noise} counts per bin, not accounted)")
+    return (f"federated, accounted: Gaussian-noised per-site histograms of {shoppers}, in each "
+            f"site's ledger (planned at {fed.calibration_share:.0%} of its budget per run)")
 
 
 def model_metadata(settings: RunConfig, run_id: str, rec: RoundRecord,
