@@ -5,7 +5,7 @@ new global model (its own measurements of the model stay in its log); the server
 a ``ScoreCalibrator``; the number of shoppers behind them is estimated from the sites' noisy
 training counts (exact counts are not released). A site whose budget cannot pay declines.
 Query 2 (``score_summary``): the sites that answered get that calibrator and send a noisy
-histogram of their validation shoppers' scores under it; the server pools them into the
+histogram of their calibration shoppers' scores under it; the server pools them into the
 threshold. The arithmetic: ``seqanom_core.federation.pooled_calibration``.
 """
 

@@ -4,9 +4,10 @@ A global model needs what ``ScoreCalibrator`` and ``calibrate_threshold`` comput
 held-out normal shoppers: a robust centre and scale per shopper statistic, and the score above
 which the target fraction of normal shoppers lies. Across sites this is done from summaries:
 
-1. each site scores its held-out validation shoppers with the global model and sends, per
-   statistic, a noisy *tree histogram* over fixed bins (``STAT_EDGES``); the server sums them and
-   takes the median, quartiles and deciles from the pooled counts;
+1. each site scores its calibration shoppers (held-out validation shoppers; under DP all its
+   shoppers, ``calibration-shoppers``) with the global model and sends, per statistic, a noisy
+   *tree histogram* over fixed bins (``STAT_EDGES``); the server sums them and takes the
+   median, quartiles and deciles from the pooled counts;
 2. each site then sends a noisy tree histogram of its shoppers' scores under that calibration
    (``SCORE_EDGES``); the server takes the ``1 - alert_rate`` quantile of the pooled counts.
 

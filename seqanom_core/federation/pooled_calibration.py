@@ -43,7 +43,7 @@ class PooledThreshold:
 
     threshold: float
     noise: float  # how far histogram noise can move its tail, as a fraction of the shoppers
-    shoppers: float  # validation shoppers behind it, all sites together (noisy root count)
+    shoppers: float  # calibration shoppers behind it, all sites together (estimated or noisy root count)
 
     def unreliable(self, alert_rate: float) -> bool:
         """True when the noise is large against the alert rate (the alert rate may stray)."""

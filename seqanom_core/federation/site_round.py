@@ -302,7 +302,7 @@ def score_summary(site: SiteData, settings: RunConfig, arrays: dict[str, np.ndar
     calibration (accounted under DP), with the reply's metrics; None when declined.
 
     ``valid_stats``: the statistics ``evaluate_round`` computed for these same ``arrays``
-    (saves scoring the validation shoppers again)."""
+    (saves scoring the calibration shoppers again)."""
     if valid_stats is None:
         device = resolve_device(settings.train.device)
         model = build_federated_model(settings, arrays, site.valid.source)
