@@ -128,7 +128,7 @@ def reserved_for_run(fed: FederationConfig, ledger: PrivacyLedger, run_id: str,
     if noise.noise_multiplier is None:
         return []
     out = []
-    if not released_in_run(ledger, run_id, (str(ReleaseKind.TRAINING_COUNT),)):
+    if released_count(ledger, run_id) is None:
         out.append((noise.count_std, 1.0, 1))
     left = planned_releases(fed) - 1 - released_in_run(ledger, run_id,
                                                        tuple(map(str, CALIBRATION_KINDS)))

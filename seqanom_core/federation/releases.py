@@ -102,11 +102,6 @@ RELEASES: tuple[Release, ...] = (
 
 #: the scalar metrics a site may send (site -> server)
 SITE_METRICS = frozenset(r.name for r in RELEASES if r.carried_in == "metrics")
-#: what stays in the site's own log (never sent): measured by the site, not protected
-KEPT_AT_SITE = ("train-loss", "loss", "accuracy", "site-threshold", "auroc", "auprc", "num-test",
-                "alert-rate-test", "validation shoppers", "exact training count")
-
-
 def release(name: str) -> Release:
     """The inventory entry of ``name`` (KeyError: not something a site may send)."""
     for r in RELEASES:
