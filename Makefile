@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 
-.PHONY: setup simulate demo test test-all lint bench clean
+.PHONY: setup browser simulate demo test test-all lint bench clean
 
 # Create the virtualenv. --system-site-packages lets an already installed torch (for example a
 # site's CUDA build) be used as is; only when no torch imports is the local CPU torch 2.13.0
@@ -23,10 +23,15 @@ simulate: setup
 demo: setup
 	$(BIN)/seqanom demo --out runs/demo
 
-test: setup
+# the live page's test drives Debian's headless Chromium (installed here when missing: root)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+
+test: setup browser
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-test-all: setup
+test-all: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -213,7 +213,8 @@ class SequenceDetector:
         seqs = self._sequences(data)
         if seqs.source != self.source_:
             raise ConfigError(f"model was trained on '{self.source_}' input, got '{seqs.source}'")
-        ev, stats = score_statistics(self.network_, seqs, self.device_, progress=self.progress)
+        ev, stats = score_statistics(self.network_, seqs, self.device_, progress=self.progress,
+                                     order_block=self.calibrator_.order_block)
         scores, which = self.calibrator_.score(stats)
         names = np.asarray(stat_names(), dtype=object)
         return ShopperScores(seqs.ids, scores, names[which], stats, ev, seqs)

@@ -28,26 +28,35 @@ class EventScores:
     # (n_pos,) event-channel NLL when each sequence's events are randomly reordered (timing kept),
     # averaged over the reorderings; None when scored without them
     shuffled_nll: np.ndarray | None = None
+    # events per reordering block (``shuffle_within``); None: whole sequences were reordered
+    order_block: int | None = None
 
 
 ORDER_REFERENCES = 2  # random reorderings per sequence scored as the order reference
+#: Events per reordering block of the order reference: each complete run of this many events is
+#: reordered on its own, so the reference of the events seen so far never changes as a shopper's
+#: later events arrive (live scoring gives the batch score after every event). Model directories
+#: written before it reordered whole sequences, and keep doing so (ScoreCalibrator.order_block).
+ORDER_BLOCK = 8
 
 
 @torch.no_grad()
 def score_events(
     model: NextEventModel, seqs: SequenceSet, device: torch.device, *, batch_size: int = 128,
     progress: bool = True, reorderings: int = ORDER_REFERENCES,
+    order_block: int | None = ORDER_BLOCK,
 ) -> EventScores:
     """Negative log-likelihood of every event (and of each sequence's end) per channel.
 
     With ``reorderings`` > 0, also the event NLL of that many seeded random reorderings of each
-    sequence (``shuffled_nll``), the reference for how much a shopper's order itself tells.
+    sequence (``shuffled_nll``; within blocks of ``order_block`` events, or whole sequences when
+    None), the reference for how much a shopper's order itself tells.
     """
     shuffled = None
     if reorderings > 0:
         shuffled = np.mean([
-            score_events(model, shuffle_within(seqs, seed=k), device, batch_size=batch_size,
-                         progress=progress, reorderings=0).nll["event"]
+            score_events(model, shuffle_within(seqs, seed=k, block=order_block), device,
+                         batch_size=batch_size, progress=progress, reorderings=0).nll["event"]
             for k in range(reorderings)
         ], axis=0).astype(np.float32)
     model.to(device).eval()
@@ -93,7 +102,8 @@ def score_events(
                 nll[c][dst] = parts_np[c][r, src]
             expected[dst], expected_prob[dst] = top_i_np[r, src], top_p_np[r, src]
             observed_prob[dst] = obs_p_np[r, src]
-    return EventScores(offsets, nll, expected, expected_prob, observed_prob, shuffled)
+    return EventScores(offsets, nll, expected, expected_prob, observed_prob, shuffled,
+                       order_block if shuffled is not None else None)
 
 
 def next_event_metrics(scores: EventScores) -> dict[str, float]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from seqanom_core.errors import NotFittedError
-from seqanom_core.inference import EventScores, score_events
+from seqanom_core.inference import ORDER_BLOCK, EventScores, score_events
 from seqanom_core.sequences import CHANNELS, SequenceSet
 
 if TYPE_CHECKING:
@@ -107,20 +107,26 @@ def shopper_statistics(scores: EventScores, window: int = WINDOW) -> np.ndarray:
         cols.append(np.bincount(seq_of, weights=v, minlength=len(lengths)) / denom)
         cols.append(_window_max_mean(v, offsets, window))
     cols.append(nll["event"][offsets[1:] - 1].astype(np.float64))
-    # order: mean event NLL minus that of the same events reordered at random (0 when not scored)
+    # order: event NLL minus that of the same events reordered at random (0 when not scored),
+    # summed over the positions reordered (all, or those of complete blocks), per event
     if scores.shuffled_nll is None:
         cols.append(np.zeros(len(lengths)))
     else:
         excess = (nll["event"] - scores.shuffled_nll).astype(np.float64)
+        if scores.order_block is not None:
+            n_events = np.repeat(np.diff(offsets) - 1, np.diff(offsets))
+            pos = np.arange(len(seq_of)) - np.repeat(offsets[:-1], np.diff(offsets))
+            excess[pos >= (n_events // scores.order_block) * scores.order_block] = 0.0
         cols.append(np.bincount(seq_of, weights=excess, minlength=len(lengths)) / lengths)
     return np.stack(cols, axis=1)
 
 
 def score_statistics(model: NextEventModel, seqs: SequenceSet, device: torch.device, *,
-                     progress: bool = False) -> tuple[EventScores, np.ndarray]:
+                     progress: bool = False, order_block: int | None = ORDER_BLOCK,
+                     ) -> tuple[EventScores, np.ndarray]:
     """The scoring chain every scorer runs: per-event scores of ``seqs`` and their per-shopper
-    statistics ``(n_seq, n_stats)``."""
-    events = score_events(model, seqs, device, progress=progress)
+    statistics ``(n_seq, n_stats)`` (``order_block``: see ``ScoreCalibrator.order_block``)."""
+    events = score_events(model, seqs, device, progress=progress, order_block=order_block)
     return events, shopper_statistics(events)
 
 
@@ -148,6 +154,9 @@ class ScoreCalibrator:
     # statistics averaged into the score (1 = the maximum: model directories written before
     # the top-k rule have no "top_k" and keep the rule their threshold was calibrated for)
     top_k: int = TOP_K
+    # events per reordering block of the "order" statistic's reference (None: whole sequences,
+    # as model directories written before ORDER_BLOCK were calibrated; they cannot score live)
+    order_block: int | None = ORDER_BLOCK
 
     def fit(self, stats: np.ndarray) -> ScoreCalibrator:
         """Fit the median and the quantile-based scale (``robust_scale``) of each statistic
@@ -175,7 +184,7 @@ class ScoreCalibrator:
         if self.center is None or self.scale is None:
             raise NotFittedError("score calibrator is not fitted")
         return {"stats": stat_names(), "center": self.center.tolist(), "scale": self.scale.tolist(),
-                "top_k": int(self.top_k)}
+                "top_k": int(self.top_k), "order_block": self.order_block}
 
     @classmethod
     def from_dict(cls, data: dict) -> ScoreCalibrator:
@@ -185,6 +194,10 @@ class ScoreCalibrator:
         top_k = int(data.get("top_k", 1))
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, not {top_k}")
+        order_block = data.get("order_block")
+        if order_block is not None and (isinstance(order_block, bool)
+                                        or not isinstance(order_block, int) or order_block < 2):
+            raise ValueError(f"order_block must be an integer of at least 2, not {order_block!r}")
         arrays = {}
         for key in ("center", "scale"):
             a = np.asarray(data[key], dtype=np.float64)
@@ -193,4 +206,4 @@ class ScoreCalibrator:
             arrays[key] = a
         if (arrays["scale"] <= 0).any():
             raise ValueError("scale must be positive")
-        return cls(arrays["center"], arrays["scale"], top_k)
+        return cls(arrays["center"], arrays["scale"], top_k, order_block)

@@ -119,17 +119,16 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def hash_buckets(values: pa.Array | pa.ChunkedArray, buckets: int, seed: int = 0) -> np.ndarray:
     """Map string values to ``[0, buckets)`` with a keyed BLAKE2b hash, stable across sites."""
     codes, distinct = encode_values(values)
-    key = seed.to_bytes(8, "little", signed=False)
-    table = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8, key=key).digest(), "little")
-            % buckets
-            for v in distinct
-        ),
-        dtype=np.int64,
-        count=len(distinct),
-    )
+    table = np.fromiter((hash_bucket(v, buckets, seed) for v in distinct), dtype=np.int64,
+                        count=len(distinct))
     return table[codes]
+
+
+def hash_bucket(value: object, buckets: int, seed: int = 0) -> int:
+    """One value's bucket in ``[0, buckets)`` (``hash_buckets`` of a single value, by its text)."""
+    key = seed.to_bytes(8, "little", signed=False)
+    digest = hashlib.blake2b(str(value).encode(), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "little") % buckets
 
 
 def gap_bucket(gaps: np.ndarray, tok: TokenizerConfig) -> np.ndarray:
@@ -224,36 +223,60 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _sequence_keys(seqs: SequenceSet, seed: int) -> np.ndarray:
-    """One pseudo-random uint64 per event that depends only on the seed, the event's own
-    sequence (its tokens, in order) and its position there: not on the other sequences of the
-    set or on where the sequence sits in it."""
+def _group_keys(seqs: SequenceSet, seed: int, block: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The groups a reordering shuffles within, and one pseudo-random uint64 per event.
+
+    A group is a whole sequence (``block`` None) or a run of ``block`` events of one sequence,
+    counted from its first event; events of a sequence's last, incomplete block form no group and
+    keep their order. An event's key depends only on the seed, its group's own events (their
+    tokens, in order) and its place there: not on the other sequences of the set, on where the
+    sequence sits in it or, for blocks, on the sequence's later events (so a shopper's reference
+    for the events seen so far never changes as more arrive). Returns (group index per event,
+    in the order of the flat arrays; key per event)."""
     lengths = seqs.lengths
-    seq_of = np.repeat(np.arange(len(seqs)), lengths)
     pos = np.arange(seqs.n_events, dtype=np.int64) - np.repeat(seqs.offsets[:-1], lengths)
+    seq_of = np.repeat(np.arange(len(seqs)), lengths)
+    if block is None:
+        group, place, in_group = seq_of, pos, np.ones(seqs.n_events, dtype=bool)
+    else:
+        if block < 2:
+            raise ConfigError(f"a reordering block must hold at least 2 events, not {block}")
+        complete = np.repeat((lengths // block) * block, lengths)
+        in_group = pos < complete
+        # one group per block of a sequence, numbered along the flat arrays
+        first = np.concatenate([[True], (seq_of[1:] != seq_of[:-1]) | (pos[1:] % block == 0)])
+        group, place = np.cumsum(first) - 1, pos % block
     with np.errstate(over="ignore"):
         token = np.zeros(seqs.n_events, dtype=np.uint64)
         for k, c in enumerate(CHANNELS):
             token = _mix64(token ^ (seqs.channels[c].astype(np.uint64) + np.uint64(k + 1)))
-        per_event = _mix64(token ^ (pos.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
-        content = np.zeros(len(seqs), dtype=np.uint64)
-        nonempty = lengths > 0
-        if nonempty.any():  # wrapping sum of the events' hashes: the sequence's content hash
-            content[nonempty] = np.add.reduceat(per_event, seqs.offsets[:-1][nonempty])
+        per_event = _mix64(token ^ (place.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+        n_groups = int(group[-1]) + 1 if len(group) else 0
+        content = np.zeros(n_groups, dtype=np.uint64)
+        if n_groups:  # wrapping sum of the events' hashes: the group's content hash
+            starts = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
+            content[group[starts]] = np.add.reduceat(per_event, starts)
         base = _mix64(content ^ np.uint64(seed & 0xFFFFFFFF) * np.uint64(0xD6E8FEB86659FD93))
-        return _mix64(base[seq_of] ^ (pos.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+        key = _mix64(base[group] ^ (place.astype(np.uint64) + np.uint64(1))
+                     * np.uint64(0x9E3779B97F4A7C15))
+    # outside a group, an event keeps its place: its key is its position, and its group its own
+    key = np.where(in_group, key, pos.astype(np.uint64))
+    return group, key
 
 
-def shuffle_within(seqs: SequenceSet, seed: int, keep: tuple[str, ...] = ("gap",)) -> SequenceSet:
+def shuffle_within(seqs: SequenceSet, seed: int, keep: tuple[str, ...] = ("gap",),
+                   block: int | None = None) -> SequenceSet:
     """Each sequence's events in a seeded random order; channels in ``keep`` stay in place.
 
     With the default, timing stays where it was and only what happened when is reordered: the
     reference against which the order of a shopper's own events is judged. A sequence's order
     depends only on the seed and its own events, so a shopper's score does not change with the
-    other shoppers in the file or their order.
+    other shoppers in the file or their order. With ``block``, events are reordered only within
+    each complete run of ``block`` events (``_group_keys``): the reference then never changes
+    for the events already seen, which is what live scoring needs to match batch scoring.
     """
-    seq_of = np.repeat(np.arange(len(seqs)), seqs.lengths)
-    order = np.lexsort((_sequence_keys(seqs, seed), seq_of))
+    group, key = _group_keys(seqs, seed, block)
+    order = np.lexsort((key, group))
     channels = {k: v if k in keep else v[order] for k, v in seqs.channels.items()}
     return SequenceSet(ids=seqs.ids, offsets=seqs.offsets, channels=channels, source=seqs.source,
                        timestamp=seqs.timestamp, rows=seqs.rows)

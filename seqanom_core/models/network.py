@@ -141,6 +141,24 @@ class NextEventModel(nn.Module):
         return {"event": event_logits, "gap": self.head_gap(hc), "item": self.head_item(hc)}
 
 
+def logits_at(model: NextEventModel, inputs: dict[str, torch.Tensor], next_event: torch.Tensor,
+              rows: torch.Tensor, cols: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``model(inputs, next_event)``'s logits at positions ``(rows[k], cols[k])`` only, ``(k,
+    vocab_c)`` per channel: the backbone runs over the whole windows, the heads only where asked
+    (what live scoring needs: the newest positions of each window)."""
+    x = sum(model.emb[c](inputs[c]) for c in CHANNELS)
+    h = model.backbone(model.drop(x))[rows, cols]
+    hc = F.gelu(model.cond_fc(h + model.cond(next_event[rows, cols])))
+    event_logits = model.head_event(h)
+    if model.config.history_copy:
+        k = h.shape[0]
+        weights = model.copy(h).view(k, COPY_FEATURES, model.copy_groups, 1)
+        feats = [f[rows, cols] for f in model.copy_features(inputs["event"])]
+        copy = sum(f * weights[:, j] for j, f in enumerate(feats))
+        event_logits = event_logits + F.pad(copy.flatten(1), (N_SPECIAL, 0))
+    return {"event": event_logits, "gap": model.head_gap(hc), "item": model.head_item(hc)}
+
+
 def build_model(config: ModelConfig, vocab: dict[str, int]) -> NextEventModel:
     """The one builder used everywhere (library, sites, server), so weights always load."""
     return NextEventModel(config, vocab)

@@ -18,6 +18,7 @@ from seqanom_core.errors import SeqanomError
 from simulation.cli.audit_command import add_audit_command
 from simulation.cli.central_commands import add_central_commands
 from simulation.cli.detector_commands import add_detector_commands
+from simulation.cli.live_commands import add_live_commands
 from simulation.cli.research_commands import add_research_commands
 from simulation.cli.site_commands import add_site_commands
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add_detector_commands(add)
+    add_live_commands(add)
     add_research_commands(add)
     add_audit_command(add)
     add_central_commands(add)
