@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 $(BIN)/seqanom: pyproject.toml
 	$(PY) -m venv --system-site-packages $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,federation]"
+	$(BIN)/pip install -q -e ".[dev,federation,serve]"
 	@touch $@
 
 setup: $(BIN)/seqanom
