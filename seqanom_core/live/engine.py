@@ -344,16 +344,19 @@ class LiveScorer:
     def _finalise(self, st: ShopperState, q: int, at: dict, e: LiveEvent) -> float:
         """Position ``q``'s target is now a real event: add its surprise to the state."""
         res, j = at[q]
-        nll = np.array([res[c][j] for c in CHANNELS], dtype=np.float32)
-        total = np.sum(nll[None, :], axis=1)[0]  # float32, as batch scoring sums the channels
-        values = np.array([nll[0], nll[1], nll[2], total], dtype=np.float64)
-        st.sums = st.sums + values
+        event, gap, item = res["event"][j], res["gap"][j], res["item"][j]  # float32 scalars
+        # their sum in float32, in the order batch scoring sums the channels
+        values = np.array([event, gap, item, event + gap + item], dtype=np.float64)
+        st.sums += values
         if len(st.recent) == WINDOW - 1:
             st.wmax = np.maximum(st.wmax, (st.recent.sum(0) + values) / WINDOW)
-            st.recent = np.vstack([st.recent[1:], values])
+            st.recent[:-1] = st.recent[1:]
+            st.recent[-1] = values
         else:
             st.recent = np.vstack([st.recent, values])
-        st.block_nll = np.append(st.block_nll, nll[0])
+        if len(st.block_nll) != self.block:
+            st.block_nll = np.zeros(self.block, dtype=np.float32)
+        st.block_nll[q % self.block] = event
         remember(st, q, values, res, j, e)
         return float(values[3])
 
@@ -362,7 +365,6 @@ class LiveScorer:
         excess = (st.block_nll - reference).astype(np.float64)
         for v in excess:
             st.order_sum += float(v)
-        st.block_nll = np.zeros(0, dtype=np.float32)
 
     def _statistics(self, st: ShopperState) -> np.ndarray:
         """The shopper's statistics now (``stat_names()`` order), as ``shopper_statistics``."""

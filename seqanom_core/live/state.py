@@ -13,6 +13,7 @@ from seqanom_core.schema import BEHAVIORS
 from seqanom_core.scoring import STAT_CHANNELS
 from seqanom_core.sequences import (
     GAP_FIRST,
+    GAP_OFFSET,
     GAP_SESSION,
     ITEM_NAMES,
     ITEM_NEW,
@@ -20,7 +21,6 @@ from seqanom_core.sequences import (
     ITEM_SAME,
     N_SPECIAL,
     decode_event,
-    gap_bucket,
     hash_bucket,
 )
 
@@ -45,6 +45,7 @@ class ShopperState:
         self.wmax = np.full(len(STAT_CHANNELS), -np.inf)  # largest closed-window mean
         self.recent = np.zeros((0, len(STAT_CHANNELS)))  # last WINDOW - 1 finalised positions
         self.block_nll = np.zeros(0, dtype=np.float32)  # event NLL of the open block's positions
+        # (made ORDER_BLOCK long at the first event)
         self.order_sum = 0.0
         # the end position: event NLL (of the end), expected token, its probability, P(end)
         self.end = (0.0, 0, 0.0, 0.0)
@@ -64,7 +65,9 @@ def append_event(st: ShopperState, e: LiveEvent, tok: TokenizerConfig) -> None:
     elif e.timestamp - st.last_ts > tok.session_gap_s:
         gap = GAP_SESSION
     else:
-        gap = int(gap_bucket(np.array([e.timestamp - st.last_ts]), tok)[0])
+        # gap_bucket's arithmetic on one value
+        bucket = int(np.floor(np.log2(max(e.timestamp - st.last_ts, 0.0) + 1.0)))
+        gap = GAP_OFFSET + min(max(bucket, 0), tok.gap_buckets - 1)
     key = hash(e.item_id) & 0x7FFF_FFFF_FFFF_FFFF
     at = np.flatnonzero(st.items == key)
     seen = at.size > 0
