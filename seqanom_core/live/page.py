@@ -44,7 +44,8 @@ function eventsCell(events) {
   const ul = document.createElement("ul");
   for (const e of events) {
     const li = document.createElement("li");
-    li.textContent = "#" + e.position + " " + e.observed + " (p=" + e.observed_prob +
+    const state = e.item_state ? " [" + e.item_state + "]" : "";
+    li.textContent = "#" + e.position + " " + e.observed + state + " (p=" + e.observed_prob +
       "), expected " + e.expected + " (p=" + e.expected_prob + ")";
     ul.appendChild(li);
   }
