@@ -106,13 +106,23 @@ RUN_OUTPUTS: tuple[str, ...] = ("sites", "ledgers", "checkpoints", "model", "fig
                                 "run-config.toml", "flwr-app")
 
 
-def clear_previous_run(out: Path) -> list[str]:
+def clear_previous_run(out: Path, keep: tuple[Path | None, ...] = ()) -> list[str]:
     """Remove an earlier simulation's outputs from ``out`` (only the names in ``RUN_OUTPUTS``).
 
     Each simulation simulates new sites: the ledgers of an earlier run in the same directory
     would otherwise make its sites continue spending their budgets (with the budget spent,
     the next run trains under enormous noise), and its checkpoints would mix with the new
-    ones. Returns the names removed."""
+    ones. A path of ``keep`` (the run's input data, its quarantine file) inside one of them
+    is a ConfigError before anything is removed: a simulation never deletes its input.
+    Returns the names removed."""
+    kept = [(Path(p).absolute(), Path(p).resolve()) for p in keep if p is not None]
+    for name in RUN_OUTPUTS:
+        target = (out / name).absolute()
+        for given, real in kept:
+            if any(p.is_relative_to(t) for p in (given, real) for t in (target, target.resolve())):
+                raise ConfigError(f"{given} lies inside {out / name}, which a new simulation in "
+                                  f"--out {out} replaces (it would be deleted); move it or give "
+                                  "another --out")
     removed = []
     for name in RUN_OUTPUTS:
         path = out / name
@@ -144,7 +154,7 @@ def prepare_sites(cfg: SimulationConfig, events: pa.Table
         raise ConfigError(f"--partition natural needs a 'site' column; {cfg.data} has none "
                           "(use --partition iid or dirichlet)")
     parts = partition_events(events, cfg.sites, scheme, alpha=cfg.alpha, seed=cfg.seed)
-    clear_previous_run(cfg.out)
+    clear_previous_run(cfg.out, keep=(cfg.data, cfg.quarantine))
     trains, tests, labels = [], [], []
     for k, part in enumerate(parts):
         train, test = split_events_by_shopper(part, cfg.test_fraction, cfg.seed + k)

@@ -1,11 +1,15 @@
 """Opening input files: sniffing the kind (text, gzip, parquet), reading and decoding the start,
-refusing binary data, and one-line errors for pyarrow read failures."""
+refusing binary data and paths that are no regular file, and one-line errors for pyarrow read
+failures."""
 
 from __future__ import annotations
 
 import codecs
+import errno
 import gzip
 import logging
+import os
+import stat
 import zlib
 from pathlib import Path
 
@@ -16,15 +20,39 @@ logger = logging.getLogger("seqanom_core.ingest")  # one logger name for the who
 _HEAD_BYTES = 1 << 16
 
 
+_SPECIAL_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                  (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"))
+
+
+def special_file(path: str | Path) -> str | None:
+    """What ``path`` is when it exists but is no regular file: "a directory", "a FIFO (named
+    pipe)", "a socket", "a character device", "a block device" or "a symlink loop"; None for a
+    regular file (symlinks followed) or a path that does not exist.
+
+    Checked before a file is opened: opening a FIFO waits for a writer (or reader) forever, a
+    device may never end, and a symlink loop fails deep inside a reader."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop"
+        return None  # missing (or a dangling link): the open names the problem
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _SPECIAL_KINDS if test(mode)), "a special file")
+
+
 def _open_checked(path: str | Path) -> tuple[Path, str]:
     """Check a path is a readable non-empty file; return it and its sniffed kind."""
     p = Path(path)
+    special = special_file(p)
+    if special == "a directory":
+        raise DataFileError(f"{p}: is a directory, expected a file")
+    if special is not None:
+        raise DataFileError(f"{p}: is {special}, not a regular file")
     if not p.exists():
         raise DataFileError(f"{p}: no such file")
-    if p.is_dir():
-        raise DataFileError(f"{p}: is a directory, expected a file")
-    if not p.is_file():
-        raise DataFileError(f"{p}: is not a regular file")
     try:
         with open(p, "rb") as f:
             magic = f.read(4)

@@ -12,7 +12,7 @@ from typing import Any
 
 from seqanom_core.errors import ConfigError
 from simulation.cli.detector_commands import add_training_args, training_configs
-from simulation.cli.inputs import add_input_args, add_model_kind_arg, distinct_outputs
+from simulation.cli.inputs import add_input_args, add_model_kind_arg, check_paths
 
 log = logging.getLogger("seqanom")
 
@@ -31,8 +31,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     tok, model, train = training_configs(args)
     audit = AuditConfig(canaries=args.canaries, canary_length=args.canary_length, seed=args.seed)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {args.out} is a file, not a directory")
+    check_paths({"data": args.data}, {"quarantine": args.quarantine, "out": args.out},
+                dirs=["out"])
+    check_paths({"data": args.data}, {"quarantine": args.quarantine, "out": out / AUDIT_FILE})
     if args.data is None:
         if args.format != "seqanom" or args.mapping or args.quarantine:
             raise ConfigError("--format, --mapping and --quarantine are only used with --data")
@@ -43,7 +44,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         from simulation.cli.inputs import read_event_input
 
-        distinct_outputs(data=args.data, quarantine=args.quarantine)
         events, report = read_event_input(args)
         print(report.summary())
     record = run_audit(events, DetectorConfig(tok, model, train), audit, progress=not args.quiet)

@@ -28,6 +28,7 @@ from simulation.cli.flower_launch import (
     launch,
     port_number,
 )
+from simulation.cli.inputs import check_paths
 
 
 def _output_file(path: str, option: str) -> str:
@@ -96,6 +97,10 @@ def cmd_superlink(args: argparse.Namespace) -> int:
             ("CERTIFICATE", "CERTIFICATE", "PRIVATE KEY"), strict=True))
         argv += ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key,
                  "--enable-supernode-auth"]
+    # the SuperLink writes its database and log: never onto a certificate or key (the
+    # credentials directory itself may hold them)
+    check_paths({"ssl_ca_certfile": files[0], "ssl_certfile": files[1], "ssl_keyfile": files[2]},
+                {"database": args.database, "log_file": args.log_file})
     if args.database:
         argv += ["--database", _output_file(args.database, "--database")]
     if args.log_file:

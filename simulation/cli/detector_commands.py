@@ -17,7 +17,8 @@ from seqanom_core.privacy import guarantee_text
 from simulation.cli.inputs import (
     add_input_args,
     add_model_kind_arg,
-    distinct_outputs,
+    check_input_file,
+    check_paths,
     load_input,
     seed_int,
 )
@@ -32,10 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seqanom_core.privacy import AccountantState
 
     tok, model, train = training_configs(args)
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {args.out} is a file, not a model directory")
-    distinct_outputs(data=args.data, quarantine=args.quarantine, ledger=args.ledger)
+    # the model directory is replaced whole; the ledger is read and then updated
+    check_paths({"data": args.data, "ledger": args.ledger},
+                {"out": args.out, "quarantine": args.quarantine, "ledger": args.ledger},
+                dirs=["out"], replaced={"out": [args.out]})
     prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
     if prior is not None and train.dp is not None:  # never continued under another accountant
         prior.require(train.dp.accountant, f"accountant state {args.ledger}")
@@ -112,11 +113,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k must be 1 or more, not {args.top_k}")
     if args.metrics_out and not args.labels:
         raise ConfigError("--metrics-out needs --labels (the metrics compare scores with labels)")
-    distinct_outputs(data=args.data, out=args.out, metrics_out=args.metrics_out,
-                     quarantine=args.quarantine)
-    for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
-        if path is not None and Path(path).is_dir():
-            raise ConfigError(f"{option} {path} is a directory, not a file")
+    check_paths({"model": args.model, "data": args.data, "labels": args.labels},
+                {"out": args.out, "metrics_out": args.metrics_out, "quarantine": args.quarantine},
+                dirs=["model"])
     det = SequenceDetector.load(args.model, device=args.device, progress=not args.quiet)
     if (det.source_ == Source.TOKENS) != (args.format == Source.TOKENS):
         raise ConfigError(f"{args.model} was trained on '{det.source_}' input; "
@@ -179,6 +178,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     from seqanom_core.privacy import AccountantState
     from seqanom_core.privacy_ledger import PrivacyLedger
 
+    check_input_file(args.path)
     try:
         data = json.loads(Path(args.path).read_text())
     except (OSError, ValueError) as err:

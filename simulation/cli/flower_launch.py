@@ -67,6 +67,9 @@ def existing_file(path: str | Path, option: str, pem: str | None = None) -> str:
     """Absolute path of an existing file; with ``pem`` ("CERTIFICATE" or "PRIVATE KEY"), the
     file must hold that PEM block (a .pub key or a CSV given by mistake fails here, not in the
     middle of a TLS handshake)."""
+    from simulation.cli.inputs import check_input_file
+
+    check_input_file(path, option)  # a symlink loop, a FIFO, a directory
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise ConfigError(f"{option} {path}: no such file")

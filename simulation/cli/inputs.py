@@ -1,9 +1,10 @@
-"""Input options and readers the commands share: seeds, model kinds, event files, labels."""
+"""Input options, readers and path checks the commands share: seeds, model kinds, event files,
+labels, and the rule that no output is, or lies inside, an input."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,113 @@ def add_model_kind_arg(p: argparse.ArgumentParser) -> None:
     action.choices = ModelKinds()  # after add_argument, which lists a parser's choices at once
 
 
-def distinct_outputs(**paths: str | None) -> None:
-    """Refuse options that name the same file: an output would silently overwrite the input
-    (``data``) or another output."""
-    seen: dict[Path, str] = {}
-    for option, path in paths.items():
-        if path is None:
+PathArg = str | Path | None
+
+
+def option_flag(option: str) -> str:
+    """``metrics_out`` -> ``--metrics-out`` (a flag stays as it is; "", a positional argument,
+    stays "")."""
+    if not option or option.startswith("-"):
+        return option
+    return "--" + option.replace("_", "-")
+
+
+def _named(option: str, path: str | Path) -> str:
+    """``--option PATH`` (``PATH`` for a positional argument) at the start of an error."""
+    return f"{option_flag(option)} {path}".lstrip()
+
+
+def _real_paths(option: str, path: str | Path, want: str = "a regular file"
+                ) -> tuple[Path, Path]:
+    """(the path with every symlink resolved, the path with only its parent resolved: where a
+    link itself lies); a symlink loop or a FIFO, socket or device is a ConfigError (``want``
+    says what the option expects)."""
+    from seqanom_core.ingest.files import special_file
+
+    p = Path(path).expanduser()
+    kind = special_file(p)
+    try:
+        real, link = p.resolve(), p.absolute().parent.resolve() / p.name
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError on a loop
+        kind = "a symlink loop"
+    if kind == "a symlink loop":
+        raise ConfigError(f"{_named(option, path)}: is a symlink loop (it never reaches a file)")
+    if kind not in (None, "a directory"):  # opening one would block or never end
+        raise ConfigError(f"{_named(option, path)}: is {kind}, not {want}")
+    return real, link
+
+
+def _inside(path: Path, other: Path) -> bool:
+    """Whether ``path`` is ``other`` or lies under it (both absolute)."""
+    return path == other or path.is_relative_to(other)
+
+
+def check_paths(inputs: Mapping[str, PathArg], outputs: Mapping[str, PathArg], *,
+                dirs: Iterable[str] = (),
+                replaced: Mapping[str, Iterable[str | Path]] | None = None) -> None:
+    """Refuse the paths of a command before it reads or writes anything, with a one-line
+    ConfigError naming the options and the path:
+
+    - a symlink loop; a FIFO, socket or device (opening one waits forever or never ends); a
+      directory where a file is expected, or a file where ``dirs`` expects a directory;
+    - an output that is, or lies inside, an input (symlinks resolved);
+    - two outputs that name the same path;
+    - an input, or another output, inside a directory the command deletes or replaces whole.
+
+    ``inputs`` and ``outputs`` map option names (``metrics_out`` for ``--metrics-out``) to paths
+    (None: not given); an option in both (a ledger updated in place) is not compared with
+    itself. ``dirs`` names the options that are directories; ``replaced`` maps an output
+    option to the directories it removes or replaces (``train --out``; an earlier simulation's
+    outputs under ``simulate --out``)."""
+    given = {o: p for o, p in [*inputs.items(), *outputs.items()] if p is not None}
+    real: dict[str, tuple[Path, Path]] = {}
+    for option, path in given.items():
+        real[option] = _real_paths(option, path,
+                                   "a directory" if option in dirs else "a regular file")
+        p = Path(path).expanduser()
+        if option in dirs and p.exists() and not p.is_dir():
+            raise ConfigError(f"{_named(option, path)}: is a file, not a directory")
+        if option not in dirs and p.is_dir():
+            raise ConfigError(f"{_named(option, path)}: is a directory, not a file")
+    ins = [o for o in inputs if o in real]
+    outs = [o for o in outputs if o in real]
+    for k, out in enumerate(outs):
+        fo, (ro, _) = option_flag(out), real[out]
+        for other in outs[:k]:
+            if real[other][0] == ro:
+                raise ConfigError(f"{option_flag(other)} and {fo} both name {ro}; give them "
+                                  "different files")
+        for inp in ins:
+            fi, (ri, _) = option_flag(inp), real[inp]
+            if inp == out:
+                continue
+            if ro == ri:
+                raise ConfigError(f"{fi} and {fo} both name {ro}: an output must not overwrite "
+                                  "an input; give them different files")
+            if _inside(ro, ri):
+                raise ConfigError(f"{fo} {given[out]} lies inside {fi} {given[inp]}: an output "
+                                  "must not write into an input; give a path outside it")
+    for out, dirs_replaced in (replaced or {}).items():
+        if out not in real:
             continue
-        key = Path(path).expanduser().resolve()
-        flag = "--" + option.replace("_", "-")
-        if key in seen:
-            raise ConfigError(f"{seen[key]} and {flag} both name {path}; give them different files")
-        seen[key] = flag
+        fo = option_flag(out)
+        for d in dirs_replaced:
+            rd = _real_paths(out, d)
+            for other in given:
+                if other == out:
+                    continue
+                if any(_inside(p, r) for p in real[other] for r in rd):
+                    raise ConfigError(
+                        f"{option_flag(other)} {given[other]} lies inside {d}, which {fo} "
+                        f"{given[out]} replaces (it would be deleted); move it or give another "
+                        f"{fo}")
+
+
+def check_input_file(path: str | Path, option: str = "") -> None:
+    """Refuse an input file that cannot be read as one: a symlink loop, a FIFO, socket or
+    device, or a directory (a missing file is left to the reader, which names it); ``option``
+    names it in the error ("": a positional argument)."""
+    check_paths({option: path}, {})
 
 
 def add_input_args(p: argparse.ArgumentParser, required: bool = True, tokens: bool = True) -> None:

@@ -20,6 +20,9 @@ STREAM_BATCH = 512  # lines scored together at most when they arrive faster than
 def _scorer(args: argparse.Namespace) -> Any:
     from seqanom_core.detector import SequenceDetector
     from seqanom_core.live.engine import LiveScorer
+    from simulation.cli.inputs import check_paths
+
+    check_paths({"model": args.model}, {}, dirs=["model"])  # a symlink loop: one line
 
     det = SequenceDetector.load(args.model, device=args.device, progress=False)
     return LiveScorer(det, max_shoppers=args.max_shoppers, idle_ttl=args.idle_ttl)
@@ -36,6 +39,9 @@ def _is_loopback(host: str) -> bool:
 
 def read_token(path: str) -> str:
     """The bearer token in ``path`` (its first line, stripped); ConfigError when empty."""
+    from simulation.cli.inputs import check_input_file
+
+    check_input_file(path, "--token-file")  # a FIFO would block before the server starts
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:

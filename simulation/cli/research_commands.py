@@ -14,7 +14,7 @@ from seqanom_core.privacy import guarantee_text
 from simulation.cli.inputs import (
     add_input_args,
     add_model_kind_arg,
-    distinct_outputs,
+    check_paths,
     event_format,
     read_event_input,
     seed_int,
@@ -29,7 +29,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from seqanom_core.ingest import write_events
     from simulation.inject import inject_anomalies
 
-    distinct_outputs(data=args.data, out=args.out, labels=args.labels, quarantine=args.quarantine)
+    check_paths({"data": args.data},
+                {"out": args.out, "labels": args.labels, "quarantine": args.quarantine})
     events, report = read_event_input(args)
     print(report.summary())
     kinds = args.kinds.split(",") if args.kinds else None
@@ -51,8 +52,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     if not 0 < args.test_fraction < 1:
         raise ConfigError(f"--test-fraction must be in (0, 1), not {args.test_fraction}")
-    distinct_outputs(data=args.data, train_out=args.train_out, test_out=args.test_out,
-                     quarantine=args.quarantine)
+    check_paths({"data": args.data}, {"train_out": args.train_out, "test_out": args.test_out,
+                                      "quarantine": args.quarantine})
     events, report = read_event_input(args)
     print(report.summary())
     train, test = split_events_by_shopper(events, args.test_fraction, args.seed)
@@ -71,6 +72,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     if args.shoppers < 1 or args.sites < 1:
         raise ConfigError("--shoppers and --sites must be positive")
+    check_paths({}, {"out": args.out})
     t0 = time.time()
     table = synthesize_events(SynthConfig(n_shoppers=args.shoppers, n_sites=args.sites, seed=args.seed))
     write_events(table, args.out)
@@ -121,7 +123,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     into each site's test shoppers, train one global model with Flower (DP-SGD at every site),
     compare it with centralised, site-alone and IsolationForest baselines on the same test
     shoppers, and write RUN_DIR/report.md, figures, metrics.json, checkpoints and model/."""
-    from simulation.run import SimulationConfig, prepare_flwr_run, simulate
+    from simulation.run import RUN_OUTPUTS, SimulationConfig, prepare_flwr_run, simulate
 
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
@@ -132,7 +134,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not args.dp and args.accountant is not None:
         raise ConfigError("--accountant accounts DP training: it cannot go with --no-dp")
     fmt = event_format(args)
-    distinct_outputs(data=args.data, quarantine=args.quarantine)
+    # an earlier simulation's outputs under --out are replaced: nothing given may lie in them
+    check_paths({"data": args.data}, {"quarantine": args.quarantine, "out": args.out},
+                dirs=["out"], replaced={"out": [Path(args.out) / n for n in RUN_OUTPUTS]})
     cfg = SimulationConfig(
         out=Path(args.out), data=Path(args.data) if args.data else None, fmt=fmt,
         quarantine=Path(args.quarantine) if args.quarantine else None,

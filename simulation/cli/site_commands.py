@@ -26,6 +26,7 @@ from simulation.cli.flower_launch import (
     launch,
     port_number,
 )
+from simulation.cli.inputs import check_paths
 
 
 def toml_string(value: str) -> str:
@@ -78,6 +79,11 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be 1 or more, not {args.threads}")
     if args.max_retries is not None and args.max_retries < 0:
         raise ConfigError(f"--max-retries must be 0 or more, not {args.max_retries}")
+    # the site's ledger is updated in place and Flower installs apps under --flwr-home: neither
+    # may name or lie inside the site's data, labels, certificate or key
+    check_paths({"data": args.data, "test_path": args.test_path, "labels_path": args.labels_path,
+                 "root_certificates": args.root_certificates, "private_key": args.private_key},
+                {"ledger": args.ledger, "flwr_home": args.flwr_home}, dirs=["flwr_home"])
     exe = flower_executable("flower-supernode")
     argv = [exe, "--superlink", args.superlink, "--port", str(args.port),
             "--node-config", node_config(site_node_config(args))]

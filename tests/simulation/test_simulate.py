@@ -89,6 +89,22 @@ def test_a_new_simulation_replaces_an_earlier_one_in_the_same_run_dir(tmp_path):
     assert (out / "run-config.toml").is_file()
 
 
+def test_an_earlier_run_is_not_cleared_over_an_input_inside_it(tmp_path):
+    # the run's own input under RUN_DIR/sites: refused before anything is removed
+    from seqanom_core.errors import ConfigError
+    from simulation.run import clear_previous_run
+
+    out = tmp_path / "run"
+    data = out / "sites" / "ev.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text("stands for the input")
+    (out / "ledgers").mkdir()
+    with pytest.raises(ConfigError, match="ev.csv lies inside .*sites"):
+        clear_previous_run(out, keep=(data, None))
+    assert data.is_file() and (out / "ledgers").is_dir()
+    assert clear_previous_run(out, keep=(tmp_path / "elsewhere.csv",)) == ["sites", "ledgers"]
+
+
 def test_simulate_reads_a_generic_mapping_and_quarantines_bad_rows(tmp_path, capsys):
     import pandas as pd
 
