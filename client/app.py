@@ -17,7 +17,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.secagg import is_secagg_message, secagg_app
-from client.site_resources import keep_ledger, keep_locally, site_ledger, site_setup, train_site
+from client.site_resources import (
+    keep_ledger,
+    keep_locally,
+    policy_declined,
+    site_ledger,
+    site_setup,
+    train_site,
+)
 from seqanom_core.federation import message_keys
 from seqanom_core.federation.calibration_histograms import histogram_seed
 from seqanom_core.federation.records import as_arrays, as_metrics, contiguous
@@ -114,7 +121,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Query 1: noisy statistic histograms (accounted under DP); the site's own measurements of
     the model (loss, accuracy, AUROC) stay in its local log."""
-    paths, settings = site_setup(context)
+    paths, settings, refusal = site_setup(context)
+    if refusal:
+        return _reply(msg, RecordDict({message_keys.METRICS: to_metric_record(
+            policy_declined(refusal))}), paths.name)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     cfg = msg.content[message_keys.CONFIG]
     arrays = as_arrays(msg.content[message_keys.ARRAYS])
@@ -137,7 +147,10 @@ def evaluate(msg: Message, context: Context) -> Message:
 @_contained
 def query_score_summary(msg: Message, context: Context) -> Message:
     """Query 2: noisy histogram of validation scores under the federated calibration."""
-    paths, settings = site_setup(context)
+    paths, settings, refusal = site_setup(context)
+    if refusal:
+        return _reply(msg, RecordDict({message_keys.METRICS: to_metric_record(
+            policy_declined(refusal))}), paths.name)
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     cfg = msg.content[message_keys.CONFIG]
     calibrator = ScoreCalibrator.from_dict(json.loads(str(cfg[message_keys.CALIBRATOR])))

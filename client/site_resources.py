@@ -2,10 +2,12 @@
 
 Node config (deployment, ``flower-supernode --node-config``): ``data-path`` (the site's events),
 ``format`` (default ``seqanom``, the project's own format), ``ledger-path`` (privacy ledger file),
-``privacy-budget`` (epsilon budget of this site, overrides the run's ``epsilon``), ``device``
-("auto", "cpu", "cuda"), ``site-name``, and optionally ``test-path``/``labels-path`` (labelled
-shoppers for AUROC). In simulation the site is ``partition-id``: its files are under the run
-config's ``data-dir``/site-<id>/ and its ledger is ``ledger-dir``/site-<id>.json.
+``device`` ("auto", "cpu", "cuda"), ``site-name``, optionally ``test-path``/``labels-path``
+(labelled shoppers for AUROC), and the site's privacy policy (``privacy-budget``, which caps the
+run's ``epsilon``, ``require-dp``, ``max-delta``, ``max-rounds``, ``allow-dp-seed``:
+``seqanom_core/federation/site_policy.py``). In simulation the site is ``partition-id``: its
+files are under the run config's ``data-dir``/site-<id>/ and its ledger is
+``ledger-dir``/site-<id>.json.
 """
 
 from __future__ import annotations
@@ -22,18 +24,20 @@ from flwr.app import ConfigRecord, Context
 
 from seqanom_core.federation import message_keys
 from seqanom_core.federation.run_config import RunConfig, settings_from_run_config
+from seqanom_core.federation.site_policy import POLICY_KEYS, REASONS, SitePolicy
 from seqanom_core.federation.site_round import RoundOutcome, SitePaths, load_site, train_round
 from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
 
 log = logging.getLogger(__name__)
 
-NODE_KEYS = {"data-path", "format", "ledger-path", "privacy-budget", "device", "site-name",
-              "test-path", "labels-path", "partition-id", "num-partitions"}
+NODE_KEYS = {"data-path", "format", "ledger-path", "device", "site-name", "test-path",
+             "labels-path", "partition-id", "num-partitions", *POLICY_KEYS}
 _LEDGER_STATE = "privacy-ledger"
 
 
-def site_setup(context: Context) -> tuple[SitePaths, RunConfig]:
-    """The site's files and the run's typed settings (node config overrides budget, device)."""
+def site_setup(context: Context) -> tuple[SitePaths, RunConfig, int]:
+    """The site's files, the run's typed settings (the budget capped by the site's, the node's
+    device) and the code of the site policy's refusal of the run (0: accepted)."""
     node = dict(context.node_config)
     unknown = sorted(set(node) - NODE_KEYS)
     if unknown:
@@ -54,12 +58,26 @@ def site_setup(context: Context) -> tuple[SitePaths, RunConfig]:
     else:
         raise ValueError("node config needs data-path (deployment), or partition-id with the "
                          "run config's data-dir (simulation)")
-    if "privacy-budget" in node and settings.train.dp is not None:
-        settings = dataclasses.replace(settings, budget=float(node["privacy-budget"]))
+    policy = SitePolicy.from_node_config(node)
+    refusal = policy.refusal(settings)
+    if refusal:
+        log.warning("site %s declines the run: %s (its policy: %s)", paths.name, REASONS[refusal],
+                    policy)
+    if settings.train.dp is not None:
+        capped = policy.capped_budget(settings)
+        if capped != settings.budget:
+            log.warning("site %s caps the run's epsilon budget %s at its own %s", paths.name,
+                        settings.budget, capped)
+        settings = dataclasses.replace(settings, budget=capped)
     if "device" in node:
         settings = dataclasses.replace(
             settings, train=dataclasses.replace(settings.train, device=str(node["device"])))
-    return paths, settings
+    return paths, settings, refusal
+
+
+def policy_declined(refusal: int) -> dict[str, float]:
+    """The metrics of a reply the site's policy declines: nothing accounted is sent."""
+    return {"declined": 1.0, "declined-policy": float(refusal), "num-examples": 0.0}
 
 
 def site_ledger(context: Context, paths: SitePaths, settings: RunConfig) -> PrivacyLedger | None:
@@ -110,8 +128,12 @@ def _keep_ledger(context: Context, paths: SitePaths, ledger: PrivacyLedger) -> N
 
 def train_site(context: Context, arrays: dict[str, np.ndarray], cfg: Mapping[str, Any]
                ) -> tuple[SitePaths, RunConfig, RoundOutcome]:
-    """One round of local (DP) training from the global ``arrays``, kept in the site's ledger."""
-    paths, settings = site_setup(context)
+    """One round of local (DP) training from the global ``arrays``, kept in the site's ledger
+    (declined, training nothing, when the site's policy refuses the run)."""
+    paths, settings, refusal = site_setup(context)
+    if refusal:
+        return paths, settings, RoundOutcome(None, policy_declined(refusal), None,
+                                             REASONS[refusal])
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     ledger = site_ledger(context, paths, settings)
     out = train_round(

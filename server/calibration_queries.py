@@ -29,6 +29,7 @@ from seqanom_core.federation.pooled_calibration import (
 from seqanom_core.federation.records import as_arrays
 from seqanom_core.federation.round_record import RoundRecord, SiteGuarantees
 from seqanom_core.federation.run_config import RunConfig
+from seqanom_core.federation.site_policy import refusal_text
 from seqanom_core.scoring import ScoreCalibrator
 from server import central_dp
 from server.records import to_array_record
@@ -115,6 +116,9 @@ class CalibrationQueries:
             self.guarantees.note(site_name(m), site_metrics(m))
             if message_keys.HISTOGRAMS in m.content:
                 out.append(m)
+            elif site_metrics(m).get("declined-policy"):
+                log.warning("%s declined a calibration query by its own privacy policy: %s",
+                            site_name(m), refusal_text(site_metrics(m)["declined-policy"]))
             else:
                 log.info("%s declined a calibration query (privacy budget)", site_name(m))
         return out

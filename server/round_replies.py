@@ -12,6 +12,7 @@ from seqanom_core.federation import message_keys
 from seqanom_core.federation.global_model import update_problems
 from seqanom_core.federation.records import as_arrays
 from seqanom_core.federation.round_record import RoundRecord, SiteGuarantees
+from seqanom_core.federation.site_policy import refusal_text
 from server import central_dp
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,11 @@ def usable_training_replies(replies: Iterable[Message], rec: RoundRecord,
         rec.note_site(name, metrics)
         guarantees.note(name, metrics)
         if metrics.get("declined", 0.0):
-            log.info("round %d: %s declined (privacy budget)", rec.round, name)
+            if metrics.get("declined-policy", 0.0):
+                log.warning("round %d: %s declined the run by its own privacy policy: %s",
+                            rec.round, name, refusal_text(metrics["declined-policy"]))
+            else:
+                log.info("round %d: %s declined (privacy budget)", rec.round, name)
             continue
         arrays = (as_arrays(msg.content[message_keys.ARRAYS])
                   if message_keys.ARRAYS in msg.content else None)

@@ -87,6 +87,9 @@ RELEASES: tuple[Release, ...] = (
             ReleaseKind.CALIBRATION_SCORES, derived=True),
     Release("budget", "metrics", Protection.PUBLIC, "the site's epsilon budget (run or node "
             "config)"),
+    Release("declined-policy", "metrics", Protection.PUBLIC,
+            "why the site's own privacy policy declined the run config (a code of "
+            "site_policy.REASONS): the site's settings and the run config, no shopper's data"),
     Release("secagg-weight", "metrics", Protection.ACCOUNTED,
             "SecAgg+ weight: the noisy training count, capped (post-processing)",
             ReleaseKind.TRAINING_COUNT, derived=True),

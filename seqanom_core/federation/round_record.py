@@ -50,10 +50,15 @@ class RoundRecord:
                             **{k: v for k, v in metrics.items() if k != "declined"}}
 
     def declined_stop_reason(self) -> str:
-        """The planned stop when every site declined this round (budgets spent), else ''."""
+        """The planned stop when every site declined this round (budgets spent, or the run
+        refused by the sites' own privacy policies), else ''."""
         if self.sites and all(s["declined"] for s in self.sites.values()):
-            return (f"every site declined round {self.round}: their privacy budgets are spent; "
-                    f"training ended after round {self.round - 1}")
+            policy = sorted(n for n, s in self.sites.items() if s.get("declined-policy"))
+            why = (f"{', '.join(policy)} refused the run by their own privacy policy"
+                   + (", the others' budgets are spent" if len(policy) < len(self.sites) else "")
+                   if policy else "their privacy budgets are spent")
+            return (f"every site declined round {self.round}: {why}; training ended after round "
+                    f"{self.round - 1}")
         return ""
 
 

@@ -38,13 +38,17 @@ def toml_string(value: str) -> str:
     raise ConfigError(f"{value!r}: a node config value cannot hold both quote kinds")
 
 
-def node_config(values: dict[str, str | float]) -> str:
+def node_config(values: dict[str, str | float | bool]) -> str:
     """``key=value`` pairs for ``flower-supernode --node-config`` (strings quoted)."""
-    return " ".join(f"{k}={toml_string(v) if isinstance(v, str) else repr(float(v))}"
-                    for k, v in values.items())
+    def value(v: str | float | bool) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return toml_string(v) if isinstance(v, str) else repr(float(v))
+
+    return " ".join(f"{k}={value(v)}" for k, v in values.items())
 
 
-def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
+def site_node_config(args: argparse.Namespace) -> dict[str, str | float | bool]:
     """The site's node config from the command's options (absolute paths, files checked)."""
     from seqanom_core.formats import list_formats
 
@@ -52,7 +56,7 @@ def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
         raise ConfigError(f"--format {args.format!r}: use one of {', '.join(list_formats())}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
         raise ConfigError(f"--device {args.device!r}: use auto, cpu, cuda or cuda:N")
-    cfg: dict[str, str | float] = {"data-path": existing_file(args.data, "--data"),
+    cfg: dict[str, str | float | bool] = {"data-path": existing_file(args.data, "--data"),
                                    "format": args.format}
     ledger = Path(args.ledger).expanduser().resolve()
     if ledger.is_dir():
@@ -63,6 +67,20 @@ def site_node_config(args: argparse.Namespace) -> dict[str, str | float]:
         if not is_positive_number(args.privacy_budget):
             raise ConfigError(f"--privacy-budget must be a positive number, not {args.privacy_budget}")
         cfg["privacy-budget"] = float(args.privacy_budget)
+    # the site's privacy policy (seqanom_core/federation/site_policy.py): only what is not the
+    # strict default is written
+    if args.allow_no_dp:
+        cfg["require-dp"] = False
+    if args.allow_dp_seed:
+        cfg["allow-dp-seed"] = True
+    if args.max_delta is not None:
+        if not 0 < args.max_delta < 1:
+            raise ConfigError(f"--max-delta must be in (0, 1), not {args.max_delta}")
+        cfg["max-delta"] = float(args.max_delta)
+    if args.max_rounds is not None:
+        if args.max_rounds < 1:
+            raise ConfigError(f"--max-rounds must be 1 or more, not {args.max_rounds}")
+        cfg["max-rounds"] = float(args.max_rounds)
     cfg["device"] = args.device
     cfg["site-name"] = args.site_name or Path(args.data).stem
     if args.test_path:
@@ -130,7 +148,17 @@ def add_site_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="the site's privacy ledger (JSON; created on first use, then "
                         "cumulative across rounds and runs)")
     p.add_argument("--privacy-budget", type=float, metavar="EPSILON",
-                   help="the site's total epsilon budget (overrides the run's 'epsilon')")
+                   help="the site's total epsilon budget over its ledger: a run's 'epsilon' "
+                        "above it is capped at it (default 8)")
+    p.add_argument("--max-delta", type=float, metavar="DELTA",
+                   help="decline runs whose delta is set above this (default 1e-5)")
+    p.add_argument("--max-rounds", type=int, metavar="N",
+                   help="decline runs of more rounds than this (default: no limit)")
+    p.add_argument("--allow-no-dp", action="store_true",
+                   help="take part in runs without DP (default: declined)")
+    p.add_argument("--allow-dp-seed", action="store_true",
+                   help="take part in runs that seed the DP noise (reproducible, and removable "
+                        "by whoever knows the seed; default: declined)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--site-name", help="name in the server's logs (default: data file stem)")
     p.add_argument("--test-path", metavar="PATH", help="optional labelled test shoppers")

@@ -110,6 +110,33 @@ def test_supernode_node_config_round_trips_through_flowers_parser(tmp_path, caps
     assert parse_config_args([node_config({"p": "it's"})]) == {"p": "it's"}
 
 
+def test_supernode_policy_flags_reach_the_site_policy(tmp_path, capsys):
+    from flwr.common.config import parse_config_args
+
+    from seqanom_core.federation.site_policy import SitePolicy
+
+    create_credentials(tmp_path / "c", ["s1"])
+    paths = CredentialPaths(tmp_path / "c")
+    data = tmp_path / "events.parquet"
+    data.write_text("x")
+    base = ["supernode", "--superlink", "127.0.0.1:9092", "--root-certificates",
+            str(paths.ca_cert), "--private-key", str(paths.site_key("s1")), "--data", str(data),
+            "--ledger", str(tmp_path / "s1.json"), "--dry-run"]
+
+    def policy(*flags: str) -> SitePolicy:
+        assert cli.main([*base, *flags]) == 0
+        argv = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+        return SitePolicy.from_node_config(
+            parse_config_args([argv[argv.index("--node-config") + 1]]))
+
+    assert policy() == SitePolicy()  # the strict defaults: DP, epsilon 8, delta 1e-5, no seed
+    assert policy("--privacy-budget", "3", "--max-delta", "1e-6", "--max-rounds", "10",
+                  "--allow-no-dp", "--allow-dp-seed") == SitePolicy(
+        require_dp=False, budget=3.0, max_delta=1e-6, max_rounds=10, allow_dp_seed=True)
+    assert cli.main([*base, "--max-rounds", "0"]) == 2
+    assert "--max-rounds" in capsys.readouterr().err
+
+
 def test_connection_is_written_to_flwr_home(tmp_path, monkeypatch, capsys):
     try:
         import tomllib

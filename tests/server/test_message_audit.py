@@ -67,9 +67,13 @@ def _nodes(sites: Path, ledgers: Path, **extra) -> dict[int, dict]:
     nodes = {}
     for k, name in enumerate(SITES):
         d = sites / name
+        # a policy that lets the run config decide (the audit is about what replies hold; the
+        # policy's own checks are in test_site_policy_run.py)
         nodes[201 + k] = {"data-path": str(d / "train.parquet"), "test-path": str(d / "test.parquet"),
                           "labels-path": str(d / "labels.csv"), "site-name": name,
-                          "ledger-path": str(ledgers / f"{name}.json"), **extra.get(name, {})}
+                          "ledger-path": str(ledgers / f"{name}.json"), "require-dp": False,
+                          "allow-dp-seed": True, "privacy-budget": 1000.0,
+                          **extra.get(name, {})}
     return nodes
 
 
@@ -275,7 +279,7 @@ def test_a_site_error_reaches_the_server_without_ids_or_paths(tmp_path, audit_si
     secret = "shopper-u98765"
     missing = tmp_path / f"{secret}.parquet"
     cfg = tiny_run_config(tmp_path, audit_sites, **{"num-rounds": 1, "dp": False})
-    nodes = {101: {"data-path": str(missing), "site-name": "site-x"}}
+    nodes = {101: {"data-path": str(missing), "site-name": "site-x", "require-dp": False}}
     with pytest.raises(client_module.SiteError) as info:
         _run(cfg, nodes)
     assert secret not in str(info.value) and str(missing) not in str(info.value)

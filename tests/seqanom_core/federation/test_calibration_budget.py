@@ -137,7 +137,7 @@ def test_the_release_list_names_a_protection_for_everything():
     assert mechanisms == {"arrays", "stat-histograms", "score-histogram", "num-examples"}
     assert {"num-examples", "epsilon", "declined"} <= SITE_METRICS
     assert not {"loss", "accuracy", "auroc", "site-threshold", "train-loss"} & SITE_METRICS
-    assert public_names() == {"budget", "site", "error"}
+    assert public_names() == {"budget", "site", "error", "declined-policy"}
     assert release("num-examples").kind is ReleaseKind.TRAINING_COUNT
     with pytest.raises(KeyError, match="not in the release inventory"):
         release("loss")
