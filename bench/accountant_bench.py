@@ -37,11 +37,11 @@ def site_schedules(cfg: Any) -> list[dict[str, Any]]:
     from seqanom_core.sequences import build_sequences, split_events_by_shopper, split_shoppers
     from seqanom_core.training import poisson_schedule
     from simulation.partition import partition_events
-    from simulation.run import _load, run_config
+    from simulation.run import load_events, run_config
 
     settings = settings_from_run_config(run_config(cfg))
     tok: TokenizerConfig = settings.tokenizer
-    events, _ = _load(cfg)
+    events, _ = load_events(cfg)
     parts = partition_events(events, cfg.sites, cfg.partition, alpha=cfg.alpha, seed=cfg.seed)
     out = []
     for k, part in enumerate(parts):

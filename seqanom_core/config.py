@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -25,10 +26,28 @@ def is_positive_number(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
-def _check_positive_int(name: str, value: int) -> None:
-    """Reject a count below 1 (one line, naming the setting)."""
-    if int(value) != value or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, not {value}")
+def _check_positive_int(name: str, value: int, most: int | None = None) -> None:
+    """Reject a count below 1, or above ``most`` when given (one line, naming the setting)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+    if most is not None and value > most:
+        raise ConfigError(f"{name} must be at most {most:,}, not {value:,}")
+
+
+# Upper limits of the settings that size a model. A model directory's config.json is read
+# before any weight is allocated: without them a tampered file (n_layers 10**6, max_len 10**9)
+# makes a command allocate until the machine runs out of memory. Each is far above real use
+# (the defaults are d_model 64, 2 layers, 4 heads, 128 positions, 64 category buckets).
+MAX_D_MODEL = 4096
+MAX_LAYERS = 64
+MAX_HEADS = 64
+MAX_LEN = 8192  # positions of a window (the Transformer holds one embedding per position)
+MAX_CATEGORY_BUCKETS = 1 << 20  # per behaviour: an event vocabulary of about 4.2 million
+MAX_TOKEN_BUCKETS = 1 << 22  # pre-tokenised input: an event vocabulary of about 4.2 million
+MAX_GAP_BUCKETS = 1024  # log2-spaced: 64 already span more than the age of the universe
+#: The most parameters a model may have (2 GiB of float32 weights), whatever its settings: a
+#: model within every limit above can still be far larger (64 layers of width 4096: 12.9e9).
+MAX_PARAMETERS = 1 << 29
 
 
 SESSION_GAP_S = 1800.0  # default: a gap between two events longer than this starts a new session
@@ -45,8 +64,9 @@ class TokenizerConfig:
     hash_seed: int = 0  # seed of the category hash (all sites must use the same)
 
     def __post_init__(self) -> None:
-        for name in ("category_buckets", "gap_buckets", "token_buckets"):
-            _check_positive_int(name, getattr(self, name))
+        for name, most in (("category_buckets", MAX_CATEGORY_BUCKETS),
+                           ("gap_buckets", MAX_GAP_BUCKETS), ("token_buckets", MAX_TOKEN_BUCKETS)):
+            _check_positive_int(name, getattr(self, name), most)
         if not is_positive_number(self.session_gap_s):
             raise ConfigError(f"session gap must be a positive number of seconds, not "
                               f"{self.session_gap_s}")
@@ -69,8 +89,9 @@ class ModelConfig:
     history_copy: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads"):
-            _check_positive_int(name, getattr(self, name))
+        for name, most in (("d_model", MAX_D_MODEL), ("n_layers", MAX_LAYERS),
+                           ("n_heads", MAX_HEADS), ("max_len", MAX_LEN)):
+            _check_positive_int(name, getattr(self, name), most)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
         # the backbone registry imports torch and the backbones: only when a config is made

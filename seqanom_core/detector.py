@@ -35,6 +35,8 @@ from seqanom_core.models import (
     NextEventModel,
     backbone_kinds,
     build_model,
+    check_model_size,
+    check_weights_file,
     get_backbone,
     resolve_device,
 )
@@ -340,11 +342,21 @@ class SequenceDetector:
                         for v in vocab.values())):
             raise ModelFileError(f"{d / CONFIG}: 'vocab' must give a positive size for each of "
                                  f"{', '.join(CHANNELS)} (and optionally event_groups)")
+        # config values within their limits (ModelConfig, TokenizerConfig), a vocabulary that is
+        # the tokenizer's, a model of at most MAX_PARAMETERS: all before anything is allocated
         try:
             cfg = DetectorConfig.from_dict(cfg_raw)
+            wrong = {c: n for c, n in vocab_sizes(cfg.tokenizer, cfg.source).items()
+                     if c in vocab and vocab[c] != n}
+            if wrong:
+                c, n = next(iter(wrong.items()))
+                raise ModelFileError(f"'vocab' gives {c} {vocab[c]:,}, but the tokenizer settings "
+                                     f"make it {n:,}")
+            check_model_size(cfg.model, vocab)
         except SeqanomError as err:
             raise ModelFileError(f"{d / CONFIG}: {err}") from err
         model: NextEventModel = build_model(cfg.model, vocab)
+        check_weights_file(d / WEIGHTS, model)  # names and shapes, before any data is read
         try:
             load_model(model, str(d / WEIGHTS), strict=True)
         except Exception as err:  # safetensors' own error types, torch's size-mismatch report

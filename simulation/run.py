@@ -28,7 +28,7 @@ from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.formats import FormatSpec
-from seqanom_core.ingest import read_nonempty_events, write_events
+from seqanom_core.ingest import IngestReport, read_nonempty_events, write_events
 from seqanom_core.privacy import UNIT
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
@@ -91,13 +91,17 @@ class SimulationConfig:
     audit_canaries: int = 64
 
 
-def _load(cfg: SimulationConfig) -> tuple[pa.Table, dict[str, Any] | None]:
-    """The events to partition, and the ingest report of ``cfg.data`` (None: built-in data)."""
+#: The events a simulation partitions, with the ingest report of the file they were read from
+#: (None: the built-in generator's)
+Loaded = tuple[pa.Table, IngestReport | None]
+
+
+def load_events(cfg: SimulationConfig) -> Loaded:
+    """The events to partition: ``cfg.data`` read with its ingest report, or the built-in data."""
     if cfg.data is None:
         return synthesize_events(SynthConfig(n_shoppers=cfg.shoppers, n_sites=cfg.sites,
                                              seed=cfg.seed)), None
-    events, report = read_nonempty_events(cfg.data, cfg.fmt, quarantine_path=cfg.quarantine)
-    return events, report.to_dict() | {"summary": report.summary()}
+    return read_nonempty_events(cfg.data, cfg.fmt, quarantine_path=cfg.quarantine)
 
 
 #: What a simulation writes under RUN_DIR (the only paths a new simulation there replaces).
@@ -196,20 +200,25 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
     }
 
 
-def prepare_flwr_run(cfg: SimulationConfig) -> Path:
+def prepare_flwr_run(cfg: SimulationConfig, loaded: Loaded | None = None) -> Path:
     """Write the sites (as ``simulate`` does) and ``RUN_DIR/run-config.toml`` for ``flwr run``.
 
-    No federation and no baselines run; returns the run config file's path."""
-    prepare_sites(cfg, _load(cfg)[0])
+    ``loaded``: ``load_events(cfg)``, when already read. No federation and no baselines run;
+    returns the run config file's path."""
+    prepare_sites(cfg, (loaded or load_events(cfg))[0])
     path = cfg.out / "run-config.toml"
     path.write_text("\n".join(toml_lines(run_config(cfg))) + "\n")
     return path
 
 
-def simulate(cfg: SimulationConfig) -> dict[str, Any]:
-    """Run the whole simulation; returns the metrics written to ``RUN_DIR/metrics.json``."""
+def simulate(cfg: SimulationConfig, loaded: Loaded | None = None) -> dict[str, Any]:
+    """Run the whole simulation; returns the metrics written to ``RUN_DIR/metrics.json``.
+
+    ``loaded``: ``load_events(cfg)``, when already read (the command reads the file first, to
+    print its ingest summary before the long run)."""
     t0 = time.time()
-    events, ingest = _load(cfg)
+    events, report = loaded or load_events(cfg)
+    ingest = None if report is None else report.to_dict() | {"summary": report.summary()}
     trains, tests, labels, partition = prepare_sites(cfg, events)
     test = pa.concat_tables(tests, promote_options="default")
     fed_seconds = run_federation(cfg.out, run_config(cfg), cfg.sites)

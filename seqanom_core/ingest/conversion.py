@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,19 @@ def _example(col: pa.ChunkedArray, mask: np.ndarray) -> str:
     return str(v)
 
 
+def _guarded(p: Path, fld: str, name: str, col: pa.ChunkedArray,
+             convert: Callable[[], np.ndarray]) -> np.ndarray:
+    """``convert()``, with an Arrow failure (a column type that has no conversion) as a one-line
+    ``SchemaError`` naming the file, the field and the column."""
+    try:
+        return convert()
+    except pa.ArrowException as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SchemaError(f"{p}: field '{fld}': column '{name}' of type {col.type} cannot be "
+                          f"read as {'behaviour values' if fld == 'behavior' else 'times'} "
+                          f"({first})") from None
+
+
 def _convert(
     p: Path, raw: dict[str, pa.ChunkedArray], lay: FormatSpec, n: int
 ) -> tuple[dict[str, pa.ChunkedArray | pa.Array], list[tuple[str, np.ndarray]]]:
@@ -119,7 +133,8 @@ def _convert(
     if "category_id" not in out:
         out["category_id"] = out["item_id"]
     if "behavior" in raw:
-        codes = _behavior_codes(raw["behavior"], lay)
+        codes = _guarded(p, "behavior", cols["behavior"], raw["behavior"],
+                         lambda: _behavior_codes(raw["behavior"], lay))
         null_b = codes == _NULL_CODE
         unknown = codes == _UNKNOWN_CODE
         if null_b.any():
@@ -141,7 +156,7 @@ def _convert(
     else:
         code = BEHAVIORS.index(lay.constant_behavior)
         out["behavior"] = pa.array(np.full(n, code, dtype=np.int8), pa.int8())
-    ts = _parse_time(raw, lay)
+    ts = _guarded(p, "timestamp", lay.timestamp, raw["timestamp"], lambda: _parse_time(raw, lay))
     null_t = nulls["timestamp"]
     if "timestamp_offset" in nulls and nulls["timestamp_offset"] is not None:
         null_t = nulls["timestamp_offset"] if null_t is None else (null_t | nulls["timestamp_offset"])

@@ -31,14 +31,57 @@ logger = logging.getLogger("seqanom_core.ingest")  # one logger name for the who
 _BLOCK_SIZE = 1 << 22
 
 
-def _read_csv_raw(
-    p: Path, kind: str, spec: FormatSpec, want_lines: bool
-) -> tuple[FormatSpec, dict[str, pa.ChunkedArray], dict[str, str], list[tuple[int | None, str]], int, str]:
-    """Read the needed columns of a CSV as strings; return layout, columns, ragged rows, first line."""
+class _NotThisEncoding(Exception):
+    """The file's start decoded in an encoding that a later part of it is not valid in."""
+
+    def __init__(self, error: DataFileError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+_CsvRaw = tuple[FormatSpec, dict[str, pa.ChunkedArray], dict[str, str],
+                list[tuple[int | None, str]], int, str]
+
+
+def _read_csv_raw(p: Path, kind: str, spec: FormatSpec, want_lines: bool) -> _CsvRaw:
+    """Read the needed columns of a CSV as strings; return layout, columns, ragged rows, first
+    line, encoding.
+
+    The encoding is the first of the format's that decodes the file's start (``_decode_head``)
+    and, read with it, the whole file: a file whose first bytes that are not ASCII come late
+    (a GBK Tmall log whose first 64 KiB are ASCII) is read again in the next encoding that
+    fits, not refused."""
     head = _read_head(p, kind)
     if not head.strip():
         raise DataFileError(f"{p}: file is empty")
-    text, encoding = _decode_head(p, head, spec.encodings)
+    remaining = spec.encodings
+    failed: list[str] = []
+    while True:
+        try:
+            text, encoding = _decode_head(p, head, remaining)
+        except DataFileError:
+            if not failed:
+                raise
+            raise DataFileError(f"{p}: not valid text in {' or '.join(spec.encodings)}: "
+                                + "; ".join(failed)) from None
+        remaining = remaining[remaining.index(encoding) + 1 :]
+        try:
+            return _read_csv_text(p, kind, spec, want_lines, text, encoding)
+        except _NotThisEncoding as err:
+            if not failed and not remaining:  # the format's only encoding
+                raise err.error from None
+            failed.append(str(err.error).removeprefix(f"{p}: "))
+            if not remaining:
+                raise DataFileError(f"{p}: not valid text in {' or '.join(spec.encodings)}: "
+                                    + "; ".join(failed)) from None
+            logger.info("%s: not %s beyond its start; reading it as %s", p, encoding, remaining[0])
+
+
+def _read_csv_text(
+    p: Path, kind: str, spec: FormatSpec, want_lines: bool, text: str, encoding: str
+) -> _CsvRaw:
+    """``_read_csv_raw`` in one encoding, whose decoding of the file's start is ``text``;
+    ``_NotThisEncoding`` when a later part of the file is not valid in it."""
     lines = text.splitlines()
     lead = next(i for i, line in enumerate(lines) if line.strip())
     first = lines[lead].lstrip("\ufeff")
@@ -91,8 +134,13 @@ def _read_csv_raw(
                     quoted_strings_can_be_null=True,
                 ),
             )
-        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
-            raise _arrow_error(p, err) from None
+        except UnicodeError as err:  # Python's decoder of an encoding other than UTF-8
+            raise _NotThisEncoding(DataFileError(f"{p}: not valid {encoding} text ({err})")) from None
+        except (pa.ArrowInvalid, OSError) as err:
+            error = _arrow_error(p, err)
+            if "UTF8" in str(err) or "UTF-8" in str(err):  # Arrow's UTF-8 check of a column
+                raise _NotThisEncoding(error) from None
+            raise error from None
         finally:
             stream.close()
         return table, ragged
@@ -114,6 +162,49 @@ def _read_csv_raw(
     return lay, raw, fields_of, ragged, skip + 1, encoding
 
 
+def _check_one_value(p: Path, fld: str, name: str, t: pa.DataType) -> None:
+    """Refuse a column type of several values per row (list, struct, map, union), also inside a
+    dictionary, extension or run-end encoding (``SchemaError`` naming the file, field, column)."""
+    inner = t
+    while True:
+        if isinstance(inner, pa.ExtensionType):
+            inner = inner.storage_type
+        elif pa.types.is_dictionary(inner) or pa.types.is_run_end_encoded(inner):
+            inner = inner.value_type
+        else:
+            break
+    if pa.types.is_nested(inner) or pa.types.is_union(inner):
+        raise SchemaError(f"{p}: field '{fld}': column '{name}' has type {t}, several values per "
+                          "row; it must hold one string or number per row")
+
+
+def _plain_column(p: Path, fld: str, name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A parquet column as the converters take it: one value per row, text as ``string``.
+
+    Extension columns are read as their storage, run-end encoded ones decoded, binary and large
+    or view strings cast to ``string`` (bytes that are not UTF-8 are a ``SchemaError``); a
+    column of several values per row (list, struct, map, union) is a ``SchemaError`` naming the
+    file, the field and the column."""
+    t = col.type
+    _check_one_value(p, fld, name, t)
+    if isinstance(t, pa.ExtensionType):
+        col = pa.chunked_array([c.storage for c in col.chunks], t.storage_type)
+    if pa.types.is_run_end_encoded(col.type):
+        col = pa.chunked_array([pc.run_end_decode(c) for c in col.chunks], col.type.value_type)
+    value = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    text = (pa.types.is_binary(value) or pa.types.is_large_binary(value)
+            or pa.types.is_fixed_size_binary(value) or pa.types.is_binary_view(value)
+            or pa.types.is_large_string(value) or pa.types.is_string_view(value))
+    try:
+        if text or (fld == "behavior" and not pa.types.is_dictionary(col.type)):
+            col = pc.cast(col, pa.string())
+    except pa.ArrowException as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SchemaError(f"{p}: field '{fld}': column '{name}' of type {t} cannot be read as "
+                          f"text ({first})") from None
+    return col
+
+
 def _read_parquet_raw(
     p: Path, spec: FormatSpec
 ) -> tuple[FormatSpec, dict[str, pa.ChunkedArray], dict[str, str]]:
@@ -121,24 +212,26 @@ def _read_parquet_raw(
     try:
         pf = pq.ParquetFile(p)
         names = pf.schema_arrow.names
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:
         raise _arrow_error(p, err) from None
     matched = _match_header(spec, names)
     if matched is None:
         raise _header_problem(p, spec, names)
     lay, header = matched
+    for fld, col in lay.field_columns().items():  # before any data is read
+        if col in header:
+            name = names[header[col]]
+            _check_one_value(p, fld, name, pf.schema_arrow.field(name).type)
     try:
         table = pf.read(columns=list(dict.fromkeys(names[i] for i in header.values())))
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:
         raise _arrow_error(p, err) from None
     raw, fields_of = {}, {}
     for fld, col in lay.field_columns().items():
         if col in header:
-            fields_of[fld] = names[header[col]]
-            c = table.column(names[header[col]])
-            if pa.types.is_large_string(c.type) or (fld == "behavior" and not pa.types.is_dictionary(c.type)):
-                c = pc.cast(c, pa.string())
-            raw[fld] = c
+            name = names[header[col]]
+            fields_of[fld] = name
+            raw[fld] = _plain_column(p, fld, name, table.column(name))
     return lay, raw, fields_of
 
 

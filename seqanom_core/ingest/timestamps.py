@@ -105,13 +105,18 @@ def _to_seconds(col: pa.ChunkedArray, kind: str, year: int | None, scale: float 
     """Convert a timestamp column to float64 Unix seconds; NaN where a value does not parse."""
     t = col.type
     if pa.types.is_timestamp(t):
-        us = pc.cast(pc.cast(col, pa.timestamp("us", tz=t.tz)), pa.int64())
-        return pc.divide(pc.cast(us, pa.float64()), 1e6).to_numpy()
+        # ticks since the epoch in UTC (time zone or not), in the column's unit: nanoseconds are
+        # not cast to microseconds first, which refuses any value with a nanosecond part
+        ticks = pc.cast(pc.cast(col, pa.int64()), pa.float64(), safe=False)
+        per_second = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[t.unit]
+        return pc.divide(ticks, per_second).to_numpy()
     if pa.types.is_date(t):
         days = pc.cast(pc.cast(col, pa.date32()), pa.int32())
         return pc.multiply(pc.cast(days, pa.float64()), 86400.0).to_numpy()
     if pa.types.is_integer(t) or pa.types.is_floating(t):
-        out = pc.cast(col, pa.float64()).to_numpy() * (0.001 if kind == "unix_ms" else 1.0) * scale
+        # safe=False: an integer above 2**53 is rounded (it is far out of range: quarantined)
+        out = (pc.cast(col, pa.float64(), safe=False).to_numpy()
+               * (0.001 if kind == "unix_ms" else 1.0) * scale)
     elif kind in ("date", "month_day") or pa.types.is_dictionary(t):
         if kind == "month_day":
             fn: Callable[[pa.Array], np.ndarray] = lambda v: _parse_month_day(v, year or 1970)  # noqa: E731

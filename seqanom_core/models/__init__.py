@@ -4,11 +4,12 @@ see ``registry``), device selection and weight transfer (``transfer``).
 Importing this package imports every backbone module, which registers its model kind.
 """
 
-from seqanom_core.models.network import COPY_FEATURES, NextEventModel, build_model
+from seqanom_core.models.network import COPY_FEATURES, NextEventModel, build_model, check_model_size
 from seqanom_core.models.registry import backbone_kinds, get_backbone, register_backbone
 from seqanom_core.models.transfer import (
     arrays_digest,
     check_arrays,
+    check_weights_file,
     load_arrays,
     model_arrays,
     resolve_device,
@@ -36,6 +37,8 @@ __all__ = [
     "backbone_kinds",
     "build_model",
     "check_arrays",
+    "check_model_size",
+    "check_weights_file",
     "get_backbone",
     "load_arrays",
     "model_arrays",

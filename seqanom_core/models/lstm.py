@@ -17,6 +17,12 @@ class LSTMNextEventModel(NextEventModel):
     title = "DP-LSTM"
     detector_name = "LSTMDetector"
 
+    @classmethod
+    def backbone_parameter_count(cls, config: ModelConfig) -> int:
+        """Per layer the input and hidden weights of 4 gates with their biases; the LayerNorm."""
+        d = config.d_model
+        return config.n_layers * 4 * (2 * d * d + 2 * d) + 2 * d
+
     def build_backbone(self, config: ModelConfig) -> None:
         """``n_layers`` DPLSTM layers, a final LayerNorm."""
         from opacus.layers import DPLSTM  # imported here: only the LSTM needs opacus

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqanom_core.config import ModelConfig
+from seqanom_core.config import MAX_PARAMETERS, ModelConfig
 from seqanom_core.errors import ConfigError
 from seqanom_core.models.registry import get_backbone
 from seqanom_core.sequences import CHANNELS, N_SPECIAL
@@ -77,6 +77,28 @@ class NextEventModel(nn.Module):
         self.head_item = nn.Linear(d, vocab["item"])
         if config.history_copy:
             self._init_copy(d, vocab["event"], int(vocab.get("event_groups", 1)))
+
+    @classmethod
+    def parameter_count(cls, config: ModelConfig, vocab: dict[str, int]) -> int:
+        """The number of parameters of ``cls(config, vocab)``, computed without building it
+        (a backbone that does not count its own layers is built on the meta device)."""
+        backbone = cls.backbone_parameter_count(config)
+        if backbone is None:
+            with torch.device("meta"):  # allocates nothing (but its first use takes a second)
+                return sum(p.numel() for p in cls(config, vocab).parameters())
+        d, n_event = config.d_model, vocab["event"]
+        n = d * sum(vocab[c] for c in CHANNELS)  # input embeddings
+        n += (d + 1) * n_event + n_event * d + (d + 1) * d  # event head, cond, cond_fc
+        n += (d + 1) * (vocab["gap"] + vocab["item"])  # gap and item heads
+        if config.history_copy:
+            n += (d + 1) * COPY_FEATURES * int(vocab.get("event_groups", 1))
+        return n + backbone
+
+    @classmethod
+    def backbone_parameter_count(cls, config: ModelConfig) -> int | None:
+        """The number of parameters of the backbone's layers (None: not known without building
+        them; registered backbones override it)."""
+        return None
 
     def _init_copy(self, d: int, n_event: int, groups: int) -> None:
         """The copy layer: per position, a weight for each history feature and behaviour group,
@@ -159,6 +181,20 @@ def logits_at(model: NextEventModel, inputs: dict[str, torch.Tensor], next_event
     return {"event": event_logits, "gap": model.head_gap(hc), "item": model.head_item(hc)}
 
 
+def check_model_size(config: ModelConfig, vocab: dict[str, int]) -> int:
+    """The number of parameters of the model ``config`` and ``vocab`` describe, computed without
+    building it; ``ConfigError`` naming the count when it is over ``MAX_PARAMETERS``."""
+    n = get_backbone(config.kind).parameter_count(config, vocab)
+    if n > MAX_PARAMETERS:
+        raise ConfigError(f"the model would have {n:,} parameters, more than the limit of "
+                          f"{MAX_PARAMETERS:,} (d_model {config.d_model}, n_layers "
+                          f"{config.n_layers}, max_len {config.max_len}, event vocabulary "
+                          f"{vocab['event']:,})")
+    return n
+
+
 def build_model(config: ModelConfig, vocab: dict[str, int]) -> NextEventModel:
-    """The one builder used everywhere (library, sites, server), so weights always load."""
+    """The one builder used everywhere (library, sites, server), so weights always load; a model
+    over ``MAX_PARAMETERS`` is refused before anything is allocated."""
+    check_model_size(config, vocab)
     return NextEventModel(config, vocab)

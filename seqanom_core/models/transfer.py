@@ -4,6 +4,7 @@ named NumPy arrays (what a site sends, a server aggregates and checks, a model f
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,3 +74,25 @@ def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
         raise ModelFileError("weights do not fit the model: " + "; ".join(problems))
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     model.load_state_dict(state, strict=True)
+
+
+def check_weights_file(path: Path, model: nn.Module) -> None:
+    """Compare a safetensors file's header (names, shapes) with ``model``'s state dict before its
+    data is read: a tensor the model does not have, or of another shape, is a one-line
+    ``ModelFileError`` naming the file and the tensor, so no oversized tensor is ever loaded."""
+    from safetensors import safe_open
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors' own error types: a damaged or truncated header
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise ModelFileError(f"{path}: not a readable safetensors file: {lines[0].strip()}") from err
+    for name, shape in found.items():
+        if name not in expected:
+            raise ModelFileError(f"{path}: tensor '{name}' is not part of the configured model "
+                                 f"({len(found)} tensors in the file, {len(expected)} in the model)")
+        if shape != expected[name]:
+            raise ModelFileError(f"{path}: tensor '{name}' has shape {list(shape)}, the "
+                                 f"configured model's is {list(expected[name])}")

@@ -67,6 +67,13 @@ class TransformerNextEventModel(NextEventModel):
             raise ConfigError(f"d_model={config.d_model} is not divisible by "
                               f"n_heads={config.n_heads}")
 
+    @classmethod
+    def backbone_parameter_count(cls, config: ModelConfig) -> int:
+        """Position embeddings, per block two LayerNorms, qkv, proj, fc1, fc2; the final LayerNorm."""
+        d = config.d_model
+        block = 2 * 2 * d + (d + 1) * 3 * d + (d + 1) * d + (d + 1) * 4 * d + (4 * d + 1) * d
+        return config.max_len * d + config.n_layers * block + 2 * d
+
     def build_backbone(self, config: ModelConfig) -> None:
         """Position embeddings, ``n_layers`` blocks, a final LayerNorm."""
         d = config.d_model

@@ -123,7 +123,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     into each site's test shoppers, train one global model with Flower (DP-SGD at every site),
     compare it with centralised, site-alone and IsolationForest baselines on the same test
     shoppers, and write RUN_DIR/report.md, figures, metrics.json, checkpoints and model/."""
-    from simulation.run import RUN_OUTPUTS, SimulationConfig, prepare_flwr_run, simulate
+    from simulation import run
 
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
@@ -136,8 +136,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     fmt = event_format(args)
     # an earlier simulation's outputs under --out are replaced: nothing given may lie in them
     check_paths({"data": args.data}, {"quarantine": args.quarantine, "out": args.out},
-                dirs=["out"], replaced={"out": [Path(args.out) / n for n in RUN_OUTPUTS]})
-    cfg = SimulationConfig(
+                dirs=["out"], replaced={"out": [Path(args.out) / n for n in run.RUN_OUTPUTS]})
+    cfg = run.SimulationConfig(
         out=Path(args.out), data=Path(args.data) if args.data else None, fmt=fmt,
         quarantine=Path(args.quarantine) if args.quarantine else None,
         shoppers=args.shoppers, sites=args.sites,
@@ -151,17 +151,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         central_epsilon=args.central_epsilon, calibration_share=args.calibration_share,
         calibration_every=args.calibration_every, audit=args.audit,
         audit_canaries=args.audit_canaries)
+    loaded = None
+    if cfg.data is not None:  # read first: its ingest summary comes before the long run
+        _events, report = loaded = run.load_events(cfg)
+        if report is not None:
+            print(report.summary())
     if args.prepare_only:
-        path = prepare_flwr_run(cfg)
+        path = run.prepare_flwr_run(cfg, loaded)
         print(f"{cfg.sites} sites written under {cfg.out / 'sites'}; run config: {path}")
         print("run them with Flower's simulation runtime (README, 'flwr run'):")
         print("  flower-superlink --insecure --simulation --port 39591    # loopback only")
         print(f"  flwr run . seqanom-sim --run-config {path} "
               f"--federation-config 'num-supernodes={cfg.sites}' --stream")
         return 0
-    metrics = simulate(cfg)
-    if (metrics.get("ingest") or {}).get("summary"):
-        print(metrics["ingest"]["summary"])
+    metrics = run.simulate(cfg, loaded)
     ev = metrics.get("evaluation", {})
     print(f"simulation finished in {metrics['seconds']:.0f} s; report: {cfg.out / 'report.md'}")
     for name, m in ev.items():
