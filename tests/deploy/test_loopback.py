@@ -34,7 +34,7 @@ FLWR = str(Path(sys.executable).parent / "flwr")
 SITES = ("site-a", "site-b", "site-c")
 RUN_CONFIG = ("num-rounds=2 strategy=\"fedavg\" min-sites=3 round-timeout=300.0 d-model=16 "
               "n-layers=1 n-heads=2 max-len=32 batch-size=16 local-epochs=1 dp=true epsilon=8.0")
-BUDGET = 6.0  # each site's --privacy-budget (overrides the run's epsilon)
+BUDGET = 6.0  # each site's --privacy-budget (caps the run's epsilon)
 
 
 @dataclass
@@ -289,3 +289,25 @@ def test_site_scores_its_shoppers_with_the_checkpoint_and_reads_its_ledger(
     assert cli.main(["ledger", str(federation.ledger("site-b"))]) == 0
     assert f"remaining {summary['remaining']:.3f}" in capsys.readouterr().out
 
+
+def test_a_run_without_dp_is_declined_by_every_deployed_site(federation, trained):
+    """The sites were started with the strict default policy: a run config that turns DP off
+    is declined by each of them before it releases anything, and the run fails naming why."""
+    ledgers = {s: federation.ledger(s).read_text() for s in SITES}
+    ckpt = federation.tmp / "checkpoints-no-dp"
+    overrides = (f'{RUN_CONFIG.replace("dp=true", "dp=false").replace("num-rounds=2", "num-rounds=1")} '
+                 f'checkpoint-dir="{ckpt}" final-model-dir="{ckpt / "final"}"')
+    started = flwr(federation.cli_env, "run", ".", "loop", "--run-config", overrides)
+    assert started["success"], started
+    run_id, t0, status = int(started["run-id"]), time.monotonic(), ""
+    while not status.startswith("finished"):
+        if time.monotonic() - t0 > 600:
+            pytest.fail(f"run {run_id} not finished after 600 s\n{federation.procs.tails()}")
+        time.sleep(3)
+        status = flwr(federation.cli_env, "ls", "loop", "--run-id", str(run_id))["runs"][0]["status"]
+    assert status != "finished:completed"
+    assert not (ckpt / "final").exists()
+    logs = "".join(federation.procs.log(s) for s in SITES)
+    assert logs.count("declines the run: the site requires DP") >= len(SITES), \
+        federation.procs.tails()
+    assert {s: federation.ledger(s).read_text() for s in SITES} == ledgers  # nothing spent
