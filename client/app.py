@@ -18,7 +18,6 @@ from flwr.clientapp import ClientApp
 
 from client.secagg import is_secagg_message, secagg_app
 from client.site_resources import (
-    keep_ledger,
     keep_locally,
     policy_declined,
     site_ledger,
@@ -128,10 +127,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
     cfg = msg.content[message_keys.CONFIG]
     arrays = as_arrays(msg.content[message_keys.ARRAYS])
-    ledger = site_ledger(context, paths, settings)
-    ev = evaluate_round(site, settings, arrays, ledger=ledger,
-                        ctx=_release_context(settings, paths.name, cfg, 0))
-    keep_ledger(context, paths, ledger)
+    with site_ledger(context, paths, settings) as ledger:  # written before the reply
+        ev = evaluate_round(site, settings, arrays, ledger=ledger,
+                            ctx=_release_context(settings, paths.name, cfg, 0))
     keep_locally(paths, "evaluate", int(cfg[message_keys.SERVER_ROUND]), ev.local)
     # kept (at the site only) for this round's score-summary query on the same model
     context.state[_VALID_STATS] = to_array_record({"stats": ev.valid_stats})
@@ -155,11 +153,10 @@ def query_score_summary(msg: Message, context: Context) -> Message:
     cfg = msg.content[message_keys.CONFIG]
     calibrator = ScoreCalibrator.from_dict(json.loads(str(cfg[message_keys.CALIBRATOR])))
     arrays = as_arrays(msg.content[message_keys.ARRAYS])
-    ledger = site_ledger(context, paths, settings)
-    metrics, hist = score_summary(site, settings, arrays, calibrator, ledger=ledger,
-                                  ctx=_release_context(settings, paths.name, cfg, 1),
-                                  valid_stats=_kept_valid_stats(context, arrays))
-    keep_ledger(context, paths, ledger)
+    with site_ledger(context, paths, settings) as ledger:  # written before the reply
+        metrics, hist = score_summary(site, settings, arrays, calibrator, ledger=ledger,
+                                      ctx=_release_context(settings, paths.name, cfg, 1),
+                                      valid_stats=_kept_valid_stats(context, arrays))
     content = RecordDict({message_keys.METRICS: to_metric_record(metrics)})
     if hist is not None:
         content[message_keys.HISTOGRAMS] = to_array_record({message_keys.SCORE_HIST: hist})

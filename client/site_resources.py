@@ -3,10 +3,12 @@
 Node config (deployment, ``flower-supernode --node-config``): ``data-path`` (the site's events),
 ``format`` (default ``seqanom``, the project's own format), ``ledger-path`` (privacy ledger file),
 ``device`` ("auto", "cpu", "cuda"), ``site-name``, optionally ``test-path``/``labels-path``
-(labelled shoppers for AUROC), and the site's privacy policy (``privacy-budget``, which caps the
-run's ``epsilon``, ``require-dp``, ``max-delta``, ``max-rounds``, ``allow-dp-seed``:
-``seqanom_core/federation/site_policy.py``). In simulation the site is ``partition-id``: its
-files are under the run config's ``data-dir``/site-<id>/ and its ledger is
+(labelled shoppers for AUROC), ``new-ledger`` (true: a missing ledger where the site kept one
+starts anew), and the site's privacy policy (``privacy-budget``, which caps the run's
+``epsilon``: a new ledger takes the capped budget, an existing one refuses a higher one, see
+``seqanom ledger --raise-budget``; ``require-dp``, ``max-delta``, ``max-rounds``,
+``allow-dp-seed``: ``seqanom_core/federation/site_policy.py``). In simulation the site is
+``partition-id``: its files are under the run config's ``data-dir``/site-<id>/ and its ledger is
 ``ledger-dir``/site-<id>.json.
 """
 
@@ -15,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,15 @@ from seqanom_core.federation import message_keys
 from seqanom_core.federation.run_config import RunConfig, settings_from_run_config
 from seqanom_core.federation.site_policy import POLICY_KEYS, REASONS, SitePolicy
 from seqanom_core.federation.site_round import RoundOutcome, SitePaths, load_site, train_round
+from seqanom_core.ledger_integrity import ledger_lock
 from seqanom_core.privacy_ledger import PrivacyLedger, more_recent
 
 log = logging.getLogger(__name__)
 
 NODE_KEYS = {"data-path", "format", "ledger-path", "device", "site-name", "test-path",
-             "labels-path", "partition-id", "num-partitions", *POLICY_KEYS}
+             "labels-path", "partition-id", "num-partitions", "new-ledger", *POLICY_KEYS}
 _LEDGER_STATE = "privacy-ledger"
+LOCK_WAIT_S = 60.0  # how long a handler waits for another process holding the site's ledger
 
 
 def site_setup(context: Context) -> tuple[SitePaths, RunConfig, int]:
@@ -58,6 +63,8 @@ def site_setup(context: Context) -> tuple[SitePaths, RunConfig, int]:
     else:
         raise ValueError("node config needs data-path (deployment), or partition-id with the "
                          "run config's data-dir (simulation)")
+    if str(node.get("new-ledger", "false")).lower() in ("true", "1"):
+        paths = dataclasses.replace(paths, new_ledger=True)
     policy = SitePolicy.from_node_config(node)
     refusal = policy.refusal(settings)
     if refusal:
@@ -80,16 +87,22 @@ def policy_declined(refusal: int) -> dict[str, float]:
     return {"declined": 1.0, "declined-policy": float(refusal), "num-examples": 0.0}
 
 
-def site_ledger(context: Context, paths: SitePaths, settings: RunConfig) -> PrivacyLedger | None:
-    """The site's ledger under DP (None without DP), kept with the run's accountant."""
+@contextmanager
+def site_ledger(context: Context, paths: SitePaths, settings: RunConfig
+                ) -> Iterator[PrivacyLedger | None]:
+    """The site's ledger under DP (None without DP), kept with the run's accountant, locked for
+    the block, and written (file and run state) when the block ends, before the handler replies:
+    a release's spend is on disk before the release leaves (kept on an error too)."""
     dp = settings.train.dp
-    return _restore_ledger(context, paths, settings.budget, dp.accountant) if dp else None
-
-
-def keep_ledger(context: Context, paths: SitePaths, ledger: PrivacyLedger | None) -> None:
-    """Keep the ledger in the run's state and in its file (after every release)."""
-    if ledger is not None:
-        _keep_ledger(context, paths, ledger)
+    if dp is None:
+        yield None
+        return
+    with ledger_lock(paths.ledger, LOCK_WAIT_S) if paths.ledger is not None else nullcontext():
+        ledger = _restore_ledger(context, paths, settings.budget, dp.accountant)
+        try:
+            yield ledger
+        finally:
+            _keep_ledger(context, paths, ledger)
 
 
 def keep_locally(paths: SitePaths, handler: str, server_round: int,
@@ -107,17 +120,17 @@ def keep_locally(paths: SitePaths, handler: str, server_round: int,
 def _restore_ledger(context: Context, paths: SitePaths, budget: float | None,
                     accountant: str) -> PrivacyLedger:
     """The site's ledger: the longer of the run's state copy and the file (never forget spend),
-    kept with the run's ``accountant`` (one written with another is refused)."""
+    kept with the run's ``accountant``; another site's ledger, one written with another
+    accountant, and a budget above the ledger's are refused (``PrivacyLedger.open``)."""
     in_state = None
     if _LEDGER_STATE in context.state:
         in_state = PrivacyLedger.from_json(str(context.state[_LEDGER_STATE]["json"]))
-        in_state.state.require(accountant, f"site {paths.name}'s ledger in the run state")
+        where = f"site {paths.name}'s ledger in the run state"
+        in_state.state.require(accountant, where)
+        in_state.use_budget(budget, where)
     on_disk = PrivacyLedger.open(paths.ledger, budget=budget, site=paths.name,
-                                 accountant=accountant)
-    ledger = more_recent(in_state, on_disk) or on_disk
-    ledger.budget = budget
-    ledger.site = ledger.site or paths.name
-    return ledger
+                                 accountant=accountant, new_ledger=paths.new_ledger)
+    return more_recent(in_state, on_disk) or on_disk
 
 
 def _keep_ledger(context: Context, paths: SitePaths, ledger: PrivacyLedger) -> None:
@@ -135,12 +148,11 @@ def train_site(context: Context, arrays: dict[str, np.ndarray], cfg: Mapping[str
         return paths, settings, RoundOutcome(None, policy_declined(refusal), None,
                                              REASONS[refusal])
     site = load_site(paths, settings.tokenizer, settings.validation_fraction, settings.train.seed)
-    ledger = site_ledger(context, paths, settings)
-    out = train_round(
-        site, settings, arrays, ledger=ledger,
-        server_round=int(cfg[message_keys.SERVER_ROUND]), rounds_left=int(cfg.get(message_keys.ROUNDS_LEFT, 1)),
-        proximal_mu=float(cfg.get(message_keys.PROXIMAL_MU, 0.0)), run_id=str(cfg.get(message_keys.RUN_ID, "")),
-    )
-    keep_ledger(context, paths, ledger)
+    with site_ledger(context, paths, settings) as ledger:
+        out = train_round(
+            site, settings, arrays, ledger=ledger,
+            server_round=int(cfg[message_keys.SERVER_ROUND]), rounds_left=int(cfg.get(message_keys.ROUNDS_LEFT, 1)),
+            proximal_mu=float(cfg.get(message_keys.PROXIMAL_MU, 0.0)), run_id=str(cfg.get(message_keys.RUN_ID, "")),
+        )
     keep_locally(paths, "train", int(cfg[message_keys.SERVER_ROUND]), out.local)
     return paths, settings, out

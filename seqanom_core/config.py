@@ -119,7 +119,9 @@ MAX_NOISE = 10.0
 class DPConfig:
     """Opacus DP-SGD settings; one example is one shopper (one window per shopper per step)."""
 
-    epsilon: float | None = None  # target epsilon for this training call (cumulative budget)
+    # target epsilon for this training call (cumulative budget); with noise_multiplier too, the
+    # budget that fixed noise must fit in (the same accountant decides)
+    epsilon: float | None = None
     delta: float | None = None  # default: 1 / (10 * number of shoppers), capped at 1e-5
     noise_multiplier: float | None = None  # alternative to epsilon
     max_grad_norm: float = 1.0
@@ -128,7 +130,7 @@ class DPConfig:
     # reproducible, and its noise removable by whoever knows the seed: for experiments only.
     seed: int | None = None
     accountant: str = "rdp"  # Opacus' "rdp" or "prv" (tighter: less noise for the same epsilon)
-    max_noise: float = MAX_NOISE  # with epsilon: refuse to train rather than need more noise
+    max_noise: float = MAX_NOISE  # refuse to train rather than need (or be given) more noise
 
     def __post_init__(self) -> None:
         if self.accountant not in ACCOUNTANTS:
@@ -139,8 +141,8 @@ class DPConfig:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or self.seed < 0):
             raise ConfigError(f"DP seed must be a non-negative integer, not {self.seed!r}")
-        if (self.epsilon is None) == (self.noise_multiplier is None):
-            raise ConfigError("DP needs exactly one of epsilon or noise_multiplier")
+        if self.epsilon is None and self.noise_multiplier is None:
+            raise ConfigError("DP needs epsilon (a budget) or noise_multiplier (or both)")
         if self.epsilon is not None and not is_positive_number(self.epsilon):
             raise ConfigError(f"epsilon must be a positive number, not {self.epsilon}")
         if self.noise_multiplier is not None and not is_positive_number(self.noise_multiplier):

@@ -308,6 +308,26 @@ def noise_within_budget(
                             fits=max_noise if spent < target_epsilon else None)
 
 
+def fixed_noise_within_budget(
+    prior: AccountantState, sigma: float, budget: float | None, delta: float, sample_rate: float,
+    steps: int, max_noise: float = MAX_NOISE,
+) -> float:
+    """Check a noise multiplier that was given, not planned: refused (PrivacyBudgetExceeded, one
+    line) above ``max_noise``, as a planned one is, and when the epsilon it implies under the
+    prior's accountant passes ``budget``. Returns the epsilon after the release."""
+    if sigma > max_noise:
+        raise PrivacyBudgetExceeded(
+            f"noise multiplier {sigma:g} is above the max noise {max_noise:g}: a model learns "
+            "next to nothing there while the release still spends budget")
+    after = prior.epsilon_after(sigma, sample_rate, steps, delta)
+    if budget is not None and after > budget * (1 + 1e-9):
+        raise PrivacyBudgetExceeded(
+            f"noise multiplier {sigma:g} over {steps} steps would bring epsilon to {after:.3f}, "
+            f"over the budget {budget:g} (spent {prior.epsilon(delta):.3f}; "
+            f"{accountant_name(prior.accountant)}, delta {delta:.1e})")
+    return after
+
+
 def noise_source(seed: int | None) -> str:
     """How a DP training's randomness (Poisson sampling, noise) was drawn, for privacy statements."""
     if seed is None:

@@ -20,7 +20,12 @@ from tqdm.auto import tqdm
 from seqanom_core.config import TrainConfig
 from seqanom_core.errors import ConfigError
 from seqanom_core.models import NextEventModel
-from seqanom_core.privacy import AccountantState, default_delta, noise_within_budget
+from seqanom_core.privacy import (
+    AccountantState,
+    default_delta,
+    fixed_noise_within_budget,
+    noise_within_budget,
+)
 from seqanom_core.sequences import PAD, SequenceSet
 from seqanom_core.windows import ShopperWindows, channel_nll, split_batch
 
@@ -174,6 +179,9 @@ def train_model(
             assert cfg.dp.epsilon is not None
             sigma = noise_within_budget(prior, cfg.dp.epsilon, delta, sample_rate, steps,
                                         cfg.dp.max_noise)
+        else:
+            fixed_noise_within_budget(prior, sigma, cfg.dp.epsilon, delta, sample_rate, steps,
+                                      cfg.dp.max_noise)
         with warnings.catch_warnings():
             # Opacus warns that secure_mode is off on every engine: the noise comes from
             # PyTorch's default generator (stated in the README's privacy section)

@@ -76,6 +76,7 @@ class SitePaths:
     test: Path | None = None
     labels: Path | None = None
     ledger: Path | None = None
+    new_ledger: bool = False  # a missing ledger where the site kept one may start anew
 
     @property
     def local_log(self) -> Path | None:
@@ -166,8 +167,12 @@ def train_round(
             q, steps = poisson_schedule(public_size, cfg.batch_size, cfg.epochs)
             delta = float(ledger.delta)  # type: ignore[arg-type]
             reserved = reserved_for_run(fed, ledger, run_id, noise)
-            if cfg.dp.noise_multiplier is not None:
+            if cfg.dp.noise_multiplier is not None:  # given, not planned: the same limit
                 sigma = cfg.dp.noise_multiplier
+                if sigma > settings.max_noise:
+                    raise PrivacyBudgetExceeded(
+                        f"noise multiplier {sigma:g} is above the max noise "
+                        f"{settings.max_noise:g}: a model learns next to nothing there")
             else:
                 sigma = ledger.plan_noise(q, steps, rounds_left, max_noise=settings.max_noise,
                                           reserved=reserved)
@@ -179,6 +184,7 @@ def train_round(
         dp_seed = (None if cfg.dp.seed is None
                    else site_seed(cfg.dp.seed, site.name, server_round))
         cfg = dataclasses.replace(cfg, dp=DPConfig(noise_multiplier=sigma, delta=delta,
+                                                   max_noise=settings.max_noise,
                                                    max_grad_norm=cfg.dp.max_grad_norm,
                                                    seed=dp_seed, accountant=cfg.dp.accountant))
     # the steps of this round (what is accounted under DP); the learning-rate schedule spans the

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -28,29 +30,48 @@ log = logging.getLogger("seqanom")
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a detector on normal-looking shoppers and save its model directory."""
+    """Train a detector on normal-looking shoppers and save its model directory.
+
+    With ``--dp --ledger``: the ledger is locked from opening to the recorded spend, and the
+    spend is written (durably) before the model directory is: a model never leaves without
+    its spend in the ledger."""
     from seqanom_core.detector import make_detector
-    from seqanom_core.privacy import AccountantState
+    from seqanom_core.ledger_integrity import ledger_lock
+    from seqanom_core.privacy_ledger import PrivacyLedger
 
     tok, model, train = training_configs(args)
     # the model directory is replaced whole; the ledger is read and then updated
     check_paths({"data": args.data, "ledger": args.ledger},
                 {"out": args.out, "quarantine": args.quarantine, "ledger": args.ledger},
                 dirs=["out"], replaced={"out": [args.out]})
-    prior = AccountantState.load(args.ledger) if args.ledger and Path(args.ledger).exists() else None
-    if prior is not None and train.dp is not None:  # never continued under another accountant
-        prior.require(train.dp.accountant, f"accountant state {args.ledger}")
-    seqs, _, report = load_input(args, tok)
-    print(report.summary())
-    # too little budget left (more noise than --max-noise needed): fit raises
-    # PrivacyBudgetExceeded before anything is written, the ledger and --out untouched
-    det = make_detector(args.model, model_config=model, tokenizer_config=tok, train_config=train,
-                        progress=not args.quiet)
-    t0 = time.time()
-    det.fit(seqs, accountant_state=prior)
+    keep = bool(args.ledger) and train.dp is not None
+    if (args.site or args.new_ledger) and not keep:
+        raise ConfigError("--site and --new-ledger go with --dp --ledger")
+    if keep and not args.site:
+        raise ConfigError("--ledger needs --site NAME (the site the ledger belongs to)")
+    with ledger_lock(args.ledger) if keep else contextlib.nullcontext():
+        ledger = None
+        if keep:  # the ledger's budget, or a lower --epsilon, bounds this call: fixed noise too
+            ledger = PrivacyLedger.open(args.ledger, budget=train.dp.epsilon, site=args.site,
+                                        accountant=train.dp.accountant,
+                                        new_ledger=args.new_ledger)
+            train = dataclasses.replace(train, dp=dataclasses.replace(train.dp,
+                                                                      epsilon=ledger.limit()))
+        seqs, _, report = load_input(args, tok)
+        print(report.summary())
+        # too little budget left (more noise than --max-noise needed), or a given noise above
+        # it or over the budget: fit raises PrivacyBudgetExceeded before anything is written
+        det = make_detector(args.model, model_config=model, tokenizer_config=tok,
+                            train_config=train, progress=not args.quiet)
+        t0 = time.time()
+        det.fit(seqs, accountant_state=None if ledger is None else ledger.state)
+        result = det.train_result_
+        if ledger is not None and result.accountant_state is not None:
+            ledger.record(result.accountant_state, run="", kind="model-update",
+                          command="seqanom train", noise_multiplier=result.noise_multiplier,
+                          steps=result.steps)
+            ledger.save(args.ledger)  # before the model directory: the safe side
     out = det.save(args.out)
-    if args.ledger and det.train_result_.accountant_state is not None:
-        det.train_result_.accountant_state.save(args.ledger)
     meta = det.metadata_
     print(f"trained {args.model} on {meta['n_train_shoppers']} shoppers "
           f"({meta['n_train_events']} events), calibrated on {meta['n_calibration_shoppers']} "
@@ -71,8 +92,6 @@ def training_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     if args.dp:
         if args.epsilon is None and args.noise_multiplier is None:
             raise ConfigError("--dp needs --epsilon (a budget) or --noise-multiplier")
-        if args.max_noise is not None and args.epsilon is None:
-            raise ConfigError("--max-noise bounds the noise an --epsilon budget may need")
         dp = DPConfig(epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
                       max_grad_norm=args.max_grad_norm, seed=args.dp_seed,
                       accountant=args.accountant or "rdp",
@@ -174,31 +193,47 @@ def _event_text(e: dict[str, Any]) -> str:
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     """Show a site's privacy ledger: epsilon spent per run and in total, delta, budget, and what
-    remains (a ledger written by the federation, or a 'train --ledger' accountant file)."""
-    from seqanom_core.privacy import AccountantState
+    remains; or raise its budget (an entry of its own), or convert an old-format ledger."""
+    from seqanom_core.ledger_integrity import ledger_lock
+    from seqanom_core.ledger_migration import migrate_ledger
     from seqanom_core.privacy_ledger import PrivacyLedger
 
     check_input_file(args.path)
-    try:
-        data = json.loads(Path(args.path).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{args.path}: cannot read privacy ledger: {err}") from err
-    accountant_file = isinstance(data, dict) and "version" not in data and "history" in data
-    if accountant_file:
-        try:  # seqanom train --ledger
-            ledger = PrivacyLedger(state=AccountantState.from_dict(data))
-        except ConfigError as err:
-            raise ConfigError(f"{args.path}: {err}") from err
-    else:
-        ledger = PrivacyLedger.load(args.path)
+    if (args.site or args.budget is not None) and not args.migrate:
+        raise ConfigError("--site and --budget go with --migrate")
+    if args.migrate and args.raise_budget is not None:
+        raise ConfigError("--migrate and --raise-budget are separate commands")
+    if args.migrate or args.raise_budget is not None:
+        with ledger_lock(args.path):
+            if args.migrate:
+                try:
+                    old = json.loads(Path(args.path).read_text())
+                    ledger = migrate_ledger(old, site=args.site or "", budget=args.budget)
+                except (OSError, ValueError, KeyError, TypeError) as err:
+                    raise ConfigError(f"{args.path}: cannot migrate privacy ledger: {err}") from err
+                backup = Path(f"{args.path}.old")
+                backup.write_bytes(Path(args.path).read_bytes())
+                ledger.save(args.path)
+                print(f"{args.path}: migrated to a chained ledger of site {ledger.site!r}, "
+                      f"budget {ledger.budget:g} (the old file is kept as {backup})")
+            else:
+                ledger = PrivacyLedger.load(args.path)
+                before = ledger.budget
+                try:
+                    ledger.raise_budget(args.raise_budget, command="seqanom ledger --raise-budget")
+                except ConfigError as err:
+                    raise ConfigError(f"{args.path}: {err}") from err
+                ledger.save(args.path)
+                print(f"{args.path}: budget of site {ledger.site!r} raised from {before} to "
+                      f"{ledger.budget:g} (recorded as entry {len(ledger.entries) - 1})")
+        return 0
+    ledger = PrivacyLedger.load(args.path)
     s = ledger.summary()
     if args.json:
         print(json.dumps({"path": str(args.path), **s}, indent=2))
         return 0
     delta = "not fixed yet (nothing spent)" if s["delta"] is None else f"{s['delta']:.1e}"
     budget = "none" if s["budget"] is None else f"{s['budget']:.3f}"
-    if accountant_file:  # it holds no budget: each 'train --dp --epsilon E' call gives one
-        budget = "not stored (each 'seqanom train --dp --epsilon E' call sets it)"
     remaining = "-" if s["remaining"] is None else f"{s['remaining']:.3f}"
     print(f"privacy ledger {args.path}" + (f" (site {s['site']})" if s["site"] else ""))
     print(f"  protects: {s['unit']}; accountant: {s['accountant']} over {s['steps']} steps "
@@ -216,8 +251,6 @@ def cmd_ledger(args: argparse.Namespace) -> int:
                   f"{r['epsilon_alone']:10.3f}  {r['last'] or '-'}")
         print("  'eps added' is each run's increase of the cumulative epsilon (they sum to the "
               "total); 'eps alone' accounts the run's releases by themselves.")
-    elif s["steps"]:
-        print("  (no per-run entries: an accountant file from 'seqanom train --ledger')")
     return 0
 
 
@@ -246,16 +279,20 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="a gap longer than this starts a new session")
     p.add_argument("--dp", action="store_true",
                    help="train with Opacus DP-SGD (one shopper = one example)")
-    p.add_argument("--epsilon", type=float, help="with --dp: privacy budget (cumulative with --ledger)")
+    p.add_argument("--epsilon", type=float,
+                   help="with --dp: privacy budget (cumulative with --ledger: a new ledger keeps "
+                        "it, an existing one refuses a higher one, a lower one caps this call)")
     p.add_argument("--delta", type=float, help="with --dp: delta (default min(1e-5, 1/(10 n)))")
-    p.add_argument("--noise-multiplier", type=float, help="with --dp: fixed noise instead of --epsilon")
+    p.add_argument("--noise-multiplier", type=float,
+                   help="with --dp: fixed noise instead of a planned one; still refused above "
+                        "--max-noise or over the budget (--epsilon, or the --ledger's)")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="with --dp: per-shopper clip")
     p.add_argument("--accountant", choices=["rdp", "prv"],
                    help="with --dp: Opacus accountant, rdp (default) or prv (tighter: less noise "
                         "for the same epsilon); a --ledger keeps the one it was written with")
     p.add_argument("--max-noise", type=float, metavar="Z",
-                   help=f"with --dp --epsilon: refuse to train (exit 2, nothing written) when the "
-                        f"budget left would need a noise multiplier above Z (default "
+                   help=f"with --dp: refuse to train (exit 2, nothing written) when the "
+                        f"budget left would need (or --noise-multiplier gives) a noise above Z (default "
                         f"{MAX_NOISE:g}, as a federated site declines a round)")
     p.add_argument("--dp-seed", type=seed_int, metavar="N",
                    help="with --dp: seed DP-SGD's sampling and noise (reproducible runs; whoever "
@@ -272,7 +309,13 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     add_training_args(p)
     p.add_argument("--ledger", metavar="PATH",
-                   help="with --dp: accountant state to continue from and update (epsilon accumulates)")
+                   help="with --dp: the site's privacy ledger to continue and update (epsilon "
+                        "accumulates; locked while training; the spend is written before the model)")
+    p.add_argument("--site", metavar="NAME",
+                   help="with --ledger: the site it belongs to (another site's ledger is refused)")
+    p.add_argument("--new-ledger", action="store_true",
+                   help="with --ledger: start a new ledger where this site kept one that is now "
+                        "missing (refused otherwise)")
 
     p = add("score", cmd_score, "score shoppers with a model directory")
     p.add_argument("--model", required=True, metavar="MODEL_DIR")
@@ -290,4 +333,12 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("ledger", cmd_ledger, "show a site's privacy ledger (epsilon per run, total, budget)")
     p.add_argument("path", metavar="LEDGER.json")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--raise-budget", type=float, metavar="EPS",
+                   help="raise the ledger's epsilon budget to EPS (recorded as an entry)")
+    p.add_argument("--migrate", action="store_true",
+                   help="convert an old-format ledger (version 1, or an accountant file of the "
+                        "old 'train --ledger') to a chained one; needs --site (and --budget)")
+    p.add_argument("--site", metavar="NAME", help="with --migrate: the site the ledger belongs to")
+    p.add_argument("--budget", type=float, metavar="EPS",
+                   help="with --migrate: the ledger's epsilon budget")
 

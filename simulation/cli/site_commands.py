@@ -73,6 +73,8 @@ def site_node_config(args: argparse.Namespace) -> dict[str, str | float | bool]:
         cfg["require-dp"] = False
     if args.allow_dp_seed:
         cfg["allow-dp-seed"] = True
+    if args.new_ledger:
+        cfg["new-ledger"] = True
     if args.max_delta is not None:
         if not 0 < args.max_delta < 1:
             raise ConfigError(f"--max-delta must be in (0, 1), not {args.max_delta}")
@@ -156,6 +158,9 @@ def add_site_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="decline runs of more rounds than this (default: no limit)")
     p.add_argument("--allow-no-dp", action="store_true",
                    help="take part in runs without DP (default: declined)")
+    p.add_argument("--new-ledger", action="store_true",
+                   help="start a new ledger where this site kept one that is now missing (its "
+                        "spend is then forgotten: only for a site that knows why)")
     p.add_argument("--allow-dp-seed", action="store_true",
                    help="take part in runs that seed the DP noise (reproducible, and removable "
                         "by whoever knows the seed; default: declined)")

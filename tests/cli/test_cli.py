@@ -65,14 +65,19 @@ def test_train_with_dp_reports_exact_privacy(workdir, capsys):
     ledger = d / "ledger.json"
     first = ["-q", "train", "--data", str(d / "train.csv.gz"), "--model", "transformer",
              "--out", str(d / "dp_model"), "--dp", "--epsilon", "2", "--delta", "1e-5",
-             "--ledger", str(ledger), *SMALL]
+             "--ledger", str(ledger), "--site", "shop-1", *SMALL]
     assert main(first) == 0
     out = capsys.readouterr().out
     assert "-DP for one shopper" in out and "RDP" in out and "calibration: not DP" in out
     eps = float(out.split("privacy: (")[1].split(",")[0])
     assert 0 < eps <= 2
-    # a second run with a larger budget continues the ledger: only the remainder is spent
+    # a larger budget is refused until it is raised explicitly; then the run continues the
+    # ledger: only the remainder is spent
     args = [a if a != "2" else "4" for a in first]
+    assert main(args) == 2
+    assert "--raise-budget 4" in capsys.readouterr().err
+    assert main(["ledger", str(ledger), "--raise-budget", "4"]) == 0
+    capsys.readouterr()
     assert main(args) == 0
     eps2 = float(capsys.readouterr().out.split("privacy: (")[1].split(",")[0])
     assert eps < eps2 <= 4

@@ -34,13 +34,33 @@ def test_ledger_shows_spend_per_run_total_and_remaining(tmp_path, capsys):
     assert data["runs"][0]["run"] == "77" and data["epsilon_spent"] == ledger.spent()
 
 
-def test_ledger_reads_a_train_accountant_file_and_reports_bad_files(tmp_path, capsys):
+def test_ledger_refuses_an_old_accountant_file_until_migrated(tmp_path, capsys):
     state = AccountantState(history=[(1.0, 0.1, 50)], delta=1e-5)
     state.save(tmp_path / "acc.json")
+    assert cli.main(["ledger", str(tmp_path / "acc.json")]) == 2
+    err = capsys.readouterr().err
+    assert "acc.json" in err and "--migrate --site NAME --budget EPS" in err
+    assert cli.main(["ledger", str(tmp_path / "acc.json"), "--migrate", "--site", "shop-1",
+                     "--budget", "8"]) == 0
+    assert (tmp_path / "acc.json.old").exists()
+    capsys.readouterr()
     assert cli.main(["ledger", str(tmp_path / "acc.json")]) == 0
     out = capsys.readouterr().out
-    assert f"epsilon spent {state.epsilon():.3f}" in out
-    assert "budget not stored (each 'seqanom train --dp --epsilon E' call sets it)" in out
+    assert f"epsilon spent {state.epsilon():.3f}" in out and "(site shop-1)" in out
+    assert "budget 8.000" in out
     (tmp_path / "bad.json").write_text("{")
     assert cli.main(["ledger", str(tmp_path / "bad.json")]) == 2
     assert "cannot read privacy ledger" in capsys.readouterr().err
+
+
+def test_raising_a_budget_is_an_explicit_recorded_command(tmp_path, capsys):
+    _ledger(tmp_path)
+    path = str(tmp_path / "l.json")
+    assert cli.main(["ledger", path, "--raise-budget", "4"]) == 2
+    assert "not above the ledger's budget 5" in capsys.readouterr().err
+    assert cli.main(["ledger", path, "--raise-budget", "7"]) == 0
+    assert "raised from 5.0 to 7" in capsys.readouterr().out
+    ledger = PrivacyLedger.load(path)
+    assert ledger.budget == 7.0 and ledger.entries[-1]["kind"] == "budget"
+    assert cli.main(["ledger", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"] == 7.0

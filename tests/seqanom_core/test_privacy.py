@@ -86,8 +86,8 @@ def test_noise_search_monotone():
 def test_dp_config_validation():
     with pytest.raises(ConfigError):
         DPConfig()
-    with pytest.raises(ConfigError):
-        DPConfig(epsilon=1.0, noise_multiplier=1.0)
+    # both: a fixed noise checked against the epsilon budget (issue 20)
+    assert DPConfig(epsilon=1.0, noise_multiplier=1.0).noise_multiplier == 1.0
     with pytest.raises(ConfigError):
         DPConfig(epsilon=-1.0)
 
