@@ -5,7 +5,7 @@
   edited, reordered or removed entry breaks the chain and the ledger is refused on load. This
   is tamper-evidence, not a signature: whoever rewrites every hash after an edit, and the head
   record too, is not detected by the file alone.
-- **Head record** (``<ledger>.head.json``, beside the ledger): the site's own note that a
+- **Head record** (``<ledger>.head``, beside the ledger): the site's own note that a
   ledger existed there, with how many entries it had and the hash of the last. A ledger that
   is missing, or older than the note (rolled back to an earlier copy), or that does not continue
   it, is refused unless the operator explicitly starts a new one.
@@ -97,9 +97,9 @@ def write_json_durable(path: str | Path, data: Any) -> None:
 
 # --------------------------------------------------------------------------- head record
 def head_path(ledger: str | Path) -> Path:
-    """Where the site notes the ledger's last entry: ``<ledger>.head.json``."""
+    """Where the site notes the ledger's last entry: ``<ledger>.head``."""
     p = Path(ledger)
-    return p.with_name(p.name + ".head.json")
+    return p.with_name(p.name + ".head")  # not *.json: globs over ledgers skip it
 
 
 def read_head(ledger: str | Path) -> dict[str, Any] | None:

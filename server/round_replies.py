@@ -4,6 +4,7 @@ replies may be aggregated (the rest are logged in the round's record, never aggr
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 from flwr.app import Message
@@ -16,6 +17,26 @@ from seqanom_core.federation.site_policy import refusal_text
 from server import central_dp
 
 log = logging.getLogger(__name__)
+
+
+_SITE_ERROR = re.compile(r"(\w+) failed at the site with (\w+)")
+_ERROR_TYPE = re.compile(r"\b([A-Z]\w*(?:Error|Exception|Exit|Interrupt))\b")
+
+
+def site_error_text(reason: str) -> str:
+    """The short, path-free text of a site's error reply, as a deployed site sends it.
+
+    A deployed ClientApp replies with the handler and the error type only (``client.app``);
+    Flower's simulation engine passes the whole traceback instead (file paths, the chained
+    error's message, which may quote a shopper or a path). Only the handler and the error type
+    are kept, whichever runtime sent it."""
+    found = _SITE_ERROR.search(reason)
+    if found:
+        return (f"{found.group(1)} failed at the site with {found.group(2)}; the details are in "
+                "the site's log")
+    types = [t for t in _ERROR_TYPE.findall(reason) if t != "SiteError"]
+    kind = types[-1] if types else "an error"
+    return f"the site failed with {kind}; the details are in the site's log"
 
 
 def site_name(msg: Message) -> str:
@@ -41,10 +62,11 @@ def usable_training_replies(replies: Iterable[Message], rec: RoundRecord,
     usable = []
     for msg in replies:
         if msg.has_error():
+            text = site_error_text(msg.error.reason)
             rec.rejected.append({"site": f"node-{msg.metadata.src_node_id}",
-                                 "reason": f"error: {msg.error.reason}"})
+                                 "reason": f"error: {text}"})
             log.warning("round %d: node %d failed: %s", rec.round, msg.metadata.src_node_id,
-                        msg.error.reason)
+                        text)
             continue
         name, metrics = site_name(msg), site_metrics(msg)
         rec.note_site(name, metrics)

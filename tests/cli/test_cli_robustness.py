@@ -86,7 +86,7 @@ def test_damaged_ledger_is_refused_not_reset(wd, capsys, content):
     ledger = wd / "ledger_bad.json"
     ledger.write_text(content)
     code = main(["-q", "train", "--data", str(wd / "ev.csv"), "--out", str(wd / "never"),
-                 "--dp", "--epsilon", "8", "--ledger", str(ledger), *SMALL])
+                 "--dp", "--epsilon", "8", "--ledger", str(ledger), "--site", "s", *SMALL])
     _one_line_error(capsys, code, "ledger_bad.json")
     code = main(["ledger", str(ledger)])
     _one_line_error(capsys, code, "ledger_bad.json")
