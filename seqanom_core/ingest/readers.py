@@ -83,7 +83,9 @@ def _read_csv_text(
     """``_read_csv_raw`` in one encoding, whose decoding of the file's start is ``text``;
     ``_NotThisEncoding`` when a later part of the file is not valid in it."""
     lines = text.splitlines()
-    lead = next(i for i, line in enumerate(lines) if line.strip())
+    lead = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if lead is None:  # only whitespace, e.g. Unicode separators that bytes.strip() keeps
+        raise DataFileError(f"{p}: file holds no data (only blank lines or separators)")
     first = lines[lead].lstrip("\ufeff")
     fields = [f.strip() for f in next(csv.reader([first], delimiter=spec.delimiter))]
     rows = [fields, *_sniff_rows(lines[lead + 1 :], spec.delimiter)]
