@@ -23,8 +23,9 @@ from seqanom_core.sequences import (
     SequenceSet,
 )
 
-_IN_START = {"event": BOS, "gap": GAP_PAD, "item": ITEM_PAD}
-_TGT_END = {"event": END, "gap": PAD, "item": PAD}
+#: position 0's input and the end position's target, per channel
+INPUT_START = {"event": BOS, "gap": GAP_PAD, "item": ITEM_PAD}
+TARGET_END = {"event": END, "gap": PAD, "item": PAD}
 
 
 def window_arrays(seqs: SequenceSet, i: int, start: int, length: int) -> np.ndarray:
@@ -40,8 +41,8 @@ def window_arrays(seqs: SequenceSet, i: int, start: int, length: int) -> np.ndar
     valid = pos <= n
     for k, c in enumerate(CHANNELS):
         ch = seqs.channels[c][sl]
-        inp = np.where(pos == 0, _IN_START[c], ch[np.clip(pos - 1, 0, max(n - 1, 0))] if n else 0)
-        tgt = np.where(pos >= n, _TGT_END[c], ch[np.clip(pos, 0, max(n - 1, 0))] if n else 0)
+        inp = np.where(pos == 0, INPUT_START[c], ch[np.clip(pos - 1, 0, max(n - 1, 0))] if n else 0)
+        tgt = np.where(pos >= n, TARGET_END[c], ch[np.clip(pos, 0, max(n - 1, 0))] if n else 0)
         out[k] = np.where(valid, inp, 0)
         out[3 + k] = np.where(valid, tgt, 0)
     return out

@@ -36,23 +36,14 @@ from seqanom_core.live.events import LiveEvent, OutOfOrderError
 from seqanom_core.live.state import ShopperState, append_event, explain, remember
 from seqanom_core.models.network import logits_at
 from seqanom_core.scoring import DRIVER_TEXT, WINDOW, StatisticName, stat_names
-from seqanom_core.sequences import (
-    BOS,
-    CHANNELS,
-    END,
-    GAP_PAD,
-    ITEM_PAD,
-    PAD,
-    SequenceSet,
-    shuffle_within,
-)
-from seqanom_core.windows import split_batch
+from seqanom_core.sequences import CHANNELS, END, PAD, SequenceSet, shuffle_within
+from seqanom_core.windows import INPUT_START, TARGET_END, split_batch
 
 log = logging.getLogger(__name__)
 
 FORWARD_BATCH = 256  # windows per forward pass
-_START = np.array([BOS, GAP_PAD, ITEM_PAD], dtype=np.int64)
-_END = np.array([END, PAD, PAD], dtype=np.int64)
+_START = np.array([INPUT_START[c] for c in CHANNELS], dtype=np.int64)
+_END = np.array([TARGET_END[c] for c in CHANNELS], dtype=np.int64)
 _N_STATS = len(stat_names())
 
 
@@ -299,7 +290,6 @@ class LiveScorer:
                 for j in range(computed[k]["event"].shape[0]):
                     at[windows[k].first + j] = (computed[k], j)
             reference = self._reference(windows, computed, blocks)
-            n_final = st.n
             for step, i in enumerate(idx):
                 q = old_n[uid] + step  # the event's position: now final
                 surprise = self._finalise(st, q, at, events[i])
@@ -308,10 +298,8 @@ class LiveScorer:
                 res, j = at[q + 1]
                 st.end = (float(res["end"][j]), int(res["expected"][j]),
                           float(res["expected_prob"][j]), float(res["end_prob"][j]))
-                st.n = q + 1
-                rows.append(self._statistics(st))
+                rows.append(self._statistics(st, q + 1))
                 surprises.append(surprise)
-            st.n = n_final
             self._trim(st)
         # one standardisation for every event of the batch, in the order the rows were made
         scores, drivers = self.calibrator.score(np.stack(rows))
@@ -366,9 +354,9 @@ class LiveScorer:
         for v in excess:
             st.order_sum += float(v)
 
-    def _statistics(self, st: ShopperState) -> np.ndarray:
-        """The shopper's statistics now (``stat_names()`` order), as ``shopper_statistics``."""
-        n = st.n
+    def _statistics(self, st: ShopperState, n: int) -> np.ndarray:
+        """The shopper's statistics after its first ``n`` events (``stat_names()`` order), as
+        ``shopper_statistics`` gives them; ``st`` holds the sums up to there."""
         end = np.array([st.end[0], 0.0, 0.0, st.end[0]])
         totals = st.sums + end
         # per position (n + 1 of them) for event and total; per event for gap and item, whose
