@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from seqanom_core.errors import ConfigError
+from simulation.process_guard import guard_descendants
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,20 @@ def write_app_config(app_dir: Path, run_config: dict[str, Any]) -> Path:
     return path
 
 
+def new_run_id() -> int:
+    """A fresh Flower run id (milliseconds since the epoch)."""
+    return int(time.time() * 1000) % (2**62)
+
+
 def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
-                   cpus_per_site: float = 1.0, gpus_per_site: float = 0.0) -> float:
-    """Run the federation for ``n_sites`` virtual sites; returns wall seconds. Raises on failure."""
+                   cpus_per_site: float = 1.0, gpus_per_site: float = 0.0,
+                   run_id: int | None = None) -> float:
+    """Run the federation for ``n_sites`` virtual sites; returns wall seconds. Raises on failure.
+
+    ``run_id``: the Flower run id the sites see (their ledgers group releases by it; a resumed
+    simulation passes its first start's so the sites continue that run). None: a new one.
+    No Ray process started here outlives this process, even when it is killed
+    (``simulation.process_guard``)."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
@@ -68,7 +80,7 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
     app_dir = run_dir / "flwr-app"
     write_app_config(app_dir, run_config)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    run = Run.create_empty(run_id=int(time.time() * 1000) % (2**62))
+    run = Run.create_empty(run_id=new_run_id() if run_id is None else run_id)
     run.primary_task_id = 1
     run.federation_id = NOOP_FEDERATION_ID
     TaskIdentity.task_id, TaskIdentity.run_id = 1, run.run_id
@@ -78,7 +90,7 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
     backend: dict[str, Any] = {"client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
                "init_args": {"include_dashboard": False, "num_cpus": max(1, os.cpu_count() or 1)}}
     t0 = time.time()
-    with warnings.catch_warnings():
+    with guard_descendants(), warnings.catch_warnings():
         # Ray's notice that a later version will stop hiding GPUs from actors with num_gpus=0:
         # this Ray still hides them, which is what CPU-only sites rely on
         warnings.filterwarnings("ignore", message="Tip: In future versions of Ray",

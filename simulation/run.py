@@ -22,17 +22,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from seqanom_core.atomic_files import write_json_atomic
 from seqanom_core.audit import AuditConfig, run_audit
 from seqanom_core.config import DetectorConfig, DPConfig, ModelConfig, TrainConfig
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.formats import FormatSpec
-from seqanom_core.ingest import IngestReport, read_nonempty_events, write_events
+from seqanom_core.ingest import IngestReport, read_events, read_nonempty_events, write_events
+from seqanom_core.labels import read_labels
 from seqanom_core.privacy import UNIT
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
-from simulation.federation import rounds_with_site_logs, run_federation, toml_lines
+from simulation.federation import new_run_id, rounds_with_site_logs, run_federation, toml_lines
 from simulation.inject import inject_anomalies
 from simulation.partition import partition_events, partition_summary
 from simulation.report import write_report
@@ -107,7 +109,12 @@ def load_events(cfg: SimulationConfig) -> Loaded:
 #: What a simulation writes under RUN_DIR (the only paths a new simulation there replaces).
 RUN_OUTPUTS: tuple[str, ...] = ("sites", "ledgers", "checkpoints", "model", "figures",
                                 "report.md", "metrics.json", "test_labels.csv",
-                                "run-config.toml", "flwr-app")
+                                "run-config.toml", "flwr-app", "simulation.json")
+
+#: RUN_DIR/simulation.json: the run's settings, Flower run id, partition and ingest report,
+#: written once every site's files are complete; what ``simulate --resume`` continues from
+STATE_FILE = "simulation.json"
+STATE_VERSION = 1
 
 
 def clear_previous_run(out: Path, keep: tuple[Path | None, ...] = ()) -> list[str]:
@@ -118,7 +125,14 @@ def clear_previous_run(out: Path, keep: tuple[Path | None, ...] = ()) -> list[st
     the next run trains under enormous noise), and its checkpoints would mix with the new
     ones. A path of ``keep`` (the run's input data, its quarantine file) inside one of them
     is a ConfigError before anything is removed: a simulation never deletes its input.
+    Nor a file it did not write: without ``STATE_FILE`` (which every simulation writes before
+    anything else) no output name is replaced, and one that exists is a ConfigError.
     Returns the names removed."""
+    present = [name for name in RUN_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    if present and not (out / STATE_FILE).is_file():
+        raise ConfigError(f"--out {out} holds {', '.join(present)}, which no seqanom simulation "
+                          f"wrote there (it has no {STATE_FILE}); give a new or empty run "
+                          "directory, or move them")
     kept = [(Path(p).absolute(), Path(p).resolve()) for p in keep if p is not None]
     for name in RUN_OUTPUTS:
         target = (out / name).absolute()
@@ -159,6 +173,9 @@ def prepare_sites(cfg: SimulationConfig, events: pa.Table
                           "(use --partition iid or dirichlet)")
     parts = partition_events(events, cfg.sites, scheme, alpha=cfg.alpha, seed=cfg.seed)
     clear_previous_run(cfg.out, keep=(cfg.data, cfg.quarantine))
+    # first of all: marks what follows as a simulation's outputs (resumable once complete)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cfg.out / STATE_FILE, {"version": STATE_VERSION, "sites_complete": False})
     trains, tests, labels = [], [], []
     for k, part in enumerate(parts):
         train, test = split_events_by_shopper(part, cfg.test_fraction, cfg.seed + k)
@@ -205,7 +222,10 @@ def prepare_flwr_run(cfg: SimulationConfig, loaded: Loaded | None = None) -> Pat
 
     ``loaded``: ``load_events(cfg)``, when already read. No federation and no baselines run;
     returns the run config file's path."""
-    prepare_sites(cfg, (loaded or load_events(cfg))[0])
+    events, report = loaded or load_events(cfg)
+    partition = prepare_sites(cfg, events)[3]
+    write_state(cfg, partition, None if report is None else
+                report.to_dict() | {"summary": report.summary()})
     path = cfg.out / "run-config.toml"
     path.write_text("\n".join(toml_lines(run_config(cfg))) + "\n")
     return path
@@ -220,8 +240,98 @@ def simulate(cfg: SimulationConfig, loaded: Loaded | None = None) -> dict[str, A
     events, report = loaded or load_events(cfg)
     ingest = None if report is None else report.to_dict() | {"summary": report.summary()}
     trains, tests, labels, partition = prepare_sites(cfg, events)
+    state = write_state(cfg, partition, ingest)
+    return _federate_and_report(cfg, state, trains, tests, labels, t0)
+
+
+def write_state(cfg: SimulationConfig, partition: list[dict], ingest: dict | None
+                ) -> dict[str, Any]:
+    """``RUN_DIR/simulation.json`` once the sites are written: what ``resume`` continues from
+    (settings, a new Flower run id, partition and ingest summaries). Returns it."""
+    state = {"version": STATE_VERSION, "sites_complete": True, "config": config_record(cfg),
+             "run_id": new_run_id(), "partition": partition, "ingest": ingest}
+    write_json_atomic(cfg.out / STATE_FILE, state)
+    return state
+
+
+def resume(out: Path) -> dict[str, Any]:
+    """Continue the simulation in ``out`` that was stopped or killed: its sites, ledgers and
+    checkpoints are kept, the federation continues after its latest complete checkpoint as the
+    same Flower run (so each site's ledger sees one run), then the baselines and the report run
+    as in ``simulate``. Returns the metrics written to ``RUN_DIR/metrics.json``."""
+    t0 = time.time()
+    cfg, state = read_state(out)
+    trains, tests = [], []
+    for k in range(cfg.sites):
+        d = out / "sites" / f"site-{k}"
+        trains.append(read_events(d / "train.parquet", "seqanom")[0])
+        tests.append(read_events(d / "test.parquet", "seqanom")[0])
+    labels = read_labels(out / "test_labels.csv")
+    done = len(list_round_dirs(out / "checkpoints"))
+    log.info("resuming the simulation in %s after %d complete round(s) of %d", out, done,
+             cfg.rounds)
+    return _federate_and_report(cfg, state, trains, tests, labels, t0, resumed_after=done)
+
+
+def list_round_dirs(root: Path) -> list[Path]:
+    """The complete round checkpoints under ``root`` (those with their round.json)."""
+    return sorted(p for p in root.glob("round-*") if (p / "round.json").is_file()) \
+        if root.is_dir() else []
+
+
+def config_record(cfg: SimulationConfig) -> dict[str, Any]:
+    """``cfg`` as JSON values (paths as text, a generic mapping by its name)."""
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    if isinstance(cfg.fmt, FormatSpec):  # a generic mapping: its name, the mapping is in "ingest"
+        config["fmt"] = cfg.fmt.name
+    return config
+
+
+def read_state(out: Path) -> tuple[SimulationConfig, dict[str, Any]]:
+    """The settings and state of the simulation in ``out`` (ConfigError when there is none that
+    can be resumed)."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: no simulation to resume there (it is written once every "
+                          "site's files are complete; start a new simulation instead)")
+    try:
+        state = json.loads(path.read_text())
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"version {state.get('version')!r}, not {STATE_VERSION}")
+        if state.get("sites_complete") is not True:
+            raise ConfigError(f"{out}: the simulation was stopped before its sites' files were "
+                              "complete; start a new simulation instead")
+        given = dict(state["config"])
+        fields = {f.name for f in dataclasses.fields(SimulationConfig)}
+        unknown = sorted(set(given) - fields)
+        if unknown:
+            raise ValueError(f"unknown settings {', '.join(unknown)}")
+        for k in ("data", "quarantine"):
+            given[k] = None if given.get(k) is None else Path(given[k])
+        given["out"] = out
+        cfg = SimulationConfig(**given)
+        run_id = int(state["run_id"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not a simulation state seqanom can resume ({err})") from None
+    missing = [str(out / "sites" / f"site-{k}" / name) for k in range(cfg.sites)
+               for name in ("train.parquet", "test.parquet")
+               if not (out / "sites" / f"site-{k}" / name).is_file()]
+    if missing or not (out / "test_labels.csv").is_file():
+        raise ConfigError(f"{out}: the simulation's site files are incomplete "
+                          f"({(missing or [str(out / 'test_labels.csv')])[0]} is missing); "
+                          "start a new simulation instead")
+    state["run_id"] = run_id
+    return cfg, state
+
+
+def _federate_and_report(cfg: SimulationConfig, state: dict[str, Any], trains: list[pa.Table],
+                         tests: list[pa.Table], labels: pd.DataFrame, t0: float,
+                         resumed_after: int | None = None) -> dict[str, Any]:
+    """The federation (resumed after ``resumed_after`` rounds when given), the baselines, the
+    report and metrics.json of a simulation whose sites are written."""
     test = pa.concat_tables(tests, promote_options="default")
-    fed_seconds = run_federation(cfg.out, run_config(cfg), cfg.sites)
+    config = run_config(cfg) | ({"resume": True} if resumed_after is not None else {})
+    fed_seconds = run_federation(cfg.out, config, cfg.sites, run_id=state["run_id"])
     det = SequenceDetector.load(cfg.out / "model", progress=False)
     scored = det.score_shoppers(test)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {
@@ -241,19 +351,18 @@ def simulate(cfg: SimulationConfig, loaded: Loaded | None = None) -> dict[str, A
         [json.loads(line) for line in
          (cfg.out / "checkpoints" / "metrics.jsonl").read_text().splitlines() if line],
         cfg.out / "ledgers")
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
-    if isinstance(cfg.fmt, FormatSpec):  # a generic mapping: its name, the mapping is in "ingest"
-        config["fmt"] = cfg.fmt.name
     metrics = {
-        "config": config,
-        "ingest": ingest,
+        "config": state["config"],
+        "ingest": state["ingest"],
         "privacy": privacy | {"unit": UNIT if cfg.dp else None},
         "stop_reason": det.metadata_.get("stop_reason") or None,
-        "partition": partition, "thresholds": thresholds, "methods": methods,
+        "partition": state["partition"], "thresholds": thresholds, "methods": methods,
         # the target of every method's threshold (the federation's and the baselines' default)
         "alert_rate": settings_from_run_config(run_config(cfg)).federation.alert_rate,
         "seconds": round(time.time() - t0, 1),
     }
+    if resumed_after is not None:
+        metrics["resumed_after_round"] = resumed_after
     if audit is not None:
         metrics["audit"] = audit
     write_report(cfg.out, metrics, curves, labels, rounds)

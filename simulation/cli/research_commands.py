@@ -125,6 +125,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     shoppers, and write RUN_DIR/report.md, figures, metrics.json, checkpoints and model/."""
     from simulation import run
 
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k, default in args.option_defaults.items()
+                 if k not in ("help", "resume", "out") and getattr(args, k, default) != default]
+        if given:
+            raise ConfigError(f"--resume continues the run in --out {args.out} with the settings "
+                              f"it started with: {', '.join(given)} cannot be given")
+        if not Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out}: no such run directory to resume")
+        return _print_simulation(run.resume(Path(args.out)), Path(args.out))
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
     if not args.dp and args.epsilon is not None:
@@ -164,9 +173,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"  flwr run . seqanom-sim --run-config {path} "
               f"--federation-config 'num-supernodes={cfg.sites}' --stream")
         return 0
-    metrics = run.simulate(cfg, loaded)
+    return _print_simulation(run.simulate(cfg, loaded), cfg.out)
+
+
+def _print_simulation(metrics: dict, out: Path) -> int:
+    """What ``simulate`` prints of a finished run's metrics."""
     ev = metrics.get("evaluation", {})
-    print(f"simulation finished in {metrics['seconds']:.0f} s; report: {cfg.out / 'report.md'}")
+    resumed = metrics.get("resumed_after_round")
+    if resumed is not None:
+        print(f"resumed after round {resumed}")
+    print(f"simulation finished in {metrics['seconds']:.0f} s; report: {out / 'report.md'}")
     for name, m in ev.items():
         eps = metrics.get("methods", {}).get(name, {}).get("epsilon")
         eps_txt = f", epsilon {eps:.3f}" if isinstance(eps, (int, float)) else ""
@@ -197,7 +213,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               f"MIA AUC {'-' if a['mia_auc'] is None else format(a['mia_auc'], '.3f')}, "
               f"epsilon lower bound {a['epsilon_lower_bound']:.3f}"
               + ("" if acc is None else f" (accounted {acc:.3f})"))
-    print(f"global model: {cfg.out / 'model'} (seqanom score --model accepts it)")
+    print(f"global model: {out / 'model'} (seqanom score --model accepts it)")
     return 0
 
 
@@ -297,4 +313,10 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="seed the sites' and baselines' DP sampling and noise (every site and "
                         "round its own): a reproducible run whose noise anyone with N can remove. "
                         "Default: seeded from the OS, secret, so runs differ a little")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped or killed simulation in --out with its own "
+                        "settings (RUN_DIR/simulation.json): sites, ledgers and checkpoints are "
+                        "kept and the federation goes on after its latest complete round; give "
+                        "no other option")
+    p.set_defaults(option_defaults={a.dest: a.default for a in p._actions})
 

@@ -81,6 +81,7 @@ def test_a_new_simulation_replaces_an_earlier_one_in_the_same_run_dir(tmp_path):
     (out / "ledgers" / "site-0.json").write_text('{"epsilon_spent": 8.0}')
     (out / "checkpoints" / "round-0003").mkdir(parents=True)
     (out / "notes.txt").write_text("not ours")
+    (out / "simulation.json").write_text("{}")  # what marks a simulation's run directory
     cfg = SimulationConfig(out=out, shoppers=120, sites=2, baselines=False)
     prepare_flwr_run(cfg)
     assert not (out / "ledgers").exists() and not (out / "checkpoints").exists()
@@ -99,10 +100,27 @@ def test_an_earlier_run_is_not_cleared_over_an_input_inside_it(tmp_path):
     data.parent.mkdir(parents=True)
     data.write_text("stands for the input")
     (out / "ledgers").mkdir()
+    (out / "simulation.json").write_text("{}")
     with pytest.raises(ConfigError, match="ev.csv lies inside .*sites"):
         clear_previous_run(out, keep=(data, None))
     assert data.is_file() and (out / "ledgers").is_dir()
-    assert clear_previous_run(out, keep=(tmp_path / "elsewhere.csv",)) == ["sites", "ledgers"]
+    assert clear_previous_run(out, keep=(tmp_path / "elsewhere.csv",)) == [
+        "sites", "ledgers", "simulation.json"]
+
+
+def test_a_run_dir_without_a_simulations_mark_is_never_cleared(tmp_path):
+    # report.md and figures/ that no simulation wrote (no simulation.json): refused, kept
+    from seqanom_core.errors import ConfigError
+    from simulation.run import clear_previous_run
+
+    out = tmp_path / "mine"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "plot.png").write_bytes(b"mine")
+    (out / "report.md").write_text("my report")
+    with pytest.raises(ConfigError, match="holds figures, report.md, which no seqanom"):
+        clear_previous_run(out)
+    assert (out / "report.md").read_text() == "my report"
+    assert (out / "figures" / "plot.png").read_bytes() == b"mine"
 
 
 def test_simulate_reads_a_generic_mapping_and_quarantines_bad_rows(tmp_path, capsys):
