@@ -29,8 +29,7 @@ from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.run_config import settings_from_run_config
 from seqanom_core.formats import FormatSpec
-from seqanom_core.ingest import IngestReport, read_events, read_nonempty_events, write_events
-from seqanom_core.labels import read_labels
+from seqanom_core.ingest import IngestReport, read_nonempty_events, write_events
 from seqanom_core.privacy import UNIT
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
@@ -241,7 +240,7 @@ def simulate(cfg: SimulationConfig, loaded: Loaded | None = None) -> dict[str, A
     ingest = None if report is None else report.to_dict() | {"summary": report.summary()}
     trains, tests, labels, partition = prepare_sites(cfg, events)
     state = write_state(cfg, partition, ingest)
-    return _federate_and_report(cfg, state, trains, tests, labels, t0)
+    return federate_and_report(cfg, state, trains, tests, labels, t0)
 
 
 def write_state(cfg: SimulationConfig, partition: list[dict], ingest: dict | None
@@ -254,31 +253,6 @@ def write_state(cfg: SimulationConfig, partition: list[dict], ingest: dict | Non
     return state
 
 
-def resume(out: Path) -> dict[str, Any]:
-    """Continue the simulation in ``out`` that was stopped or killed: its sites, ledgers and
-    checkpoints are kept, the federation continues after its latest complete checkpoint as the
-    same Flower run (so each site's ledger sees one run), then the baselines and the report run
-    as in ``simulate``. Returns the metrics written to ``RUN_DIR/metrics.json``."""
-    t0 = time.time()
-    cfg, state = read_state(out)
-    trains, tests = [], []
-    for k in range(cfg.sites):
-        d = out / "sites" / f"site-{k}"
-        trains.append(read_events(d / "train.parquet", "seqanom")[0])
-        tests.append(read_events(d / "test.parquet", "seqanom")[0])
-    labels = read_labels(out / "test_labels.csv")
-    done = len(list_round_dirs(out / "checkpoints"))
-    log.info("resuming the simulation in %s after %d complete round(s) of %d", out, done,
-             cfg.rounds)
-    return _federate_and_report(cfg, state, trains, tests, labels, t0, resumed_after=done)
-
-
-def list_round_dirs(root: Path) -> list[Path]:
-    """The complete round checkpoints under ``root`` (those with their round.json)."""
-    return sorted(p for p in root.glob("round-*") if (p / "round.json").is_file()) \
-        if root.is_dir() else []
-
-
 def config_record(cfg: SimulationConfig) -> dict[str, Any]:
     """``cfg`` as JSON values (paths as text, a generic mapping by its name)."""
     config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
@@ -287,44 +261,7 @@ def config_record(cfg: SimulationConfig) -> dict[str, Any]:
     return config
 
 
-def read_state(out: Path) -> tuple[SimulationConfig, dict[str, Any]]:
-    """The settings and state of the simulation in ``out`` (ConfigError when there is none that
-    can be resumed)."""
-    path = out / STATE_FILE
-    if not path.is_file():
-        raise ConfigError(f"{path}: no simulation to resume there (it is written once every "
-                          "site's files are complete; start a new simulation instead)")
-    try:
-        state = json.loads(path.read_text())
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"version {state.get('version')!r}, not {STATE_VERSION}")
-        if state.get("sites_complete") is not True:
-            raise ConfigError(f"{out}: the simulation was stopped before its sites' files were "
-                              "complete; start a new simulation instead")
-        given = dict(state["config"])
-        fields = {f.name for f in dataclasses.fields(SimulationConfig)}
-        unknown = sorted(set(given) - fields)
-        if unknown:
-            raise ValueError(f"unknown settings {', '.join(unknown)}")
-        for k in ("data", "quarantine"):
-            given[k] = None if given.get(k) is None else Path(given[k])
-        given["out"] = out
-        cfg = SimulationConfig(**given)
-        run_id = int(state["run_id"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path}: not a simulation state seqanom can resume ({err})") from None
-    missing = [str(out / "sites" / f"site-{k}" / name) for k in range(cfg.sites)
-               for name in ("train.parquet", "test.parquet")
-               if not (out / "sites" / f"site-{k}" / name).is_file()]
-    if missing or not (out / "test_labels.csv").is_file():
-        raise ConfigError(f"{out}: the simulation's site files are incomplete "
-                          f"({(missing or [str(out / 'test_labels.csv')])[0]} is missing); "
-                          "start a new simulation instead")
-    state["run_id"] = run_id
-    return cfg, state
-
-
-def _federate_and_report(cfg: SimulationConfig, state: dict[str, Any], trains: list[pa.Table],
+def federate_and_report(cfg: SimulationConfig, state: dict[str, Any], trains: list[pa.Table],
                          tests: list[pa.Table], labels: pd.DataFrame, t0: float,
                          resumed_after: int | None = None) -> dict[str, Any]:
     """The federation (resumed after ``resumed_after`` rounds when given), the baselines, the

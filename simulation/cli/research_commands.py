@@ -133,7 +133,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                               f"it started with: {', '.join(given)} cannot be given")
         if not Path(args.out).is_dir():
             raise ConfigError(f"--out {args.out}: no such run directory to resume")
-        return _print_simulation(run.resume(Path(args.out)), Path(args.out))
+        from simulation.resume import resume
+
+        return _print_simulation(resume(Path(args.out)), Path(args.out))
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
     if not args.dp and args.epsilon is not None:
