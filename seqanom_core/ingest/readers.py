@@ -22,6 +22,13 @@ from seqanom_core.ingest.layouts import (
     _match_header,
     _sniff_rows,
 )
+from seqanom_core.ingest.memory_limit import (
+    PARQUET_ROW_BYTES,
+    PARQUET_TEXT_FACTOR,
+    TEXT_FACTOR,
+    check_memory,
+    check_text_file,
+)
 from seqanom_core.ingest.quarantine import _line_numbers, _write_quarantine
 from seqanom_core.ingest.report import IngestReport, _log_summary
 from seqanom_core.schema import EVENT_SCHEMA, SITE_FIELD
@@ -224,6 +231,13 @@ def _read_parquet_raw(
         if col in header:
             name = names[header[col]]
             _check_one_value(p, fld, name, pf.schema_arrow.field(name).type)
+    columns = {names[i] for i in header.values()}
+    meta = pf.metadata
+    stored = sum(meta.row_group(g).column(c).total_uncompressed_size
+                 for g in range(meta.num_row_groups) for c in range(meta.num_columns)
+                 if meta.row_group(g).column(c).path_in_schema in columns)
+    check_memory(p, max(meta.num_rows * PARQUET_ROW_BYTES, stored * PARQUET_TEXT_FACTOR),
+                 f"{meta.num_rows:,} rows")
     try:
         table = pf.read(columns=list(dict.fromkeys(names[i] for i in header.values())))
     except (pa.ArrowException, OSError) as err:
@@ -259,7 +273,9 @@ def read_events(
     if kind == "parquet":
         lay, raw, fields_of = _read_parquet_raw(p, spec)
     else:
-        lay, raw, fields_of, ragged, first_line, _ = _read_csv_raw(p, kind, spec, quarantine_path is not None)
+        check_text_file(p, kind, TEXT_FACTOR, "CSV text")
+        lay, raw, fields_of, ragged, first_line, _ = _read_csv_raw(
+            p, kind, spec, quarantine_path is not None)
     if site is not None and "site" in raw:
         logger.warning("%s: site=%r replaces the file's '%s' column", p, site, lay.site)
         del raw["site"]

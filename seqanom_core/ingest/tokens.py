@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from seqanom_core.errors import ConfigError, DataFileError, SchemaError
 from seqanom_core.ingest.files import _HEAD_BYTES, _open_checked, _read_head, _refuse_binary
+from seqanom_core.ingest.memory_limit import TOKENS_FACTOR, check_text_file
 from seqanom_core.ingest.report import IngestReport, _log_summary
 from seqanom_core.ingest.writers import _write_csv
 
@@ -46,6 +47,7 @@ def read_token_sequences(
     p, kind = _open_checked(path)
     if kind == "parquet":
         raise DataFileError(f"{p}: token sequences must be a text file (.txt or .txt.gz), not parquet")
+    check_text_file(p, kind, TOKENS_FACTOR, "token text")
     data = _read_head(p, kind, size=None)
     if data.startswith(_UTF8_BOM):
         data = data[len(_UTF8_BOM) :]

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from seqanom_core import __version__
-from seqanom_core.errors import SeqanomError
+from seqanom_core.errors import ConfigError, SeqanomError
+from seqanom_core.ingest import memory_limit
 from simulation.cli.audit_command import add_audit_command
 from simulation.cli.central_commands import add_central_commands
 from simulation.cli.detector_commands import add_detector_commands
@@ -36,6 +37,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def memory_size(text: str) -> int:
+    """argparse type of ``--max-file-memory``: bytes of a size like 8G."""
+    try:
+        return memory_limit.parse_size(text, "--max-file-memory")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--max-file-memory: ")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (``--help`` on every command is complete)."""
     parser = OneLineParser(
@@ -44,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--version", action="version", version=f"seqanom {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--max-file-memory", type=memory_size, metavar="SIZE",
+                        help="memory a reader may use for one input file (e.g. 8G; default: "
+                             f"{memory_limit.ENV}, else half this machine's memory): a larger "
+                             "file is refused in one line before it is read")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
@@ -87,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    if args.max_file_memory is not None:  # the readers, and the processes started here, see it
+        os.environ[memory_limit.ENV] = str(args.max_file_memory)
     try:
         return int(args.func(args))
     except SeqanomError as err:
