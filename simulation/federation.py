@@ -53,8 +53,12 @@ def write_app_config(app_dir: Path, run_config: dict[str, Any]) -> Path:
 
 
 def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
-                   cpus_per_site: float = 1.0, gpus_per_site: float = 0.0) -> float:
-    """Run the federation for ``n_sites`` virtual sites; returns wall seconds. Raises on failure."""
+                   cpus_per_site: float = 1.0, gpus_per_site: float = 0.0,
+                   client_app_attr: str = "client.app:app") -> float:
+    """Run the federation for ``n_sites`` virtual sites; returns wall seconds. Raises on failure.
+
+    ``client_app_attr``: the sites' ClientApp (``module:attribute``); only benchmarks change it
+    (``bench.faulty_sites:app`` injects faults)."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
@@ -85,7 +89,7 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
                                 category=FutureWarning)
         result = _run_simulation(
             num_supernodes=n_sites, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app_attr="client.app:app", server_app_attr="server.app:app",
+            client_app_attr=client_app_attr, server_app_attr="server.app:app",
             backend_name="ray", backend_config=backend, server_app_context=context,
             app_dir=str(app_dir), run=run, is_app=True,
         )
