@@ -44,7 +44,7 @@ CLIENT_APP = "bench.faulty_sites:app"
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 #: Every fault of ``bench.faulty_sites`` (kept here too so ``--help`` needs no Flower import).
 FAULTS = ("clean", "dropout30", "nan", "scale100", "signflip", "random")
-DEFAULTS = {"sites": 10, "shoppers": 1000, "rounds": 4, "local_epochs": 1}
+DEFAULTS = {"sites": 10, "shoppers": 1500, "rounds": 5, "local_epochs": 1}
 #: The model of every run: smaller than ``seqanom simulate``'s, so the matrix fits in ~30 min.
 MODEL = {"d_model": 16, "n_layers": 1, "max_len": 32}
 RUN_FILE, RESULT_FILE = "bench-run.json", "bench-result.json"
