@@ -189,3 +189,12 @@ def test_tiny_run_rejects_the_nan_site_and_reports_a_row(tmp_path, monkeypatch):
     assert row["test_shoppers"] == res["results"]["data"]["test_shoppers"] > 0
     assert res["summary"] == {"fedavg": {"nan": row["auroc"]}}
     assert not list(tmp_path.glob("seqanom-fault-bench-*"))  # temporary files removed
+
+
+def test_failure_reason_is_the_last_error_line_of_the_log():
+    log_text = ("INFO round 1/1\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                "RuntimeError: round 1: no usable training replies (3 sent, 3 received)\n"
+                "INFO shutting down\n")
+    assert fault_bench.failure_reason(log_text, 1) == (
+        "RuntimeError: round 1: no usable training replies (3 sent, 3 received)")
+    assert fault_bench.failure_reason("killed\n", -9) == "exit code -9"
