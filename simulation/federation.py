@@ -40,13 +40,14 @@ def toml_lines(values: dict[str, Any]) -> list[str]:
     return [f'"{k}" = {_toml_value(v)}' for k, v in values.items()]
 
 
-def write_app_config(app_dir: Path, run_config: dict[str, Any]) -> Path:
+def write_app_config(app_dir: Path, run_config: dict[str, Any],
+                     clientapp: str = "client.app:app") -> Path:
     """A minimal Flower app directory whose ``[tool.flwr.app.config]`` is ``run_config``."""
     app_dir.mkdir(parents=True, exist_ok=True)
     lines = ["[project]", 'name = "seqanom-simulation"', 'version = "0.1.0"', "",
              "[tool.flwr.app]", 'publisher = "seqanom"', "",
              "[tool.flwr.app.components]", 'serverapp = "server.app:app"',
-             'clientapp = "client.app:app"', "", "[tool.flwr.app.config]"]
+             f'clientapp = "{clientapp}"', "", "[tool.flwr.app.config]"]
     lines += toml_lines(run_config)
     path = app_dir / "pyproject.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -60,11 +61,14 @@ def new_run_id() -> int:
 
 def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
                    cpus_per_site: float = 1.0, gpus_per_site: float = 0.0,
-                   run_id: int | None = None) -> float:
+                   run_id: int | None = None,
+                   client_app_attr: str = "client.app:app") -> float:
     """Run the federation for ``n_sites`` virtual sites; returns wall seconds. Raises on failure.
 
     ``run_id``: the Flower run id the sites see (their ledgers group releases by it; a resumed
     simulation passes its first start's so the sites continue that run). None: a new one.
+    ``client_app_attr``: the sites' ClientApp (``module:attribute``); only benchmarks change it
+    (``bench.faulty_sites:app`` injects faults).
     No Ray process started here outlives this process, even when it is killed
     (``simulation.process_guard``)."""
     from flwr.app import Context, RecordDict
@@ -78,7 +82,7 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
     if n_sites < 1:
         raise ConfigError(f"need at least one site, not {n_sites}")
     app_dir = run_dir / "flwr-app"
-    write_app_config(app_dir, run_config)
+    write_app_config(app_dir, run_config, client_app_attr)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     run = Run.create_empty(run_id=new_run_id() if run_id is None else run_id)
     run.primary_task_id = 1
@@ -97,7 +101,7 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
                                 category=FutureWarning)
         result = _run_simulation(
             num_supernodes=n_sites, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app_attr="client.app:app", server_app_attr="server.app:app",
+            client_app_attr=client_app_attr, server_app_attr="server.app:app",
             backend_name="ray", backend_config=backend, server_app_context=context,
             app_dir=str(app_dir), run=run, is_app=True,
         )
