@@ -11,16 +11,21 @@ from typing import Any
 from seqanom_core.config import ModelConfig, Source
 from seqanom_core.errors import ConfigError
 
-
 # --------------------------------------------------------------------------- input helpers
+SEED_MAX = 2**32 - 1  # torch.manual_seed overflows past 2**64, and seeds are offset per site
+
+
 def seed_int(text: str) -> int:
-    """argparse type of --seed: a non-negative integer (NumPy rejects negative seeds)."""
+    """argparse type of --seed: an integer 0..SEED_MAX (NumPy rejects negative seeds, torch
+    larger than 64 bits)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {SEED_MAX}, not {value}")
     return value
 
 
@@ -186,6 +191,11 @@ def event_format(args: argparse.Namespace) -> Any:
         return parse_mapping(args.mapping)
     if args.mapping:
         raise ConfigError("--mapping is only used with --format generic")
+    if "=" in args.format:  # an inline mapping, as read_events takes it: errors name --format
+        try:
+            return parse_mapping(args.format)
+        except ConfigError as err:
+            raise ConfigError(f"--format {args.format}: {err}") from err
     return args.format
 
 
