@@ -199,10 +199,18 @@ def event_format(args: argparse.Namespace) -> Any:
     return args.format
 
 
+def require_data(path: str | Path) -> None:
+    """A missing --data file is an error naming the option (the reader names only the path,
+    which says nothing when it is blank)."""
+    if not Path(path).expanduser().exists():
+        raise ConfigError(f"--data {path}: no such file")
+
+
 def read_event_input(args: argparse.Namespace) -> tuple[Any, Any]:
     """Read --data (--format, --mapping, --quarantine) as an events table: (table, report)."""
     from seqanom_core.ingest import read_nonempty_events
 
+    require_data(args.data)
     return read_nonempty_events(args.data, event_format(args), quarantine_path=args.quarantine)
 
 
@@ -212,6 +220,7 @@ def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]
     from seqanom_core.sequences import build_sequences, sequences_from_tokens
 
     if args.format == Source.TOKENS:
+        require_data(args.data)
         toks, report = read_token_sequences(args.data, quarantine_path=args.quarantine)
         return sequences_from_tokens(toks.ids, toks.tokens, tokenizer), None, report
     events, report = read_event_input(args)

@@ -17,6 +17,7 @@ from simulation.cli.inputs import (
     check_paths,
     event_format,
     read_event_input,
+    require_data,
     seed_int,
     shopper_ids,
 )
@@ -134,6 +135,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not args.dp and args.accountant is not None:
         raise ConfigError("--accountant accounts DP training: it cannot go with --no-dp")
     fmt = event_format(args)
+    if args.data is not None:
+        require_data(args.data)
     # an earlier simulation's outputs under --out are replaced: nothing given may lie in them
     check_paths({"data": args.data}, {"quarantine": args.quarantine, "out": args.out},
                 dirs=["out"], replaced={"out": [Path(args.out) / n for n in run.RUN_OUTPUTS]})
