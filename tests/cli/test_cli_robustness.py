@@ -252,3 +252,17 @@ def test_option_values_found_by_the_fuzz_are_one_line_errors(wd, capsys, tmp_pat
     code = _status(["-q", extra[0], *required[extra[0]], *extra[1:]])
     _one_line_error(capsys, code, *needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_refuses_an_address_it_cannot_listen_on_before_loading(wd, capsys):
+    # found by reasoning about the fuzz's uvicorn stub: uvicorn exited 1 after "serving ..."
+    import socket
+
+    base = ["-q", "serve", "--model", str(wd / "model")]
+    _one_line_error(capsys, main([*base, "--host", "a b"]), "--host a b", "not an address")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        _one_line_error(capsys, main([*base, "--port", port]), f"--port {port}",
+                        "cannot listen")

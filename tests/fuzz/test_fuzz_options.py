@@ -21,7 +21,7 @@ How it runs, and what counts:
   shoppers, epochs, layers) unless ``UNBOUNDED`` says otherwise, and gets no valid value above
   its cap; ``simulate`` runs with ``--prepare-only``, ``superlink``/``supernode`` with
   ``--dry-run`` (and ``os.execve`` refuses), ``serve``'s ``uvicorn.run`` is a stub that only
-  records the call, ``rounds --follow`` polls twice, ``stream`` reads two events from stdin.
+  records the call (``serve`` checks its address before, binding it for a moment), ``rounds --follow`` polls twice, ``stream`` reads two events from stdin.
 - "One line": stderr holds exactly one error line (``seqanom COMMAND: error: ...``, argparse's
   errors included: the parser prints them as one line without the usage), and it is the last
   line; lines before it may only be warnings (``seqanom COMMAND: warning: ...`` and the insecure
