@@ -95,7 +95,7 @@ def check_paths(inputs: Mapping[str, PathArg], outputs: Mapping[str, PathArg], *
     """Refuse the paths of a command before it reads or writes anything, with a one-line
     ConfigError naming the options and the path:
 
-    - a symlink loop; a FIFO, socket or device (opening one waits forever or never ends); a
+    - an empty path (``Path("")`` would be the working directory); a symlink loop; a FIFO, socket or device (opening one waits forever or never ends); a
       directory where a file is expected, or a file where ``dirs`` expects a directory;
     - an output that is, or lies inside, an input (symlinks resolved);
     - two outputs that name the same path;
@@ -109,6 +109,8 @@ def check_paths(inputs: Mapping[str, PathArg], outputs: Mapping[str, PathArg], *
     given = {o: p for o, p in [*inputs.items(), *outputs.items()] if p is not None}
     real: dict[str, tuple[Path, Path]] = {}
     for option, path in given.items():
+        if not str(path):  # Path("") is the working directory: never what was meant
+            raise ConfigError(f"{_named(option, repr(''))}: an empty path")
         real[option] = _real_paths(option, path,
                                    "a directory" if option in dirs else "a regular file")
         p = Path(path).expanduser()
