@@ -128,6 +128,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
+    if args.local_epochs < 1:  # the run config's error would name only "epochs"
+        raise ConfigError(f"--local-epochs must be 1 or more, not {args.local_epochs}")
     if not args.dp and args.epsilon is not None:
         raise ConfigError("--epsilon is a budget of DP training: it cannot go with --no-dp")
     if not args.dp and args.dp_seed is not None:
