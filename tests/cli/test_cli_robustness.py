@@ -226,26 +226,31 @@ def _status(argv: list[str]) -> int:
     (["train", "--session-gap", "nan"], ["session_gap"]),
     (["train", "--format", "="], ["--format ="]),
     (["audit", "--canary-length", "0"], ["canary_length"]),
-    (["ledger", "--raise-budget", "-0.0"], ["--raise-budget"]),
+    (["ledger", "out", "--raise-budget", "-0.0"], ["--raise-budget"]),
     (["stream", "--max-shoppers", "-1"], ["max_shoppers"]),
     (["stream", "--idle-ttl", "nan"], ["idle_ttl"]),
     (["superlink", "--credentials", " ", "--dry-run"], ["--credentials", "no such directory"]),
     # bytes the console could not decode: no name or path with them could be printed
     (["inject", "--quarantine", "caf\udce9"], ["--quarantine caf\\udce9", "not valid UTF-8"]),
     (["inject", "--data", " "], ["--data", "no such file"]),  # named only the blank path
+    (["ledger", ""], ["'': an empty path"]),  # was ": is a directory" (Path("") is ".")
+    (["inject", "--labels", ""], ["--labels '': an empty path"]),
+    (["simulate", "--local-epochs", "-1"], ["--local-epochs"]),  # named only "epochs"
     (["train", "--lr", "1e30"], ["training diverged", "lr"]),  # no threshold on no scores
     # a line break in a value no longer splits the error in two
     (["train", "--data", "x\ny"], ["x\\ny"]),
 ])
-def test_option_values_found_by_the_fuzz_are_one_line_errors(wd, capsys, tmp_path, extra,
-                                                             needles):
+def test_option_values_found_by_the_fuzz_are_one_line_errors(wd, capsys, tmp_path, monkeypatch,
+                                                             extra, needles):
+    monkeypatch.chdir(tmp_path)  # relative paths: in tmp_path
     required = {
         "train": ["--data", str(wd / "ev.csv"), "--out", str(tmp_path / "out"), *SMALL],
         "audit": ["--data", str(wd / "ev.csv"), "--out", str(tmp_path / "out"), *SMALL],
         "credentials": ["--out", str(tmp_path / "out")],
-        "ledger": [str(tmp_path / "out")],
+        "ledger": [],
         "stream": ["--model", str(wd / "model")],
         "superlink": [],
+        "simulate": ["--prepare-only", "--out", str(tmp_path / "out")],
         "inject": ["--data", str(wd / "ev.csv"), "--out", str(tmp_path / "out"), "--labels",
                    str(tmp_path / "labels.csv")],
     }

@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,10 +56,10 @@ from simulation.cli.main import build_parser, main, one_line
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = 6  # per option of every command
+EXAMPLES = 15  # per option of every command
 LIMIT_S = 60  # per example: the time guard (a tiny job takes well under a second)
 EVENTS_PER_SHOPPER = 20  # of the fixture's 40 shoppers: every job on them is quick
-CAP = 20  # largest valid value generated for an integer option that sizes work
+CAP = 8  # largest valid value generated for an integer option that sizes work
 CAPS = {("demo", "epochs"): 2}  # demo trains a full-size model: a few epochs only
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -232,6 +233,8 @@ def _names(line: str, action: argparse.Action, value: str | None) -> bool:
             names += [value, repr(value)[1:-1], os.path.abspath(value)]
         if one_line(value) != value:  # controls, shown escaped
             names.append(one_line(value))
+        if not value:
+            names.append("''")
     return any(n and n in line for n in names)
 
 
@@ -257,11 +260,15 @@ def _check(cmd: str, action: argparse.Action, value: str | None, argv: list[str]
 
 
 @pytest.fixture(scope="module")
-def fixtures(tmp_path_factory) -> Path:
+def fixtures(tmp_path_factory) -> Iterator[Path]:
     """Tiny inputs every base invocation runs on: events, labelled test events, a model, a
     privacy ledger, credentials, an empty checkpoint directory, a token file."""
+    import torch
+
     from seqanom_core.ingest import read_events, write_events
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny jobs: a second thread only spins on a busy machine
     d = tmp_path_factory.mktemp("option-fixtures")
     assert main(["-q", "synth", "--shoppers", "40", "--out", str(d / "events.csv"), "--seed",
                  "1"]) == 0
@@ -283,7 +290,8 @@ def fixtures(tmp_path_factory) -> Path:
     shutil.rmtree(d / "dp_model")
     (d / "ckpt").mkdir()
     (d / "token.txt").write_text("a-token-of-some-thirty-characters\n")
-    return d
+    yield d
+    torch.set_num_threads(threads)
 
 
 def _example_dir(fixtures: Path, root: Path) -> Path:
