@@ -73,7 +73,7 @@ def make_canaries(events: pa.Table, n: int, length: int, seed: int) -> pa.Table:
     if n < 2:
         raise ConfigError(f"need at least 2 canaries, not {n}")
     if length < 2:
-        raise ConfigError(f"canaries need at least 2 events, not {length}")
+        raise ConfigError(f"canary_length must be at least 2 events, not {length}")
     if events.num_rows == 0:
         raise ConfigError("no events to draw canaries from")
     items = events.column("item_id").to_numpy(zero_copy_only=False).astype(str)
@@ -225,7 +225,7 @@ class AuditConfig:
         if self.canaries < 2:
             raise ConfigError(f"need at least 2 canaries, not {self.canaries}")
         if self.canary_length < 2:
-            raise ConfigError(f"canaries need at least 2 events, not {self.canary_length}")
+            raise ConfigError(f"canary_length must be at least 2 events, not {self.canary_length}")
 
 
 def run_audit(events: pa.Table, config: DetectorConfig, audit: AuditConfig, *,

@@ -68,7 +68,8 @@ class TokenizerConfig:
                            ("gap_buckets", MAX_GAP_BUCKETS), ("token_buckets", MAX_TOKEN_BUCKETS)):
             _check_positive_int(name, getattr(self, name), most)
         if not is_positive_number(self.session_gap_s):
-            raise ConfigError(f"session gap must be a positive number of seconds, not "
+            raise ConfigError(f"session_gap_s (the session gap) must be a positive number of "
+                              f"seconds, not "
                               f"{self.session_gap_s}")
         if self.hash_seed < 0:
             raise ConfigError(f"hash_seed must be 0 or more, not {self.hash_seed}")
@@ -175,7 +176,7 @@ class TrainConfig:
         _check_positive_int("epochs", self.epochs)
         _check_positive_int("batch_size", self.batch_size)
         if not is_positive_number(self.lr):
-            raise ConfigError(f"learning rate must be a positive number, not {self.lr}")
+            raise ConfigError(f"lr (the learning rate) must be a positive number, not {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight decay must be 0 or more, not {self.weight_decay}")
         if self.seed < 0:
@@ -187,10 +188,10 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                               f"not {self.lr_schedule!r}")
         if not 0 < self.calibration_fraction < 1:
-            raise ConfigError(f"calibration fraction must be in (0, 1), not "
+            raise ConfigError(f"calibration_fraction must be in (0, 1), not "
                               f"{self.calibration_fraction}")
         if not 0 < self.alert_rate < 1:
-            raise ConfigError(f"alert rate must be in (0, 1), not {self.alert_rate}")
+            raise ConfigError(f"alert_rate must be in (0, 1), not {self.alert_rate}")
 
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")

@@ -155,6 +155,10 @@ class SequenceDetector:
                                           progress=self.progress)
         self.calibrator_ = ScoreCalibrator().fit(calib_stats)
         calib_scores, _ = self.calibrator_.score(calib_stats)
+        if not np.isfinite(calib_scores).any():  # the weights blew up: say why, not where
+            raise ConfigError(f"training diverged: no held-out shopper has a finite score "
+                              f"(final loss {self.train_result_.epoch_losses[-1]:.3g}); lower lr "
+                              f"(the learning rate, {self.train_config.lr:g})")
         self.threshold_ = calibrate_threshold(calib_scores, self.train_config.alert_rate)
         tail = len(calib_seqs) * self.train_config.alert_rate
         if tail < MIN_TAIL_SHOPPERS:

@@ -33,6 +33,7 @@ from seqanom_core.errors import ConfigError
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CURVE = ec.SECP384R1()
 _HASH = hashes.SHA384()
+MAX_DAYS = 36500  # certificate validity: a century at most
 
 
 @dataclass(frozen=True)
@@ -191,11 +192,11 @@ def create_credentials(out: str | Path, sites: list[str], hosts: list[str] | Non
     hosts = list(hosts or [])
     bad = [s for s in sites if not _SITE_NAME.match(s)]
     if bad:
-        raise ConfigError(f"site names must be letters, digits, '_', '.', '-' (max 64): {bad}")
+        raise ConfigError(f"--sites: site names must be letters, digits, '_', '.', '-' (max 64): {bad}")
     if len(set(sites)) != len(sites):
         raise ConfigError(f"site names repeat: {sites}")
-    if days < 1:
-        raise ConfigError(f"--days must be >= 1, not {days}")
+    if not 1 <= days <= MAX_DAYS:  # past year 9999 the certificate dates overflow
+        raise ConfigError(f"--days must be 1..{MAX_DAYS}, not {days}")
     paths = CredentialPaths(Path(out))
     paths.root.mkdir(parents=True, exist_ok=True)
     report = CredentialReport(paths)

@@ -95,9 +95,9 @@ class LiveScorer:
         if max_len % 2:
             raise ConfigError(f"live scoring needs an even max_len, not {max_len}")
         if max_shoppers < 1:
-            raise ConfigError(f"max shoppers must be at least 1, not {max_shoppers}")
+            raise ConfigError(f"max_shoppers must be at least 1, not {max_shoppers}")
         if idle_ttl is not None and not idle_ttl > 0:
-            raise ConfigError(f"idle TTL must be a positive number of seconds, not {idle_ttl}")
+            raise ConfigError(f"idle_ttl must be a positive number of seconds, not {idle_ttl}")
         self.detector, self.model = detector, detector.network_.eval()
         self.calibrator, self.threshold = cal, float(detector.threshold_)
         self.tok = detector.tokenizer_config

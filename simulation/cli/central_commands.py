@@ -77,6 +77,8 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     if args.credentials:
         from server.credentials import CredentialPaths
 
+        if not Path(args.credentials).expanduser().is_dir():  # not its files, each named below
+            raise ConfigError(f"--credentials {args.credentials}: no such directory")
         paths = CredentialPaths(Path(args.credentials))
         files = [f or str(d) for f, d in zip(files, (paths.ca_cert, paths.server_cert,
                                                       paths.server_key), strict=True)]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from seqanom_core.config import MAX_NOISE, SESSION_GAP_S, Source
+from seqanom_core.config import MAX_NOISE, SESSION_GAP_S, Source, is_positive_number
 from seqanom_core.errors import ConfigError
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.privacy import guarantee_text
@@ -203,6 +203,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         raise ConfigError("--site and --budget go with --migrate")
     if args.migrate and args.raise_budget is not None:
         raise ConfigError("--migrate and --raise-budget are separate commands")
+    for option, value in (("--raise-budget", args.raise_budget), ("--budget", args.budget)):
+        if value is not None and not is_positive_number(value):
+            raise ConfigError(f"{option} must be a positive number of epsilon, not {value}")
     if args.migrate or args.raise_budget is not None:
         with ledger_lock(args.path):
             if args.migrate:

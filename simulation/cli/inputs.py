@@ -11,16 +11,21 @@ from typing import Any
 from seqanom_core.config import ModelConfig, Source
 from seqanom_core.errors import ConfigError
 
-
 # --------------------------------------------------------------------------- input helpers
+SEED_MAX = 2**32 - 1  # torch.manual_seed overflows past 2**64, and seeds are offset per site
+
+
 def seed_int(text: str) -> int:
-    """argparse type of --seed: a non-negative integer (NumPy rejects negative seeds)."""
+    """argparse type of --seed: an integer 0..SEED_MAX (NumPy rejects negative seeds, torch
+    larger than 64 bits)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {SEED_MAX}, not {value}")
     return value
 
 
@@ -90,7 +95,7 @@ def check_paths(inputs: Mapping[str, PathArg], outputs: Mapping[str, PathArg], *
     """Refuse the paths of a command before it reads or writes anything, with a one-line
     ConfigError naming the options and the path:
 
-    - a symlink loop; a FIFO, socket or device (opening one waits forever or never ends); a
+    - an empty path (``Path("")`` would be the working directory); a symlink loop; a FIFO, socket or device (opening one waits forever or never ends); a
       directory where a file is expected, or a file where ``dirs`` expects a directory;
     - an output that is, or lies inside, an input (symlinks resolved);
     - two outputs that name the same path;
@@ -104,6 +109,8 @@ def check_paths(inputs: Mapping[str, PathArg], outputs: Mapping[str, PathArg], *
     given = {o: p for o, p in [*inputs.items(), *outputs.items()] if p is not None}
     real: dict[str, tuple[Path, Path]] = {}
     for option, path in given.items():
+        if not str(path):  # Path("") is the working directory: never what was meant
+            raise ConfigError(f"{_named(option, repr(''))}: an empty path")
         real[option] = _real_paths(option, path,
                                    "a directory" if option in dirs else "a regular file")
         p = Path(path).expanduser()
@@ -186,13 +193,26 @@ def event_format(args: argparse.Namespace) -> Any:
         return parse_mapping(args.mapping)
     if args.mapping:
         raise ConfigError("--mapping is only used with --format generic")
+    if "=" in args.format:  # an inline mapping, as read_events takes it: errors name --format
+        try:
+            return parse_mapping(args.format)
+        except ConfigError as err:
+            raise ConfigError(f"--format {args.format}: {err}") from err
     return args.format
+
+
+def require_data(path: str | Path) -> None:
+    """A missing --data file is an error naming the option (the reader names only the path,
+    which says nothing when it is blank)."""
+    if not Path(path).expanduser().exists():
+        raise ConfigError(f"--data {path}: no such file")
 
 
 def read_event_input(args: argparse.Namespace) -> tuple[Any, Any]:
     """Read --data (--format, --mapping, --quarantine) as an events table: (table, report)."""
     from seqanom_core.ingest import read_nonempty_events
 
+    require_data(args.data)
     return read_nonempty_events(args.data, event_format(args), quarantine_path=args.quarantine)
 
 
@@ -202,6 +222,7 @@ def load_input(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any, Any]
     from seqanom_core.sequences import build_sequences, sequences_from_tokens
 
     if args.format == Source.TOKENS:
+        require_data(args.data)
         toks, report = read_token_sequences(args.data, quarantine_path=args.quarantine)
         return sequences_from_tokens(toks.ids, toks.tokens, tokenizer), None, report
     events, report = read_event_input(args)

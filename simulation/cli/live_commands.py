@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import queue
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -52,6 +53,24 @@ def read_token(path: str) -> str:
     return token
 
 
+def check_listen(host: str, port: int) -> None:
+    """Refuse, before the model loads, a --host that does not resolve or a --host/--port this
+    process cannot listen on (uvicorn would exit 1 after 'serving ...' was printed); the
+    address is only bound for the check, so a port taken a moment later still fails there."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (OSError, UnicodeError) as err:
+        raise ConfigError(f"--host {host}: not an address to listen on ({err})") from err
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            s.bind(addr)
+        except OSError as err:
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there "
+                              f"({err.strerror or err})") from err
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve live scoring over HTTP: POST /v1/events, GET|DELETE /v1/shoppers/ID, GET /v1/flagged,
     /healthz, /metrics (Prometheus), the live page at /, the API schema at /openapi.json."""
@@ -64,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes < 1024:
         raise ConfigError(f"--max-body-bytes must be at least 1024, not {args.max_body_bytes}")
     token = read_token(args.token_file) if args.token_file else None
+    check_listen(args.host, args.port)
     if not _is_loopback(args.host) and token is None:
         print(f"seqanom serve: warning: listening on {args.host} without --token-file: anyone "
               "who reaches it can post events and read scores", file=sys.stderr)

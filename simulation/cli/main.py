@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from seqanom_core import __version__
 from seqanom_core.errors import ConfigError, SeqanomError
@@ -26,15 +27,33 @@ from simulation.cli.site_commands import add_site_commands
 EXIT_ERROR = 2  # bad input or settings: a one-line error
 EXIT_INTERNAL = 3  # an unexpected failure (traceback with --verbose)
 log = logging.getLogger("seqanom")
+# line breaks (those of str.splitlines too), other control characters, lone surrogates
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks, control characters and lone surrogates escaped (``\\n``):
+    a value from the command line cannot split an error into two lines or reach the terminal
+    as a control sequence."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (naming the command and the option)
     and exit status 2, like every other error of the command; ``--help`` shows the usage."""
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        """As argparse, but ``--option=--`` is an error: Python 3.11's argparse drops the
+        ``--`` and stores an empty list, skipping the option's type check."""
+        if action.option_strings and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected a value, not '--'")
+        return super()._get_values(action, arg_strings)
+
     def error(self, message: str) -> NoReturn:
         """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit 2."""
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_ERROR, one_line(f"{self.prog}: error: {message} (see '{self.prog} --help')")
+                  + "\n")
 
 
 def memory_size(text: str) -> int:
@@ -95,21 +114,41 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("seqanom_core.ingest.summary").setLevel(logging.ERROR)
 
 
+def _undecodable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The error for a value that is not valid UTF-8 (the bytes of an argument the console's
+    encoding cannot decode, kept as lone surrogates): nothing could print or write it; None
+    when every value is text."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        bad = next((v for v in values if isinstance(v, str) and _SURROGATE.search(v)), None)
+        if bad is not None:
+            name = action.option_strings[-1] if action.option_strings else action.metavar
+            return f"{name or action.dest} {bad}: not valid UTF-8 text (names and paths must be)"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seqanom`` console command."""
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    undecodable = _undecodable(parser, args)
+    if undecodable:
+        print(one_line(f"seqanom {args.command}: error: {undecodable}"), file=sys.stderr)
+        return EXIT_ERROR
     if args.max_file_memory is not None:  # the readers, and the processes started here, see it
         os.environ[memory_limit.ENV] = str(args.max_file_memory)
     try:
         return int(args.func(args))
     except SeqanomError as err:
-        print(f"seqanom {args.command}: error: {err}", file=sys.stderr)
+        print(one_line(f"seqanom {args.command}: error: {err}"), file=sys.stderr)
         return EXIT_ERROR
     except OSError as err:  # a path we cannot read or write: name it
         where = f"{err.filename}: " if err.filename else ""
-        print(f"seqanom {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(one_line(f"seqanom {args.command}: error: {where}{err.strerror or err}"),
+              file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -119,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         text = str(err).strip()
         first = text.splitlines()[0] if text else ""
-        print(f"seqanom {args.command}: internal error: {type(err).__name__}: {first} "
-              "(run again with --verbose for the traceback)", file=sys.stderr)
+        print(one_line(f"seqanom {args.command}: internal error: {type(err).__name__}: {first} "
+                       "(run again with --verbose for the traceback)"), file=sys.stderr)
         return EXIT_INTERNAL
 
 

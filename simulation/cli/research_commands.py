@@ -17,6 +17,7 @@ from simulation.cli.inputs import (
     check_paths,
     event_format,
     read_event_input,
+    require_data,
     seed_int,
     shopper_ids,
 )
@@ -138,6 +139,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return _print_simulation(resume(Path(args.out)), Path(args.out))
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
+    if args.local_epochs < 1:  # the run config's error would name only "epochs"
+        raise ConfigError(f"--local-epochs must be 1 or more, not {args.local_epochs}")
     if not args.dp and args.epsilon is not None:
         raise ConfigError("--epsilon is a budget of DP training: it cannot go with --no-dp")
     if not args.dp and args.dp_seed is not None:
@@ -145,6 +148,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not args.dp and args.accountant is not None:
         raise ConfigError("--accountant accounts DP training: it cannot go with --no-dp")
     fmt = event_format(args)
+    if args.data is not None:
+        require_data(args.data)
     # an earlier simulation's outputs under --out are replaced: nothing given may lie in them
     check_paths({"data": args.data}, {"quarantine": args.quarantine, "out": args.out},
                 dirs=["out"], replaced={"out": [Path(args.out) / n for n in run.RUN_OUTPUTS]})

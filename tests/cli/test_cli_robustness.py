@@ -203,3 +203,71 @@ def test_epsilon_without_dp_is_refused_by_simulate(tmp_path, capsys):
                  "--out", str(tmp_path / "run")])
     _one_line_error(capsys, code, "--no-dp")
     assert not (tmp_path / "run").exists()
+
+
+def _status(argv: list[str]) -> int:
+    """``main(argv)``'s exit status, an argparse error's included."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
+@pytest.mark.parametrize("extra, needles", [
+    # found by tests/fuzz/test_fuzz_options.py: each was exit 3 or an error naming neither the
+    # option nor its file
+    (["train", "--seed", "9" * 30], ["--seed", "at most"]),  # torch's seed overflowed
+    (["credentials", "--sites", "a", "--days", "9" * 30], ["--days"]),  # the dates overflowed
+    (["credentials", "--sites", ""], ["--sites"]),
+    (["credentials", "--sites", "a", "--host=--"], ["--host", "expected a value"]),  # [] stored
+    (["train", "--alert-rate", "nan"], ["alert_rate"]),
+    (["train", "--calibration-fraction", "-0.0"], ["calibration_fraction"]),
+    (["train", "--lr", "nan"], ["lr (the learning rate)"]),
+    (["train", "--session-gap", "nan"], ["session_gap"]),
+    (["train", "--format", "="], ["--format ="]),
+    (["audit", "--canary-length", "0"], ["canary_length"]),
+    (["ledger", "out", "--raise-budget", "-0.0"], ["--raise-budget"]),
+    (["stream", "--max-shoppers", "-1"], ["max_shoppers"]),
+    (["stream", "--idle-ttl", "nan"], ["idle_ttl"]),
+    (["superlink", "--credentials", " ", "--dry-run"], ["--credentials", "no such directory"]),
+    # bytes the console could not decode: no name or path with them could be printed
+    (["inject", "--quarantine", "caf\udce9"], ["--quarantine caf\\udce9", "not valid UTF-8"]),
+    (["inject", "--data", " "], ["--data", "no such file"]),  # named only the blank path
+    (["ledger", ""], ["'': an empty path"]),  # was ": is a directory" (Path("") is ".")
+    (["inject", "--labels", ""], ["--labels '': an empty path"]),
+    (["simulate", "--local-epochs", "-1"], ["--local-epochs"]),  # named only "epochs"
+    (["train", "--lr", "1e30"], ["training diverged", "lr"]),  # no threshold on no scores
+    # a line break in a value no longer splits the error in two
+    (["train", "--data", "x\ny"], ["x\\ny"]),
+])
+def test_option_values_found_by_the_fuzz_are_one_line_errors(wd, capsys, tmp_path, monkeypatch,
+                                                             extra, needles):
+    monkeypatch.chdir(tmp_path)  # relative paths: in tmp_path
+    required = {
+        "train": ["--data", str(wd / "ev.csv"), "--out", str(tmp_path / "out"), *SMALL],
+        "audit": ["--data", str(wd / "ev.csv"), "--out", str(tmp_path / "out"), *SMALL],
+        "credentials": ["--out", str(tmp_path / "out")],
+        "ledger": [],
+        "stream": ["--model", str(wd / "model")],
+        "superlink": [],
+        "simulate": ["--prepare-only", "--out", str(tmp_path / "out")],
+        "inject": ["--data", str(wd / "ev.csv"), "--out", str(tmp_path / "out"), "--labels",
+                   str(tmp_path / "labels.csv")],
+    }
+    code = _status(["-q", extra[0], *required[extra[0]], *extra[1:]])
+    _one_line_error(capsys, code, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_serve_refuses_an_address_it_cannot_listen_on_before_loading(wd, capsys):
+    # found by reasoning about the fuzz's uvicorn stub: uvicorn exited 1 after "serving ..."
+    import socket
+
+    base = ["-q", "serve", "--model", str(wd / "model")]
+    _one_line_error(capsys, main([*base, "--host", "a b"]), "--host a b", "not an address")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        _one_line_error(capsys, main([*base, "--port", port]), f"--port {port}",
+                        "cannot listen")

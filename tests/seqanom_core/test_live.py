@@ -141,7 +141,7 @@ def test_models_it_cannot_score_the_batch_way_are_refused(detector):
     legacy.calibrator_.order_block = None  # calibrated on whole-history reorderings
     with pytest.raises(ConfigError, match="before live scoring"):
         LiveScorer(legacy)
-    with pytest.raises(ConfigError, match="max shoppers"):
+    with pytest.raises(ConfigError, match="max_shoppers"):
         LiveScorer(detector, max_shoppers=0)
 
 
