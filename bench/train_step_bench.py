@@ -1,16 +1,18 @@
 """Training-step cost of Opacus DP-SGD against plain training, for the project's own models.
 
-    python -m bench.train_step_bench [--batch 256] [--length 50] [--steps 5] [--out JSON]
+    python -m bench.train_step_bench [--batch 256] [--length 50] [--steps 5] [--kinds K,K]
+                                     [--out JSON]
 
-For each registered model kind (``seqanom_core.models.backbone_kinds()``: "transformer", "lstm",
-"mingru") builds ``seqanom_core.models.build_model`` with the
-default ``ModelConfig`` and the event vocabulary, and times one training step -- zero_grad,
+For each model kind in ``--kinds`` (default: every registered one,
+``seqanom_core.models.backbone_kinds()``: "transformer", "lstm", "mingru") builds
+``seqanom_core.models.build_model`` with the default ``ModelConfig`` and the event vocabulary,
+and times one training step -- zero_grad,
 ``seqanom_core.training.sequence_loss``, backward, AdamW step, as in ``train_model`` -- on one
 random token batch: plain, and wrapped by ``opacus.PrivacyEngine.make_private`` (per-sample
 gradients, clipping, noise). Plain and DP steps alternate (same background load for both).
 Reported per kind: the median of ``--steps`` timed steps after 2 warm-ups, and ``ratio`` =
-dp_s / plain_s. Note the LSTM is Opacus' ``DPLSTM`` in both runs (the
-project always uses it), so its ratio is the DP-SGD cost on top of the project's plain path.
+dp_s / plain_s. Note the LSTM is Opacus' ``DPLSTM`` in both runs (the project always uses it),
+so its ratio is the DP-SGD cost on top of the project's plain path.
 """
 
 from __future__ import annotations
