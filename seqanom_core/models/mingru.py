@@ -5,8 +5,9 @@ for the Transformer (Opacus' Linear grad sampler, one einsum per layer), not DPL
 minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): the gate and the candidate depend only on
 the current input, ``z_t = sigmoid(W_z x_t)``, ``c_t = W_h x_t``, and the state is
 ``h_t = (1 - z_t) * h_{t-1} + z_t * c_t`` from ``h_0 = 0``. The recurrence itself has no
-parameters: a linear scan (``linear_scan``) with its own backward, one fused op per time step. Depth gives the nonlinearity across time: pre-norm blocks of
-minGRU + projection and an MLP, each with a residual, as a Transformer block has.
+parameters: a linear scan (``linear_scan``) with its own backward, one fused op per time step.
+Depth gives the nonlinearity across time: pre-norm blocks of minGRU + projection and an MLP,
+each with a residual, as a Transformer block has.
 """
 
 from __future__ import annotations
