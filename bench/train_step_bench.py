@@ -1,15 +1,18 @@
 """Training-step cost of Opacus DP-SGD against plain training, for the project's own models.
 
-    python -m bench.train_step_bench [--batch 256] [--length 50] [--steps 5] [--out JSON]
+    python -m bench.train_step_bench [--batch 256] [--length 50] [--steps 5] [--kinds K,K]
+                                     [--out JSON]
 
-For each model kind ("transformer", "lstm") builds ``seqanom_core.models.build_model`` with the
-default ``ModelConfig`` and the event vocabulary, and times one training step -- zero_grad,
+For each model kind in ``--kinds`` (default: every registered one,
+``seqanom_core.models.backbone_kinds()``: "transformer", "lstm", "mingru") builds
+``seqanom_core.models.build_model`` with the default ``ModelConfig`` and the event vocabulary,
+and times one training step -- zero_grad,
 ``seqanom_core.training.sequence_loss``, backward, AdamW step, as in ``train_model`` -- on one
 random token batch: plain, and wrapped by ``opacus.PrivacyEngine.make_private`` (per-sample
 gradients, clipping, noise). Plain and DP steps alternate (same background load for both).
 Reported per kind: the median of ``--steps`` timed steps after 2 warm-ups, and ``ratio`` =
-dp_s / plain_s. Note the LSTM is Opacus' ``DPLSTM`` in both runs (the
-project always uses it), so its ratio is the DP-SGD cost on top of the project's plain path.
+dp_s / plain_s. Note the LSTM is Opacus' ``DPLSTM`` in both runs (the project always uses it),
+so its ratio is the DP-SGD cost on top of the project's plain path.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from bench import emit, envelope, peak_rss_mb, setup_logging
 
 log = logging.getLogger("bench.train_step")
 
-KINDS = ("transformer", "lstm")
+
+def registered_kinds() -> tuple[str, ...]:
+    """Every registered model kind (imports the backbones, hence torch: only when called)."""
+    from seqanom_core.models import backbone_kinds
+
+    return backbone_kinds()
+
 WARMUP = 2
 
 
@@ -150,11 +159,13 @@ def run(
     length: int = 50,
     steps: int = 5,
     threads: int = 2,
-    kinds: tuple[str, ...] = KINDS,
+    kinds: tuple[str, ...] | None = None,
 ) -> dict:
-    """Time every model kind; return the results (no machine info)."""
+    """Time the given model kinds (default: every registered one); return the results (no
+    machine info)."""
     import torch
 
+    kinds = registered_kinds() if kinds is None else kinds
     torch.set_num_threads(threads)
     load_start = round(os.getloadavg()[0], 2)
     results = {kind: bench_kind(kind, batch, length, steps) for kind in kinds}
@@ -170,12 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--length", type=int, default=50, help="positions per sequence (default 50)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per run (median is kept)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated model kinds")
+    ap.add_argument("--kinds", default=None,
+                    help="comma-separated model kinds (default: every registered kind)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    kinds = (registered_kinds() if args.kinds is None
+             else tuple(k.strip() for k in args.kinds.split(",") if k.strip()))
     results = run(args.batch, args.length, args.steps, args.threads, kinds)
     params = {
         "batch": args.batch,

@@ -1,5 +1,5 @@
-"""Next-event networks (``network``), their registered backbones (``transformer``, ``lstm``;
-see ``registry``), device selection and weight transfer (``transfer``).
+"""Next-event networks (``network``), their registered backbones (``transformer``, ``lstm``,
+``mingru``; see ``registry``), device selection and weight transfer (``transfer``).
 
 Importing this package imports every backbone module, which registers its model kind.
 """
@@ -24,12 +24,15 @@ from seqanom_core.models.transformer import (
     TransformerNextEventModel,
 )
 from seqanom_core.models.lstm import LSTMNextEventModel
+from seqanom_core.models.mingru import MinGRUBlock, MinGRUNextEventModel
 # isort: on
 
 __all__ = [
     "COPY_FEATURES",
     "CausalSelfAttention",
     "LSTMNextEventModel",
+    "MinGRUBlock",
+    "MinGRUNextEventModel",
     "NextEventModel",
     "TransformerBlock",
     "TransformerNextEventModel",

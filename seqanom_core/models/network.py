@@ -1,9 +1,9 @@
 """The next-event network, built only from Opacus-supported layers, around a registered backbone.
 
 Every model kind shares one shape: channel embeddings in, a backbone, then three heads. The
-backbones (a causal Transformer in ``transformer.py``, a DP-LSTM in ``lstm.py``) are
-``NextEventModel`` subclasses registered by kind (``registry.py``). The event head predicts
-the next event token (including the end of the sequence); the gap and item heads predict the next
+backbones (a causal Transformer in ``transformer.py``, a DP-LSTM in ``lstm.py``, a minGRU in
+``mingru.py``) are ``NextEventModel`` subclasses registered by kind (``registry.py``). The event
+head predicts the next event token (including the end of the sequence); the gap and item heads predict the next
 event's time-gap bucket and item state *given* that event (teacher-forced), so that e.g. "a buy
 of an item never viewed" is one surprising prediction, not two ordinary ones.
 

@@ -13,11 +13,12 @@ from seqanom_core.errors import ConfigError
 from seqanom_core.live.engine import LiveScorer
 from seqanom_core.live.events import EventError, LiveEvent, OutOfOrderError, parse_events
 from seqanom_core.live.state import MAX_ITEMS
+from seqanom_core.models import backbone_kinds
 from seqanom_core.schema import BEHAVIORS, events_from_arrays
 from seqanom_core.sequences import build_sequences
 
 
-@pytest.fixture(scope="module", params=["transformer", "lstm"])
+@pytest.fixture(scope="module", params=backbone_kinds())
 def detector(request, small_split):
     # a short window (16 positions) so that long shoppers cross many windows and the kept tokens
     # are trimmed, as max_len 128 would only on shoppers of hundreds of events

@@ -6,19 +6,20 @@ from opacus.validators import ModuleValidator
 
 from seqanom_core.config import ModelConfig, TokenizerConfig
 from seqanom_core.errors import ConfigError
-from seqanom_core.models import build_model
+from seqanom_core.models import backbone_kinds, build_model
+from seqanom_core.models.mingru import linear_scan, min_gru
 from seqanom_core.sequences import CHANNELS, N_SPECIAL, vocab_sizes
 
 VOCAB = vocab_sizes(TokenizerConfig(), "events")
 
 
-@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("kind", backbone_kinds())
 def test_model_is_opacus_compatible(kind):
     model = build_model(ModelConfig(kind=kind, d_model=32, n_heads=2, n_layers=1), VOCAB)
     ModuleValidator.validate(model, strict=True)  # raises if any layer is unsupported
 
 
-@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("kind", backbone_kinds())
 def test_forward_shapes_and_causality(kind):
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind=kind, d_model=32, n_heads=2, n_layers=1, dropout=0), VOCAB).eval()
@@ -87,3 +88,48 @@ def test_history_copy_on_pre_tokenised_vocabulary_and_without_copy():
         build_model(ModelConfig(), {**VOCAB, "event": VOCAB["event"] + 1})
     with pytest.raises(ConfigError, match="history_copy"):
         ModelConfig(history_copy="yes")
+
+
+def test_linear_scan_matches_the_recurrence_and_its_gradient():
+    torch.manual_seed(0)
+    a = torch.rand(3, 9, 4, dtype=torch.double, requires_grad=True)
+    b = torch.randn(3, 9, 4, dtype=torch.double, requires_grad=True)
+    h, expected = torch.zeros(3, 4, dtype=torch.double), []
+    for t in range(9):
+        h = a[:, t] * h + b[:, t]
+        expected.append(h)
+    assert torch.allclose(linear_scan(a, b), torch.stack(expected, 1))
+    assert torch.autograd.gradcheck(linear_scan, (a, b))
+    z = torch.sigmoid(torch.randn(2, 5, 3))
+    c = torch.randn(2, 5, 3)
+    h = min_gru(torch.logit(z), c)
+    assert torch.allclose(h[:, 0], z[:, 0] * c[:, 0], atol=1e-6)  # h_0 = 0
+    assert torch.allclose(h[:, 3], (1 - z[:, 3]) * h[:, 2] + z[:, 3] * c[:, 3], atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+@pytest.mark.parametrize("kind", backbone_kinds())
+def test_per_sample_gradients_are_each_samples_own(kind):
+    # what DP-SGD clips: Opacus' grad samplers must give each shopper's own gradient (for the
+    # minGRU, its parameter-free recurrence between nn.Linear layers needs no sampler of its own)
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    config = ModelConfig(kind=kind, d_model=8, n_heads=2, n_layers=2, dropout=0)
+    model = build_model(config, VOCAB)
+    x = {c: torch.randint(1, VOCAB[c], (3, 6)) for c in CHANNELS}
+    nxt = torch.randint(3, VOCAB["event"], (3, 6))
+
+    def loss(m, rows):
+        out = m({c: v[rows] for c, v in x.items()}, nxt[rows])
+        return sum(o.pow(2).mean((1, 2)).sum() for o in out.values())
+
+    gsm = GradSampleModule(model, loss_reduction="sum")
+    loss(gsm, slice(None)).backward()
+    samples = {n: p.grad_sample.clone() for n, p in model.named_parameters()}
+    gsm._close()
+    for i in range(3):
+        model.zero_grad()
+        loss(model, slice(i, i + 1)).backward()
+        for n, p in model.named_parameters():
+            assert torch.allclose(samples[n][i], p.grad, atol=1e-5), (n, (samples[n][i] - p.grad).abs().max())

@@ -7,7 +7,7 @@ import torch
 
 from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.errors import ConfigError, PrivacyBudgetExceeded
-from seqanom_core.models import build_model
+from seqanom_core.models import backbone_kinds, build_model
 from seqanom_core.privacy import AccountantState, noise_for_budget
 from seqanom_core.sequences import build_sequences, vocab_sizes
 from seqanom_core.training import train_model
@@ -27,7 +27,7 @@ def _train(seqs, kind, dp, state=None, epochs=1):
     return train_model(model, seqs, cfg, torch.device("cpu"), accountant_state=state, progress=False)
 
 
-@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("kind", backbone_kinds())
 def test_dp_training_respects_target_epsilon(seqs, kind):
     r = _train(seqs, kind, DPConfig(epsilon=2.0, delta=1e-5))
     assert r.dp and r.steps > 0
@@ -56,7 +56,7 @@ def test_epsilon_accumulates_across_calls_and_budget_is_enforced(seqs, tmp_path)
     assert second.epsilon < top_up.epsilon <= second.epsilon + 1.0
 
 
-@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("kind", backbone_kinds())
 def test_dp_training_raises_no_known_library_warnings(seqs, kind):
     # Opacus' secure-RNG note and PyTorch's backward-hook note fired once per engine and once per
     # step, flooding every site's log; both are stated/handled in our own code instead

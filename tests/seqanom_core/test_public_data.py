@@ -10,6 +10,7 @@ from seqanom_core.config import ModelConfig, TrainConfig
 from seqanom_core.detector import make_detector
 from seqanom_core.ingest import read_events
 from seqanom_core.metrics import auroc
+from seqanom_core.models import backbone_kinds
 from seqanom_core.sequences import split_events_by_shopper
 
 
@@ -23,7 +24,7 @@ def _taobao_split(shared_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("kind", backbone_kinds())
 def test_taobao_injected_anomalies_are_separated(shared_data, kind):
     train, test, labels = _taobao_split(shared_data)
     det = make_detector(kind, train_config=TrainConfig(epochs=8), progress=False).fit(train)

@@ -24,6 +24,7 @@ from seqanom_core.ingest import read_events, read_token_sequences
 from seqanom_core.models import (
     LSTMNextEventModel,
     TransformerNextEventModel,
+    backbone_kinds,
     build_model,
     check_model_size,
     check_weights_file,
@@ -57,7 +58,7 @@ def test_tokenizer_bucket_counts_over_their_limits_are_refused(settings, needle)
         TokenizerConfig(**settings)
 
 
-@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("kind", backbone_kinds())
 @pytest.mark.parametrize("source", ["events", "tokens"])
 @pytest.mark.parametrize("history_copy", [True, False])
 def test_parameter_count_without_building_is_exact(kind, source, history_copy):
