@@ -116,6 +116,18 @@ STATE_FILE = "simulation.json"
 STATE_VERSION = 1
 
 
+def written_by_simulation(out: Path) -> bool:
+    """Whether ``out`` holds a simulation's outputs: its ``STATE_FILE``, or (a run from before
+    that file) the Flower app config every earlier simulation wrote."""
+    if (out / STATE_FILE).is_file():
+        return True
+    app = out / "flwr-app" / "pyproject.toml"
+    try:
+        return app.is_file() and 'name = "seqanom-simulation"' in app.read_text()[:4096]
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def clear_previous_run(out: Path, keep: tuple[Path | None, ...] = ()) -> list[str]:
     """Remove an earlier simulation's outputs from ``out`` (only the names in ``RUN_OUTPUTS``).
 
@@ -124,11 +136,11 @@ def clear_previous_run(out: Path, keep: tuple[Path | None, ...] = ()) -> list[st
     the next run trains under enormous noise), and its checkpoints would mix with the new
     ones. A path of ``keep`` (the run's input data, its quarantine file) inside one of them
     is a ConfigError before anything is removed: a simulation never deletes its input.
-    Nor a file it did not write: without ``STATE_FILE`` (which every simulation writes before
-    anything else) no output name is replaced, and one that exists is a ConfigError.
+    Nor a file it did not write: unless ``written_by_simulation(out)`` no output name is
+    replaced, and one that exists is a ConfigError.
     Returns the names removed."""
     present = [name for name in RUN_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
-    if present and not (out / STATE_FILE).is_file():
+    if present and not written_by_simulation(out):
         raise ConfigError(f"--out {out} holds {', '.join(present)}, which no seqanom simulation "
                           f"wrote there (it has no {STATE_FILE}); give a new or empty run "
                           "directory, or move them")

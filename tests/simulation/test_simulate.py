@@ -121,6 +121,12 @@ def test_a_run_dir_without_a_simulations_mark_is_never_cleared(tmp_path):
         clear_previous_run(out)
     assert (out / "report.md").read_text() == "my report"
     assert (out / "figures" / "plot.png").read_bytes() == b"mine"
+    # a run from before simulation.json: its Flower app config marks it
+    old = tmp_path / "old"
+    (old / "flwr-app").mkdir(parents=True)
+    (old / "flwr-app" / "pyproject.toml").write_text('[project]\nname = "seqanom-simulation"\n')
+    (old / "report.md").write_text("an earlier simulation's")
+    assert clear_previous_run(old) == ["report.md", "flwr-app"]
 
 
 def test_simulate_reads_a_generic_mapping_and_quarantines_bad_rows(tmp_path, capsys):
