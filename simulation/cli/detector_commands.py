@@ -44,6 +44,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_paths({"data": args.data, "ledger": args.ledger},
                 {"out": args.out, "quarantine": args.quarantine, "ledger": args.ledger},
                 dirs=["out"], replaced={"out": [args.out]})
+    if args.ledger and train.dp is None:
+        raise ConfigError("--ledger records what DP-SGD spends: it goes with --dp (without it "
+                          "this training would record nothing there)")
     keep = bool(args.ledger) and train.dp is not None
     if (args.site or args.new_ledger) and not keep:
         raise ConfigError("--site and --new-ledger go with --dp --ledger")

@@ -95,3 +95,11 @@ def test_a_given_noise_counts_against_the_budget_and_the_max_noise(events, tmp_p
     err = _error(capsys, _train(events, tmp_path, "--noise-multiplier", "12"))
     assert "above the max noise 10" in err
     assert not (tmp_path / "model").exists()
+
+
+def test_a_ledger_without_dp_is_refused_not_ignored(events, tmp_path, spent, capsys):
+    before = spent.read_bytes()
+    code = main(["-q", "train", "--data", str(events), "--out", str(tmp_path / "model"),
+                 "--ledger", str(spent), "--site", "site-a", "--epochs", "1"])
+    assert "--ledger records what DP-SGD spends: it goes with --dp" in _error(capsys, code)
+    assert spent.read_bytes() == before and not (tmp_path / "model").exists()
