@@ -40,6 +40,31 @@ def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(y, s)) if 0 < y.sum() else float("nan")
 
 
+#: The false-positive rates recall is reported at (DeepLog's operating point is 0.2%)
+LOW_FPRS: tuple[float, ...] = (0.001, 0.002, 0.01)
+
+
+def recall_at_fpr(labels: np.ndarray, scores: np.ndarray,
+                  fprs: Sequence[float] = LOW_FPRS) -> dict[str, float]:
+    """Recall of the anomalous rows at each false-positive rate of ``fprs``, keyed "0.1%" etc.
+
+    At rate f the threshold is the (m+1)-th highest normal score, m = floor(f x normals): rows
+    strictly above it are flagged, so at most m normal rows are (with 300 normals and f 0.1%,
+    m = 0: recall of the anomalies above every normal). NaN without both classes."""
+    y, s = _check(labels, scores)
+    normal = np.sort(s[y == 0])[::-1]
+    anomalous = s[y == 1]
+    out = {}
+    for f in fprs:
+        key = f"{100 * f:g}%"
+        if not len(normal) or not len(anomalous):
+            out[key] = float("nan")
+            continue
+        threshold = normal[min(int(np.floor(f * len(normal))), len(normal) - 1)]
+        out[key] = float((anomalous > threshold).mean())
+    return out
+
+
 def precision_recall_f1(labels: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
     """Precision, recall and F1 of 0/1 flags, the alert rate over all rows and the false alert
     rate (the fraction of normal rows flagged: what a threshold's target alert rate is for)."""
@@ -101,7 +126,8 @@ def auroc_per_kind(labels: np.ndarray, scores: np.ndarray, kinds: Sequence[str] 
 def detection_report(
     labels: np.ndarray, scores: np.ndarray, threshold: float, kinds: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """All metrics at once: AUROC, AUPRC, P/R/F1 at the threshold and at the best F1, P@k."""
+    """All metrics at once: AUROC, AUPRC, P/R/F1 at the threshold and at the best F1, P@k,
+    recall at false-positive rates 0.1%, 0.2% and 1%."""
     y, s = _check(labels, scores)
     flagged = s > threshold
     n_pos = int(y.sum())
@@ -111,6 +137,7 @@ def detection_report(
         "at_threshold": {"threshold": float(threshold), **precision_recall_f1(y, flagged)},
         "best_f1": best_f1(y, s),
         "precision_at_k": {"k": n_pos, "value": precision_at_k(y, s, n_pos)} if n_pos else None,
+        "recall_at_fpr": recall_at_fpr(y, s),
     }
     if kinds is not None:
         report["recall_per_kind"] = recall_per_kind(kinds, flagged)

@@ -264,7 +264,9 @@ def write_report(
         given = methods_meta.get(name)
         meta: dict = given if isinstance(given, dict) else {}
         fa = false_alert.get(name)
+        low = ev.get("recall_at_fpr") or {}
         summary_rows.append([name, _fmt(ev["auroc"]), _fmt(ev["auprc"]),
+                             *(_fmt(low.get(k)) for k in ("0.1%", "0.2%", "1%")),
                              "-" if fa is None else f"{100 * fa:.1f}%",
                              _epsilon(meta.get("epsilon")), _delta(meta.get("delta"))])
     kinds = sorted({k for ev in evaluation.values() for k in ev["auroc_per_kind"]})
@@ -276,8 +278,11 @@ def write_report(
         n = next(iter(evaluation.values()))
         lines += [f"Test shoppers: {n['n']} ({n['n_anomalous']} with injected anomalies).", "",
                   "## Summary", "",
-                  *_table(["method", "AUROC", "AUPRC", "normal flagged", "ε", "δ"], summary_rows),
-                  "", "*normal flagged*: the share of normal test shoppers above the method's own "
+                  *_table(["method", "AUROC", "AUPRC", "recall @0.1% FPR", "@0.2%", "@1%",
+                           "normal flagged", "ε", "δ"], summary_rows),
+                  "", "*recall @x% FPR*: the share of anomalous test shoppers scored above all "
+                  "but x% of the normal ones (the false alarms a merchant pays for). "
+                  "*normal flagged*: the share of normal test shoppers above the method's own "
                   f"threshold (calibrated for an alert rate of {_alert_rate(metrics)}); "
                   "IsolationForest has no threshold.",
                   "", "### AUROC per anomaly kind", "", *_table(["method", *kinds], kind_rows), ""]

@@ -176,6 +176,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"  normal shoppers flagged: {int(at['false_alerts'])} of {int((y == 0).sum())} "
               f"({at['false_alert_rate']:.2%}; the threshold targets "
               f"{det.metadata_.get('alert_rate', float('nan')):.1%} of normal shoppers)")
+        low = rep["recall_at_fpr"]
+        print("  recall at a false-positive rate of "
+              + ", ".join(f"{k}: {v:.3f}" for k, v in low.items()))
         for k, v in rep.get("auroc_per_kind", {}).items():
             print(f"  {k:20s} AUROC {v:.3f}  recall@threshold {rep['recall_per_kind'][k]:.3f}")
         if args.metrics_out:

@@ -195,8 +195,11 @@ def _print_simulation(metrics: dict, out: Path) -> int:
         eps_txt = f", epsilon {eps:.3f}" if isinstance(eps, (int, float)) else ""
         fa = m.get("false_alert_rate")
         fa_txt = f"  normal flagged {fa:6.1%}" if isinstance(fa, (int, float)) else " " * 22
+        low = m.get("recall_at_fpr") or {}
+        low_txt = ("  recall@FPR 0.1/0.2/1% " + "/".join(f"{low[k]:.2f}" for k in low)
+                   if low else "")
         print(f"  {name:24s} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}{fa_txt}{eps_txt}"
-              .rstrip())
+              f"{low_txt}".rstrip())
     priv = metrics.get("privacy", {})
     print(f"privacy mode: {priv.get('mode', 'local')}")
     for g in priv.get("guarantees", []):

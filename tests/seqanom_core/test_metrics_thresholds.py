@@ -55,3 +55,18 @@ def test_metrics_known_values():
     assert rep["n_anomalous"] == 2 and rep["at_threshold"]["recall"] == 0.5
     with pytest.raises(ConfigError):
         auroc(y, np.array([0, np.nan, 1, 1]))
+
+
+def test_recall_at_low_false_positive_rates():
+    from seqanom_core.metrics import recall_at_fpr
+
+    normal = np.arange(1000, dtype=float)
+    anomalous = np.array([999.5, 998.5, 990.5, 500.0])
+    y = np.r_[np.zeros(1000), np.ones(4)]
+    s = np.r_[normal, anomalous]
+    got = recall_at_fpr(y, s)
+    # 0.1%: 1 normal may be above the threshold (998), 0.2%: 2 (997), 1%: 10 (989)
+    assert got == {"0.1%": 0.5, "0.2%": 0.5, "1%": 0.75}
+    for f, thr in ((0.001, 998), (0.002, 997), (0.01, 989)):
+        assert (normal > thr).sum() <= int(f * 1000)
+    assert np.isnan(recall_at_fpr(np.zeros(5), np.arange(5.0))["1%"])
