@@ -97,15 +97,8 @@ def watch(parent_pid: int, grace: float) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sys.stdin.buffer.fileno(), selectors.EVENT_READ)
 
-    def parent_alive() -> bool:
-        try:
-            return parent.create_time() == parent_started and \
-                parent.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
     while True:
-        if parent_alive():
+        if _alive({parent_pid: parent_started}):
             roots = [parent] + _alive(seen)
             for root in roots:
                 with contextlib.suppress(psutil.Error):

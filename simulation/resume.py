@@ -20,6 +20,7 @@ from typing import Any
 from seqanom_core.errors import ConfigError
 from seqanom_core.ingest import read_events
 from seqanom_core.labels import read_labels
+from server.checkpoints import list_checkpoints
 from simulation.run import STATE_FILE, STATE_VERSION, SimulationConfig, federate_and_report
 
 log = logging.getLogger(__name__)
@@ -38,16 +39,10 @@ def resume(out: Path) -> dict[str, Any]:
         trains.append(read_events(d / "train.parquet", "seqanom")[0])
         tests.append(read_events(d / "test.parquet", "seqanom")[0])
     labels = read_labels(out / "test_labels.csv")
-    done = len(list_round_dirs(out / "checkpoints"))
+    done = len(list_checkpoints(out / "checkpoints"))
     log.info("resuming the simulation in %s after %d complete round(s) of %d", out, done,
              cfg.rounds)
     return federate_and_report(cfg, state, trains, tests, labels, t0, resumed_after=done)
-
-
-def list_round_dirs(root: Path) -> list[Path]:
-    """The complete round checkpoints under ``root`` (those with their round.json)."""
-    return sorted(p for p in root.glob("round-*") if (p / "round.json").is_file()) \
-        if root.is_dir() else []
 
 
 def read_state(out: Path) -> tuple[SimulationConfig, dict[str, Any]]:

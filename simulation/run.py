@@ -235,8 +235,7 @@ def prepare_flwr_run(cfg: SimulationConfig, loaded: Loaded | None = None) -> Pat
     returns the run config file's path."""
     events, report = loaded or load_events(cfg)
     partition = prepare_sites(cfg, events)[3]
-    write_state(cfg, partition, None if report is None else
-                report.to_dict() | {"summary": report.summary()})
+    write_state(cfg, partition, report)
     path = cfg.out / "run-config.toml"
     path.write_text("\n".join(toml_lines(run_config(cfg))) + "\n")
     return path
@@ -249,18 +248,18 @@ def simulate(cfg: SimulationConfig, loaded: Loaded | None = None) -> dict[str, A
     print its ingest summary before the long run)."""
     t0 = time.time()
     events, report = loaded or load_events(cfg)
-    ingest = None if report is None else report.to_dict() | {"summary": report.summary()}
     trains, tests, labels, partition = prepare_sites(cfg, events)
-    state = write_state(cfg, partition, ingest)
+    state = write_state(cfg, partition, report)
     return federate_and_report(cfg, state, trains, tests, labels, t0)
 
 
-def write_state(cfg: SimulationConfig, partition: list[dict], ingest: dict | None
+def write_state(cfg: SimulationConfig, partition: list[dict], report: IngestReport | None
                 ) -> dict[str, Any]:
     """``RUN_DIR/simulation.json`` once the sites are written: what ``resume`` continues from
     (settings, a new Flower run id, partition and ingest summaries). Returns it."""
     state = {"version": STATE_VERSION, "sites_complete": True, "config": config_record(cfg),
-             "run_id": new_run_id(), "partition": partition, "ingest": ingest}
+             "run_id": new_run_id(), "partition": partition,
+             "ingest": None if report is None else report.to_dict() | {"summary": report.summary()}}
     write_json_atomic(cfg.out / STATE_FILE, state)
     return state
 
