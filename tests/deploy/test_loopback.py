@@ -13,101 +13,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from process_tree import free_port, stop_trees
+from deployment import FLWR, REPO, Processes, flwr, message_times, run_ok, seqanom
+from process_tree import free_port
 
 from seqanom_core.detector import SequenceDetector
 from simulation import cli
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-FLWR = str(Path(sys.executable).parent / "flwr")
 SITES = ("site-a", "site-b", "site-c")
 RUN_CONFIG = ("num-rounds=2 strategy=\"fedavg\" min-sites=3 round-timeout=300.0 d-model=16 "
               "n-layers=1 n-heads=2 max-len=32 batch-size=16 local-epochs=1 dp=true epsilon=8.0")
 BUDGET = 6.0  # each site's --privacy-budget (caps the run's epsilon)
 
-
-@dataclass
-class Processes:
-    """The processes a test started, each in a new session (its pid is its process group)."""
-
-    logs: Path
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    t0: float = field(default_factory=time.monotonic)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        """Start ``argv`` in a new session; its output goes, time-stamped, to ``name``.log."""
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                cwd=REPO, start_new_session=True, text=True, errors="replace")
-        self.procs[name] = proc
-        threading.Thread(target=self._copy, args=(proc, self.logs / f"{name}.log"),
-                         daemon=True).start()
-        return proc
-
-    def _copy(self, proc: subprocess.Popen, path: Path) -> None:
-        with path.open("w") as log:
-            for line in proc.stdout:
-                log.write(f"{time.monotonic() - self.t0:9.3f} {line}")
-                log.flush()
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_for(self, name: str, text: str, timeout: float) -> None:
-        """Until ``text`` shows in the process' log; fails if it exits or the time runs out."""
-        end = time.monotonic() + timeout
-        while text not in self.log(name):
-            if self.procs[name].poll() is not None or time.monotonic() > end:
-                pytest.fail(f"{name}: no '{text}' (exit {self.procs[name].poll()}):\n"
-                            f"{self.log(name)[-3000:]}")
-            time.sleep(0.3)
-
-    def tails(self, n: int = 1500) -> str:
-        return "\n".join(f"--- {k}\n{self.log(k)[-n:]}" for k in self.procs)
-
-    def stop(self) -> None:
-        """SIGTERM every running process and its descendants, then SIGKILL stragglers."""
-        stop_trees([p for p in self.procs.values() if p.poll() is None], timeout=15)
-        for proc in self.procs.values():
-            proc.wait()
-
-
-def flwr(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
-    """A flwr CLI command with --format json; its JSON answer."""
-    res = subprocess.run([FLWR, *args, "--format", "json"], env=env, cwd=REPO, text=True,
-                         capture_output=True, timeout=timeout)
-    try:
-        return json.loads(res.stdout)
-    except ValueError:
-        pytest.fail(f"flwr {' '.join(args)}: exit {res.returncode}\n{res.stdout}\n{res.stderr}")
-
-
-
-_MSG = re.compile(r"^\s*([\d.]+) .*(Receiving|Sending): (\S+) message")
-
-
-def message_times(log: str) -> list[tuple[str, float, float]]:
-    """(message type, received at, reply sent at) for each message a SuperNode handled."""
-    out, pending = [], {}
-    for line in log.splitlines():
-        m = _MSG.match(line)
-        if m and m.group(2) == "Receiving":
-            pending[m.group(3)] = float(m.group(1))
-        elif m and m.group(3) in pending:
-            out.append((m.group(3), pending.pop(m.group(3)), float(m.group(1))))
-    return out
 
 @dataclass
 class Federation:
@@ -123,15 +47,6 @@ class Federation:
 
     def ledger(self, site: str) -> Path:
         return self.tmp / "ledgers" / f"{site}.json"
-
-
-def seqanom(*args: str) -> list[str]:
-    return [sys.executable, "-m", "simulation.cli", *args]
-
-
-def run_ok(argv: list[str], env: dict[str, str]) -> None:
-    res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, f"{argv}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
 
 
 @pytest.fixture(scope="module")

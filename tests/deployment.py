@@ -1,0 +1,101 @@
+"""What the deployment tests share: processes started in their own sessions with time-stamped logs,
+the flwr CLI's JSON answers, the seqanom CLI's command line, and the messages a SuperNode handled."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from process_tree import stop_trees
+
+REPO = Path(__file__).resolve().parents[1]
+FLWR = str(Path(sys.executable).parent / "flwr")
+
+
+@dataclass
+class Processes:
+    """The processes a test started, each in a new session (its pid is its process group)."""
+
+    logs: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    t0: float = field(default_factory=time.monotonic)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Start ``argv`` in a new session; its output goes, time-stamped, to ``name``.log."""
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                cwd=REPO, start_new_session=True, text=True, errors="replace")
+        self.procs[name] = proc
+        threading.Thread(target=self._copy, args=(proc, self.logs / f"{name}.log"),
+                         daemon=True).start()
+        return proc
+
+    def _copy(self, proc: subprocess.Popen, path: Path) -> None:
+        with path.open("w") as log:
+            for line in proc.stdout:
+                log.write(f"{time.monotonic() - self.t0:9.3f} {line}")
+                log.flush()
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for(self, name: str, text: str, timeout: float) -> None:
+        """Until ``text`` shows in the process' log; fails if it exits or the time runs out."""
+        end = time.monotonic() + timeout
+        while text not in self.log(name):
+            if self.procs[name].poll() is not None or time.monotonic() > end:
+                pytest.fail(f"{name}: no '{text}' (exit {self.procs[name].poll()}):\n"
+                            f"{self.log(name)[-3000:]}")
+            time.sleep(0.3)
+
+    def tails(self, n: int = 1500) -> str:
+        return "\n".join(f"--- {k}\n{self.log(k)[-n:]}" for k in self.procs)
+
+    def stop(self) -> None:
+        """SIGTERM every running process and its descendants, then SIGKILL stragglers."""
+        stop_trees([p for p in self.procs.values() if p.poll() is None], timeout=15)
+        for proc in self.procs.values():
+            proc.wait()
+
+
+def flwr(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
+    """A flwr CLI command with --format json; its JSON answer."""
+    res = subprocess.run([FLWR, *args, "--format", "json"], env=env, cwd=REPO, text=True,
+                         capture_output=True, timeout=timeout)
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        pytest.fail(f"flwr {' '.join(args)}: exit {res.returncode}\n{res.stdout}\n{res.stderr}")
+
+
+
+_MSG = re.compile(r"^\s*([\d.]+) .*(Receiving|Sending): (\S+) message")
+
+
+def message_times(log: str) -> list[tuple[str, float, float]]:
+    """(message type, received at, reply sent at) for each message a SuperNode handled."""
+    out, pending = [], {}
+    for line in log.splitlines():
+        m = _MSG.match(line)
+        if m and m.group(2) == "Receiving":
+            pending[m.group(3)] = float(m.group(1))
+        elif m and m.group(3) in pending:
+            out.append((m.group(3), pending.pop(m.group(3)), float(m.group(1))))
+    return out
+
+
+def seqanom(*args: str) -> list[str]:
+    return [sys.executable, "-m", "simulation.cli", *args]
+
+
+def run_ok(argv: list[str], env: dict[str, str]) -> None:
+    res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"{argv}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
