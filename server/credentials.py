@@ -11,6 +11,9 @@ overwritten; an existing CA is reused, so sites can be added later)::
                                 only this site holds it (flower-supernode --auth-supernode-private-key)
     sites/<site>/<site>.pub     its public key, registered with ``flwr supernode register``
 
+docker/compose.yaml mounts this layout as it is (its sites dial the SuperLink as ``superlink``:
+``--host superlink``). A kept SuperLink certificate must already name every ``--host`` asked for.
+
 Only the ``cryptography`` package is used (Flower depends on it); nothing here imports flwr.
 """
 
@@ -126,22 +129,44 @@ def _load_or_create_ca(paths: CredentialPaths, days: int, report: CredentialRepo
     return key, cert
 
 
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = []
     for h in ["localhost", "127.0.0.1", *hosts]:
-        try:
-            entry: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(h))
-        except ValueError:
-            entry = x509.DNSName(h)
-        if entry not in names:
-            names.append(entry)
+        if _general_name(h) not in names:
+            names.append(_general_name(h))
     return x509.SubjectAlternativeName(names)
+
+
+def _check_kept_names(cert_path: Path, hosts: list[str]) -> None:
+    """A kept SuperLink certificate must already name every ``--host`` asked for now (a silent
+    keep would leave sites dialling a name the certificate lacks)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError as err:
+        raise ConfigError(f"{cert_path}: not a PEM certificate") from err
+    try:
+        have = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        have = x509.SubjectAlternativeName([])
+    missing = [h for h in hosts if _general_name(h) not in have]
+    if missing:
+        raise ConfigError(f"{cert_path}: kept from an earlier run, but it does not name "
+                          f"{', '.join(missing)}; remove it and server.key to issue a new one")
 
 
 def _server_certificate(paths: CredentialPaths, ca_key: ec.EllipticCurvePrivateKey,
                         ca_cert: x509.Certificate, hosts: list[str], days: int,
                         report: CredentialReport) -> None:
     if paths.server_cert.exists() or paths.server_key.exists():
+        if paths.server_cert.is_file():
+            _check_kept_names(paths.server_cert, hosts)
         report.kept += [p for p in (paths.server_cert, paths.server_key) if p.exists()]
         return
     key = ec.generate_private_key(_CURVE)

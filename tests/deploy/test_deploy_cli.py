@@ -52,6 +52,25 @@ def test_credentials_command_prints_how_to_register(tmp_path, capsys):
     assert f"flwr supernode register {tmp_path / 'c' / 'sites' / 's1' / 's1.pub'} seqanom" in out
 
 
+def test_credentials_refuse_a_kept_certificate_that_lacks_a_requested_host(tmp_path, capsys):
+    """Asking again with --host superlink (docker/README.md) must not silently keep a certificate
+    the sites' host name fails against."""
+    out = tmp_path / "c"
+    create_credentials(out, ["s1"])
+    assert cli.main(["credentials", "--out", str(out), "--sites", "s2", "--host", "superlink"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "server.pem" in err and "superlink" in err
+    assert not CredentialPaths(out).site_key("s2").exists()
+    # names the certificate has are fine, and a new certificate gets the new name
+    assert cli.main(["credentials", "--out", str(out), "--sites", "s2", "--host", "127.0.0.1"]) == 0
+    for f in (CredentialPaths(out).server_cert, CredentialPaths(out).server_key):
+        f.unlink()
+    assert cli.main(["credentials", "--out", str(out), "--sites", "s2", "--host", "superlink"]) == 0
+    server = x509.load_pem_x509_certificate(CredentialPaths(out).server_cert.read_bytes())
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "superlink" in san.get_values_for_type(x509.DNSName)
+
+
 def test_superlink_refuses_to_run_without_certificates(capsys):
     assert cli.main(["superlink", "--dry-run"]) == 2
     assert "needs TLS" in capsys.readouterr().err

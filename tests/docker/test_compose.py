@@ -317,5 +317,6 @@ def test_readme_gives_every_step():
                  "compose.cuda.yaml", "runs/flwr/checkpoints", "chown"):
         assert step in README, f"docker/README.md does not mention {step!r}"
     for site in SITES:
-        assert f"docker/sites/{site}" in README and f"docker/certs/{site}.pub" in README
+        assert f"docker/sites/{site}" in README
+        assert f"docker/certs/sites/{site}/{site}.pub" in README
 
