@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from seqanom_core.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas costs a site's ClientApp 0.25 s of start; only labelled runs use it
+    import pandas as pd
 
 LABEL_COLUMNS = ("user_id", "is_anomalous")
 
@@ -22,6 +25,8 @@ def check_labels(frame: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
     """A checked copy of a labels frame: ``user_id`` str, ``is_anomalous`` int64 0/1, ``kind``
     str ("" where unknown); raises ``ConfigError`` naming ``source`` for a missing column, a flag
     other than 0/1 (with its CSV line) or a repeated shopper."""
+    import pandas as pd
+
     for col in LABEL_COLUMNS:
         if col not in frame.columns:
             raise ConfigError(f"{source}: labels need a '{col}' column (found {list(frame.columns)})")
@@ -45,6 +50,8 @@ def check_labels(frame: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
 
 def read_labels(path: str | Path) -> pd.DataFrame:
     """A labels CSV (``user_id,is_anomalous[,kind]``) -> the checked frame of ``check_labels``."""
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path, dtype={"user_id": str}, keep_default_na=False)
     except (OSError, ValueError) as err:
@@ -56,6 +63,8 @@ def align_labels(ids: Sequence[str] | np.ndarray, labels: pd.DataFrame,
                  source: str = "labels") -> tuple[np.ndarray, np.ndarray]:
     """(0/1 labels int64, kinds object) for the shoppers ``ids``, in their order; raises
     ``ConfigError`` when a shopper has no label."""
+    import pandas as pd
+
     table = check_labels(labels, source).set_index("user_id")
     keys = pd.Index(np.asarray(ids).astype(str))
     missing = keys.difference(table.index)

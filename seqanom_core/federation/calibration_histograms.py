@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
 
 from seqanom_core.errors import ConfigError
 from seqanom_core.scoring import ScoreCalibrator, robust_scale
@@ -142,6 +141,10 @@ def _cdf(tree: np.ndarray, total: float | None = None) -> np.ndarray:
     # Running maxima and minima of the noisy points, used before, are biased: the minimum of
     # hundreds of noisy points from the right sits far below the CDF, and under accounted
     # (large) noise it pushed every tail quantile to the top of the range (nobody flagged)
+    # imported here: only the server runs this, and sklearn.isotonic (scipy.stats) costs a site's
+    # ClientApp process 1.3 s of its start on every message
+    from sklearn.isotonic import IsotonicRegression
+
     return IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(
         j, below / total, sample_weight=np.minimum(w_left + w_right, 1e6))
 
