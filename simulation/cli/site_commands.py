@@ -131,7 +131,27 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         home = Path(args.flwr_home).expanduser().resolve()
         home.mkdir(parents=True, exist_ok=True)
         extra["FLWR_HOME"] = str(home)
-    return launch(argv, flower_env(exe, **extra), args.dry_run)
+    env = flower_env(exe, **extra)
+    if args.clientapp_start == "warm" and not args.dry_run:
+        env = start_warm_launcher(env)
+    return launch(argv, env, args.dry_run)
+
+
+def start_warm_launcher(env: dict[str, str]) -> dict[str, str]:
+    """Start ``client.warm_clientapp``'s launcher beside the SuperNode this process becomes;
+    returns the SuperNode's environment with the launcher's ``flwr-clientapp`` first on PATH."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from client.warm_clientapp import write_shim
+
+    shim_dir = Path(tempfile.mkdtemp(prefix="seqanom-warm-"))  # short: a socket path's limit
+    sock = write_shim(shim_dir, flower_executable("flwr-clientapp"))
+    subprocess.Popen([sys.executable, "-m", "client.warm_clientapp", "--socket", str(sock),
+                      "--watch-pid", str(os.getpid())], env=env)
+    return dict(env, PATH=str(shim_dir) + os.pathsep + env["PATH"])
 
 
 def add_site_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -178,6 +198,10 @@ def add_site_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                         "SuperNode on one machine its own")
     p.add_argument("--max-retries", type=int,
                    help="give up after this many failed connection attempts (default: retry)")
+    p.add_argument("--clientapp-start", choices=("warm", "cold"), default="warm",
+                   help="warm (default): each message's ClientApp process is forked from a "
+                        "launcher that imported torch, Opacus and Flower once; cold: Flower "
+                        "starts a new Python for each message")
     p.add_argument("--insecure", action="store_true",
                    help="no TLS and no node authentication (test machines only; loud warning)")
     p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
