@@ -130,7 +130,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         yield c
     finally:
         c.seen |= _tree(c.nodes)
-        stop_trees(c.nodes, timeout=15)
+        stop_trees(c.nodes, timeout=5)
         shutil.rmtree(temp, ignore_errors=True)
     left = [pid for pid, started in c.seen.items() if _alive(pid, started)]
     assert not left, f"cluster processes left running: {left}"
