@@ -9,15 +9,21 @@ Flower 1.41 offers two ways to start a simulation: ``flwr run`` against a SuperL
 in the README) and the in-process engine used here, which needs no background SuperLink and
 ends with this process. The engine's entry point with a run config is Flower's
 ``_run_simulation`` (what ``flwr-simulation`` itself calls); ``run_simulation`` has no run config.
+
+The sites run on a Ray cluster this process starts (and stops), or on an existing one
+(``Placement.ray_address``, ``simulate --ray-address``): then this process only connects to it as
+a driver, and the cluster's processes, which are not its descendants, are left running.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +65,73 @@ def new_run_id() -> int:
     return int(time.time() * 1000) % (2**62)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the simulated sites run: a runtime choice, not a setting of the experiment (it is
+    not kept in ``simulation.json``; a resumed run may run elsewhere).
+
+    ``ray_address``: the GCS address (``HOST:PORT``) of a running Ray cluster to run the sites
+    on; this process must run on one of its nodes, and the run directory and the project must
+    be at the same paths on every node. None: start Ray here for the run.
+    ``gpus_per_site``: the Ray ``num_gpus`` of each site; None: ``default_gpus_per_site``."""
+
+    ray_address: str | None = None
+    cpus_per_site: float = 1.0
+    gpus_per_site: float | None = None
+
+
+def default_gpus_per_site(n_sites: int) -> float:
+    """0 without CUDA; with it, this machine's GPUs shared evenly by the sites (at most one GPU
+    each), rounded down to Ray's resource precision (1e-4)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0
+    return min(1.0, math.floor(torch.cuda.device_count() / max(1, n_sites) * 1e4) / 1e4)
+
+
+def ray_cluster_problem(address: str, timeout: float = 5.0) -> str | None:
+    """Why no Ray cluster answers at ``address`` (``HOST:PORT`` of its GCS), or None when one
+    does. Asks the GCS for its cluster id over gRPC within ``timeout`` seconds: ``ray.init``
+    itself waits minutes for an address where no Ray GCS listens."""
+    import grpc
+
+    channel = grpc.insecure_channel(address)
+    try:
+        ask = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                                  request_serializer=lambda _: b"",
+                                  response_deserializer=lambda b: b)
+        ask(None, timeout=timeout)
+    except grpc.RpcError as err:
+        code = err.code() if callable(getattr(err, "code", None)) else None
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return "a gRPC server that is not a Ray GCS answers there"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"nothing answered within {timeout:g} s"
+        return "nothing answers there (is the Ray head started with this --port?)"
+    except ValueError as err:  # an address gRPC cannot parse
+        return f"not an address gRPC can use ({err})"
+    finally:
+        channel.close()
+    return None
+
+
+def backend_config(placement: Placement, n_sites: int) -> dict[str, Any]:
+    """Flower's Ray backend config of ``placement``: the sites' resources, and ``ray.init``'s
+    arguments (an existing cluster: its address, no CPU count, which Ray refuses there)."""
+    gpus = (default_gpus_per_site(n_sites) if placement.gpus_per_site is None
+            else placement.gpus_per_site)
+    init: dict[str, Any] = {"include_dashboard": False}
+    if placement.ray_address is None:
+        init["num_cpus"] = max(1, os.cpu_count() or 1)
+    else:
+        init["address"] = placement.ray_address
+    return {"client_resources": {"num_cpus": placement.cpus_per_site, "num_gpus": gpus},
+            "init_args": init}
+
+
 def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
-                   cpus_per_site: float = 1.0, gpus_per_site: float = 0.0,
-                   run_id: int | None = None,
+                   placement: Placement | None = None, run_id: int | None = None,
                    client_app_attr: str = "client.app:app") -> float:
     """Run the federation for ``n_sites`` virtual sites; returns wall seconds. Raises on failure.
 
@@ -69,8 +139,11 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
     simulation passes its first start's so the sites continue that run). None: a new one.
     ``client_app_attr``: the sites' ClientApp (``module:attribute``); only benchmarks change it
     (``bench.faulty_sites:app`` injects faults).
+    ``placement``: the Ray cluster (started here or an existing one) and the sites' resources
+    (None: ``Placement()``).
     No Ray process started here outlives this process, even when it is killed
-    (``simulation.process_guard``)."""
+    (``simulation.process_guard``); an existing cluster's processes are not started here and
+    are left alone."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
@@ -81,6 +154,11 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
 
     if n_sites < 1:
         raise ConfigError(f"need at least one site, not {n_sites}")
+    placement = placement or Placement()
+    if placement.ray_address is not None:
+        problem = ray_cluster_problem(placement.ray_address)
+        if problem is not None:
+            raise ConfigError(f"no Ray cluster at {placement.ray_address}: {problem}")
     app_dir = run_dir / "flwr-app"
     write_app_config(app_dir, run_config, client_app_attr)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -91,8 +169,9 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                       run_config=dict(run_config))
-    backend: dict[str, Any] = {"client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
-               "init_args": {"include_dashboard": False, "num_cpus": max(1, os.cpu_count() or 1)}}
+    backend = backend_config(placement, n_sites)
+    log.info("sites' Ray resources %s on %s", backend["client_resources"],
+             placement.ray_address or "a Ray instance started here")
     t0 = time.time()
     with guard_descendants(), warnings.catch_warnings():
         # Ray's notice that a later version will stop hiding GPUs from actors with num_gpus=0:

@@ -21,16 +21,18 @@ from seqanom_core.errors import ConfigError
 from seqanom_core.ingest import read_events
 from seqanom_core.labels import read_labels
 from server.checkpoints import list_checkpoints
+from simulation.federation import Placement
 from simulation.run import STATE_FILE, STATE_VERSION, SimulationConfig, federate_and_report
 
 log = logging.getLogger(__name__)
 
 
-def resume(out: Path) -> dict[str, Any]:
+def resume(out: Path, placement: Placement | None = None) -> dict[str, Any]:
     """Continue the simulation in ``out`` that was stopped or killed: its sites, ledgers and
     checkpoints are kept, the federation continues after its latest complete checkpoint as the
     same Flower run (so each site's ledger sees one run), then the baselines and the report run
-    as in ``simulate``. Returns the metrics written to ``RUN_DIR/metrics.json``."""
+    as in ``simulate``. ``placement``: where the sites run this time (not a setting of the run,
+    so not stored). Returns the metrics written to ``RUN_DIR/metrics.json``."""
     t0 = time.time()
     cfg, state = read_state(out)
     trains, tests = [], []
@@ -42,7 +44,8 @@ def resume(out: Path) -> dict[str, Any]:
     done = len(list_checkpoints(out / "checkpoints"))
     log.info("resuming the simulation in %s after %d complete round(s) of %d", out, done,
              cfg.rounds)
-    return federate_and_report(cfg, state, trains, tests, labels, t0, resumed_after=done)
+    return federate_and_report(cfg, state, trains, tests, labels, t0, resumed_after=done,
+                               placement=placement)
 
 
 def read_state(out: Path) -> tuple[SimulationConfig, dict[str, Any]]:

@@ -33,7 +33,13 @@ from seqanom_core.ingest import IngestReport, read_nonempty_events, write_events
 from seqanom_core.privacy import UNIT
 from seqanom_core.sequences import split_events_by_shopper
 from simulation.baselines import detector_scores, isolation_forest_scores
-from simulation.federation import new_run_id, rounds_with_site_logs, run_federation, toml_lines
+from simulation.federation import (
+    Placement,
+    new_run_id,
+    rounds_with_site_logs,
+    run_federation,
+    toml_lines,
+)
 from simulation.inject import inject_anomalies
 from simulation.partition import partition_events, partition_summary
 from simulation.report import write_report
@@ -241,16 +247,18 @@ def prepare_flwr_run(cfg: SimulationConfig, loaded: Loaded | None = None) -> Pat
     return path
 
 
-def simulate(cfg: SimulationConfig, loaded: Loaded | None = None) -> dict[str, Any]:
+def simulate(cfg: SimulationConfig, loaded: Loaded | None = None,
+             placement: Placement | None = None) -> dict[str, Any]:
     """Run the whole simulation; returns the metrics written to ``RUN_DIR/metrics.json``.
 
     ``loaded``: ``load_events(cfg)``, when already read (the command reads the file first, to
-    print its ingest summary before the long run)."""
+    print its ingest summary before the long run). ``placement``: where the sites run (None:
+    a Ray instance started for the run; ``federation.Placement``)."""
     t0 = time.time()
     events, report = loaded or load_events(cfg)
     trains, tests, labels, partition = prepare_sites(cfg, events)
     state = write_state(cfg, partition, report)
-    return federate_and_report(cfg, state, trains, tests, labels, t0)
+    return federate_and_report(cfg, state, trains, tests, labels, t0, placement=placement)
 
 
 def write_state(cfg: SimulationConfig, partition: list[dict], report: IngestReport | None
@@ -274,12 +282,15 @@ def config_record(cfg: SimulationConfig) -> dict[str, Any]:
 
 def federate_and_report(cfg: SimulationConfig, state: dict[str, Any], trains: list[pa.Table],
                          tests: list[pa.Table], labels: pd.DataFrame, t0: float,
-                         resumed_after: int | None = None) -> dict[str, Any]:
-    """The federation (resumed after ``resumed_after`` rounds when given), the baselines, the
-    report and metrics.json of a simulation whose sites are written."""
+                         resumed_after: int | None = None, placement: Placement | None = None
+                         ) -> dict[str, Any]:
+    """The federation (resumed after ``resumed_after`` rounds when given; its sites placed by
+    ``placement``), the baselines, the report and metrics.json of a simulation whose sites are
+    written."""
     test = pa.concat_tables(tests, promote_options="default")
     config = run_config(cfg) | ({"resume": True} if resumed_after is not None else {})
-    fed_seconds = run_federation(cfg.out, config, cfg.sites, run_id=state["run_id"])
+    fed_seconds = run_federation(cfg.out, config, cfg.sites, run_id=state["run_id"],
+                                 placement=placement)
     det = SequenceDetector.load(cfg.out / "model", progress=False)
     scored = det.score_shoppers(test)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {

@@ -21,6 +21,12 @@ from simulation.cli.inputs import (
     seed_int,
     shopper_ids,
 )
+from simulation.cli.placement import (
+    PLACEMENT_OPTIONS,
+    add_placement_args,
+    flwr_run_lines,
+    placement_from_args,
+)
 
 log = logging.getLogger("seqanom")
 
@@ -128,7 +134,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k, default in args.option_defaults.items()
-                 if k not in ("help", "resume", "out") and getattr(args, k, default) != default]
+                 if k not in ("help", "resume", "out", *PLACEMENT_OPTIONS)
+                 and getattr(args, k, default) != default]
         if given:
             raise ConfigError(f"--resume continues the run in --out {args.out} with the settings "
                               f"it started with: {', '.join(given)} cannot be given")
@@ -136,7 +143,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--out {args.out}: no such run directory to resume")
         from simulation.resume import resume
 
-        return _print_simulation(resume(Path(args.out)), Path(args.out))
+        placement = placement_from_args(args)
+        return _print_simulation(resume(Path(args.out), placement), Path(args.out))
     if args.data is None and (args.format != "taobao" or args.mapping or args.quarantine):
         raise ConfigError("--format, --mapping and --quarantine are only used with --data")
     if args.local_epochs < 1:  # the run config's error would name only "epochs"
@@ -147,6 +155,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError("--dp-seed seeds DP training: it cannot go with --no-dp")
     if not args.dp and args.accountant is not None:
         raise ConfigError("--accountant accounts DP training: it cannot go with --no-dp")
+    placement = placement_from_args(args)
     fmt = event_format(args)
     if args.data is not None:
         require_data(args.data)
@@ -176,11 +185,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         path = run.prepare_flwr_run(cfg, loaded)
         print(f"{cfg.sites} sites written under {cfg.out / 'sites'}; run config: {path}")
         print("run them with Flower's simulation runtime (README, 'flwr run'):")
-        print("  flower-superlink --insecure --simulation --port 39591    # loopback only")
-        print(f"  flwr run . seqanom-sim --run-config {path} "
-              f"--federation-config 'num-supernodes={cfg.sites}' --stream")
+        for line in flwr_run_lines(placement, cfg.sites, str(path)):
+            print(line)
         return 0
-    return _print_simulation(run.simulate(cfg, loaded), cfg.out)
+    return _print_simulation(run.simulate(cfg, loaded, placement), cfg.out)
 
 
 def _print_simulation(metrics: dict, out: Path) -> int:
@@ -327,6 +335,7 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="continue the stopped or killed simulation in --out with its own "
                         "settings (RUN_DIR/simulation.json): sites, ledgers and checkpoints are "
                         "kept and the federation goes on after its latest complete round; give "
-                        "no other option")
+                        "no other option but --ray-address and --gpus-per-site")
+    add_placement_args(p)
     p.set_defaults(option_defaults={a.dest: a.default for a in p._actions})
 

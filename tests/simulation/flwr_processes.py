@@ -38,11 +38,12 @@ def write_connection(home: Path, name: str, port: int) -> None:
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
 
 
-def start_superlink(home: Path, port: int, log: Path) -> subprocess.Popen:
-    """A simulation SuperLink on loopback (plaintext: loopback test only); waits until it listens."""
+def start_superlink(home: Path, port: int, log: Path, **env: str) -> subprocess.Popen:
+    """A simulation SuperLink on loopback (plaintext: loopback test only); waits until it listens.
+    ``env``: more environment variables (``RAY_ADDRESS``: run on that Ray cluster)."""
     cmd = [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
            "--port", str(port), "--database", str(home / "superlink.db")]
-    proc = subprocess.Popen(cmd, env=flwr_env(home), stdout=log.open("ab"),
+    proc = subprocess.Popen(cmd, env=flwr_env(home) | env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 90
     while time.time() < deadline:
