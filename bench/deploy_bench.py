@@ -99,6 +99,13 @@ class Started:
             except subprocess.TimeoutExpired:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        # the rest of each group (Flower's SuperExec, seqanom's ClientApp launcher) follows
+        end = time.monotonic() + 15
+        while any(_group_alive(p.pid) for p in self.procs.values()) and time.monotonic() < end:
+            time.sleep(0.5)
+        for proc in self.procs.values():
+            if _group_alive(proc.pid):
+                _signal_group(proc.pid, signal.SIGKILL)
         time.sleep(1)
         return [p.pid for p in self.procs.values() if _group_alive(p.pid)]
 
