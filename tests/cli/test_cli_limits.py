@@ -174,7 +174,7 @@ def test_simulate_prints_the_ingest_summary_before_the_run(wd, tmp_path, monkeyp
 
     printed_before: list[str] = []
 
-    def fake_simulate(cfg, loaded=None):
+    def fake_simulate(cfg, loaded=None, placement=None):
         printed_before.append(capsys.readouterr().out)
         assert loaded is not None and loaded[0].num_rows > 0  # read once, by the command
         return {"seconds": 1.0, "evaluation": {}, "privacy": {}}

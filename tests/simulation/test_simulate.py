@@ -260,7 +260,7 @@ def test_simulate_audit_option_reaches_the_config_and_the_console(monkeypatch, c
 
     seen = {}
 
-    def fake_simulate(cfg, loaded=None):
+    def fake_simulate(cfg, loaded=None, placement=None):
         seen["cfg"] = cfg
         return {"seconds": 1.0, "evaluation": {}, "privacy": {}, "audit": {
             "site": "site-0", "mia_auc": 0.5123, "epsilon_lower_bound": 0.0,
