@@ -61,7 +61,7 @@ class Started:
         self.logs, self.procs, self.t0 = logs, {}, time.monotonic()
         logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         log_file = (self.logs / f"{name}.log").open("w")
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 cwd=REPO_ROOT, start_new_session=True, text=True,
@@ -74,6 +74,7 @@ class Started:
             log_file.close()
 
         threading.Thread(target=copy, daemon=True).start()
+        return proc
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
@@ -83,8 +84,8 @@ class Started:
         end = time.monotonic() + timeout
         while text not in self.log(name):
             if self.procs[name].poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"{name}: no '{text}' (exit {self.procs[name].poll()}): "
-                                   f"{self.log(name)[-2000:]}")
+                raise RuntimeError(f"{name}: no '{text}' (exit {self.procs[name].poll()}):\n"
+                                   f"{self.log(name)[-3000:]}")
             time.sleep(0.3)
 
     def stop(self) -> list[int]:

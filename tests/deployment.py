@@ -7,63 +7,37 @@ import json
 import re
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from process_tree import stop_trees
 
+from bench.deploy_bench import Started
+
 REPO = Path(__file__).resolve().parents[1]
 FLWR = str(Path(sys.executable).parent / "flwr")
 
 
-@dataclass
-class Processes:
-    """The processes a test started, each in a new session (its pid is its process group)."""
-
-    logs: Path
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    t0: float = field(default_factory=time.monotonic)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        """Start ``argv`` in a new session; its output goes, time-stamped, to ``name``.log."""
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                cwd=REPO, start_new_session=True, text=True, errors="replace")
-        self.procs[name] = proc
-        threading.Thread(target=self._copy, args=(proc, self.logs / f"{name}.log"),
-                         daemon=True).start()
-        return proc
-
-    def _copy(self, proc: subprocess.Popen, path: Path) -> None:
-        with path.open("w") as log:
-            for line in proc.stdout:
-                log.write(f"{time.monotonic() - self.t0:9.3f} {line}")
-                log.flush()
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+class Processes(Started):
+    """The processes a test started, each in a new session (its pid is its process group);
+    output time-stamped in ``logs/<name>.log`` (``bench.deploy_bench.Started``)."""
 
     def wait_for(self, name: str, text: str, timeout: float) -> None:
         """Until ``text`` shows in the process' log; fails if it exits or the time runs out."""
-        end = time.monotonic() + timeout
-        while text not in self.log(name):
-            if self.procs[name].poll() is not None or time.monotonic() > end:
-                pytest.fail(f"{name}: no '{text}' (exit {self.procs[name].poll()}):\n"
-                            f"{self.log(name)[-3000:]}")
-            time.sleep(0.3)
+        try:
+            super().wait_for(name, text, timeout)
+        except RuntimeError as err:
+            pytest.fail(str(err))
 
     def tails(self, n: int = 1500) -> str:
         return "\n".join(f"--- {k}\n{self.log(k)[-n:]}" for k in self.procs)
 
-    def stop(self) -> None:
+    def stop(self) -> list[int]:
         """SIGTERM every running process and its descendants, then SIGKILL stragglers."""
         stop_trees([p for p in self.procs.values() if p.poll() is None], timeout=15)
         for proc in self.procs.values():
             proc.wait()
+        return []
 
 
 def flwr(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
