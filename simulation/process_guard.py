@@ -62,6 +62,13 @@ def _alive(procs: dict[int, float]) -> list:
     return out
 
 
+def _ppid(p) -> int:
+    try:
+        return int(p.ppid())
+    except Exception:  # noqa: BLE001 - psutil.Error and gone processes alike: search it itself
+        return -1
+
+
 def _stop(procs: dict[int, float], grace: float) -> None:
     """Wait up to ``grace`` s for ``procs`` to exit, then SIGTERM, then (3 s on) SIGKILL."""
     deadline = time.monotonic() + grace
@@ -99,7 +106,11 @@ def watch(parent_pid: int, grace: float) -> None:
 
     while True:
         if _alive({parent_pid: parent_started}):
-            roots = [parent] + _alive(seen)
+            # descendants of the parent are found from it; only those that lost their parent
+            # (daemonised, reparented) are searched from themselves: one pass over each process
+            alive = _alive(seen)
+            known = {parent_pid} | {p.pid for p in alive}
+            roots = [parent] + [p for p in alive if _ppid(p) not in known]
             for root in roots:
                 with contextlib.suppress(psutil.Error):
                     for p in root.children(recursive=True):
