@@ -164,8 +164,8 @@ def build_sequences(events: pa.Table, tok: TokenizerConfig) -> SequenceSet:
     ts = events.column("timestamp").to_numpy()
     behavior = events.column("behavior").to_numpy().astype(np.int64)
     cat_bucket = hash_buckets(events.column("category_id"), tok.category_buckets, tok.hash_seed)
-    # stable order: shopper (first appearance), then time, then original row
-    order = np.lexsort((np.arange(n), ts, user_codes))
+    # order: shopper (first appearance), then time, then original row (lexsort is stable)
+    order = np.lexsort((ts, user_codes))
     user_sorted = user_codes[order]
     ts_sorted = ts[order]
     counts = np.bincount(user_sorted, minlength=len(user_ids))
