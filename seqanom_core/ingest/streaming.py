@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
@@ -291,38 +293,61 @@ def _join_csv(parts: list[Path], out: Path) -> None:
                 shutil.copyfileobj(src, f)
 
 
+def _tokenize_one(part: Path, out: Path, tok: TokenizerConfig) -> dict:
+    """One partition to one tokenised shard directory; its description."""
+    with pa.memory_map(str(part)) as src:
+        table = pa.ipc.open_file(src).read_all()
+    seqs = build_sequences(table, tok)
+    del table
+    name = part.stem.replace("part", "shard")
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(d / "offsets.npy", seqs.offsets.astype(np.int64))
+    for ch, values in seqs.channels.items():
+        np.save(d / f"{ch}.npy", values.astype(CHANNEL_DTYPE))
+    with pa.OSFile(str(d / "ids.arrow"), "wb") as sink:
+        ids = pa.table({"id": pa.array(seqs.ids.tolist(), pa.string())})
+        with pa.ipc.new_file(sink, ids.schema) as w:
+            w.write_table(ids)
+    return {"name": name, "sequences": len(seqs), "events": seqs.n_events}
+
+
 def tokenize_partitions(partitions: list[Path], out_dir: str | Path, tok: TokenizerConfig,
-                        progress: bool = True) -> list[dict]:
-    """Pass 2: turn each partition into a tokenised shard under ``out_dir``; return their
-    descriptions (name, sequences, events)."""
+                        progress: bool = True, workers: int = 1) -> list[dict]:
+    """Pass 2: turn each partition into a tokenised shard under ``out_dir`` (``workers``
+    processes at a time, each holding one partition); return their descriptions (name,
+    sequences, events) in partition order."""
     out = Path(out_dir)
-    shards = []
-    for part in tqdm(partitions, desc="tokenise", unit=" shard", disable=not progress or None):
-        with pa.memory_map(str(part)) as src:
-            table = pa.ipc.open_file(src).read_all()
-        seqs = build_sequences(table, tok)
-        del table
-        name = part.stem.replace("part", "shard")
-        d = out / name
-        d.mkdir(parents=True, exist_ok=True)
-        np.save(d / "offsets.npy", seqs.offsets.astype(np.int64))
-        for ch, values in seqs.channels.items():
-            np.save(d / f"{ch}.npy", values.astype(CHANNEL_DTYPE))
-        with pa.OSFile(str(d / "ids.arrow"), "wb") as sink:
-            ids = pa.table({"id": pa.array(seqs.ids.tolist(), pa.string())})
-            with pa.ipc.new_file(sink, ids.schema) as w:
-                w.write_table(ids)
-        shards.append({"name": name, "sequences": len(seqs), "events": seqs.n_events})
-    return shards
+    bar = tqdm(total=len(partitions), desc="tokenise", unit=" shard",
+               disable=not progress or None)
+    try:
+        if workers <= 1 or len(partitions) <= 1:
+            shards = []
+            for part in partitions:
+                shards.append(_tokenize_one(part, out, tok))
+                bar.update()
+            return shards
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_tokenize_one, part, out, tok) for part in partitions]
+            for fut in as_completed(futures):
+                fut.result()
+                bar.update()
+            return [fut.result() for fut in futures]
+    finally:
+        bar.close()
 
 
 def stream_ingest(
     path: str | Path, fmt: str | FormatSpec, out_dir: str | Path, tok: TokenizerConfig, *,
     n_shards: int | None = None, batch_bytes: int = BATCH_BYTES,
     quarantine_path: str | Path | None = None, site: str | None = None, progress: bool = True,
+    workers: int = 1,
 ) -> tuple[dict, IngestReport]:
     """Both passes: ``path`` to tokenised shards and ``manifest.json`` in ``out_dir`` (its
     ``partitions/`` work files are removed at the end); return the manifest and the report."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
+        raise ConfigError(f"workers must be an integer from 1 to 64, not {workers!r}")
     out = Path(out_dir)
     if (out / MANIFEST).exists() or (out.exists() and any(out.glob("shard-*"))):
         raise ConfigError(f"{out}: already holds tokenised shards; choose an empty directory")
@@ -331,7 +356,7 @@ def stream_ingest(
         parts, report = partition_events(path, fmt, out, n_shards=n_shards, batch_bytes=batch_bytes,
                                          quarantine_path=quarantine_path, site=site,
                                          progress=progress)
-        shards = tokenize_partitions(parts, out, tok, progress)
+        shards = tokenize_partitions(parts, out, tok, progress, workers)
     finally:
         shutil.rmtree(out / "partitions", ignore_errors=True)
     manifest = {

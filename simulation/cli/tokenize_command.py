@@ -9,17 +9,19 @@ from collections.abc import Callable
 from simulation.cli.inputs import add_input_args, check_paths, event_format, require_data
 
 
-def _positive_int(text: str) -> int:
-    """argparse type of ``--shards``: an integer from 1 to 4096."""
-    from seqanom_core.ingest.streaming import MAX_SHARDS
+def _int_up_to(most: int) -> Callable[[str], int]:
+    """argparse type: an integer from 1 to ``most``."""
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= MAX_SHARDS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not from 1 to {MAX_SHARDS}")
-    return value
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"{text!r} is not from 1 to {most}")
+        return value
+
+    return parse
 
 
 def _batch_size(text: str) -> int:
@@ -52,7 +54,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     manifest, report = stream_ingest(
         args.data, event_format(args), args.out, TokenizerConfig(), n_shards=args.shards,
         batch_bytes=args.batch_size or BATCH_BYTES, quarantine_path=args.quarantine,
-        progress=not args.quiet)
+        progress=not args.quiet, workers=args.workers)
     seconds = time.perf_counter() - t0
     print(report.summary())
     print(f"{manifest['events']:,} events of {manifest['sequences']:,} shoppers in "
@@ -68,7 +70,9 @@ def add_tokenize_command(add: Callable[..., argparse.ArgumentParser]) -> None:
     add_input_args(p, tokens=False)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="directory for the shards and manifest.json (new or empty)")
-    p.add_argument("--shards", type=_positive_int, metavar="N",
+    p.add_argument("--shards", type=_int_up_to(4096), metavar="N",
                    help="shards to partition shoppers into (default: one per 64 MB of input)")
     p.add_argument("--batch-size", type=_batch_size, metavar="SIZE",
                    help="bytes of CSV text per record batch (e.g. 64M, the default)")
+    p.add_argument("--workers", type=_int_up_to(64), default=1, metavar="N",
+                   help="processes tokenising shards at once (each holds one shard; default 1)")

@@ -178,3 +178,15 @@ def test_cli_tokenize(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["tokenize", "--data", str(path), "--out", str(tmp_path / "x"), "--shards", "0"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("frac", [False, True])
+def test_shopper_time_order_is_lexsort(frac):
+    from seqanom_core.sequences import _shopper_time_order
+
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 50, 5000).astype(np.int64)
+    ts = 1.5e9 + rng.integers(0, 100, 5000).astype(np.float64)  # many ties
+    if frac:
+        ts[::7] += 0.5
+    np.testing.assert_array_equal(_shopper_time_order(users, 50, ts), np.lexsort((ts, users)))

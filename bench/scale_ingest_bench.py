@@ -1,0 +1,162 @@
+"""Taobao-scale streaming ingest: events/s and peak RSS of ``seqanom tokenize``'s two passes.
+
+    python -m bench.scale_ingest_bench --events 10000000 [--tmp-dir DIR] [--out JSON]
+
+Writes a synthetic Taobao ``UserBehavior.csv`` of N events (no header: user, item, category,
+behaviour pv/cart/fav/buy, Unix seconds; shoppers drawn at random per row, so the file is NOT
+grouped by shopper: the partitioning pass sees the worst order), then runs
+``seqanom_core.ingest.streaming`` in a fresh subprocess: pass 1 (read in record batches, check,
+hash-partition by shopper into Arrow IPC files) and pass 2 (per partition: sequences and
+tokens to ``.npy`` shards). Reported per stage: seconds, events/s and the process's peak RSS
+(VmHWM) at the end of the stage; the target is 10^8 events at <= 12 GB peak RSS and
+>= 1 M events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import emit, envelope, peak_rss_mb, setup_logging
+
+log = logging.getLogger("bench.scale_ingest")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BEHAVIOR_P = (0.895, 0.055, 0.03, 0.02)  # pv, cart, fav, buy (about the real file's mix)
+T0 = 1511539200  # 2017-11-25 00:00 UTC, the real file's first day
+CHUNK = 2_000_000
+
+
+def write_taobao(path: Path, n_events: int, seed: int = 0, events_per_shopper: int = 100) -> dict:
+    """Write ``n_events`` synthetic Taobao rows to ``path`` in chunks (bounded memory)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rng = np.random.default_rng(seed)
+    shoppers = max(1, n_events // events_per_shopper)
+    names = pa.array(["pv", "cart", "fav", "buy"])
+    opts = pacsv.WriteOptions(include_header=False, quoting_style="none")
+    t0 = time.perf_counter()
+    written = 0
+    with pa.OSFile(str(path), "wb") as f:
+        writer = None
+        while written < n_events:
+            n = min(CHUNK, n_events - written)
+            item = rng.integers(1, 5_000_000, n)
+            table = pa.table({
+                "user": rng.integers(1, shoppers + 1, n),
+                "item": item,
+                "category": (item * 2654435761 % 9439) + 1,
+                "behavior": names.take(pa.array(rng.choice(4, n, p=BEHAVIOR_P))),
+                "timestamp": T0 + rng.integers(0, 9 * 86400, n),
+            })
+            if writer is None:
+                writer = pacsv.CSVWriter(f, table.schema, write_options=opts)
+            writer.write_table(table)
+            written += n
+        if writer is not None:
+            writer.close()
+    return {"events": written, "shoppers_max": shoppers, "csv_mb": round(path.stat().st_size / 1e6, 1),
+            "generate_s": round(time.perf_counter() - t0, 1)}
+
+
+def _children_peak_mb() -> float:
+    """Largest peak RSS of any finished child process (the pass-2 workers), MiB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+
+
+def worker(path: str, work: str, shards: int | None, batch_bytes: int, workers: int) -> dict:
+    """Both passes in this process; per stage seconds, events/s and peak RSS."""
+    from seqanom_core.config import TokenizerConfig
+    from seqanom_core.ingest.streaming import partition_events, tokenize_partitions
+
+    logging.getLogger("seqanom_core").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    parts, report = partition_events(path, "taobao", work, n_shards=shards,
+                                     batch_bytes=batch_bytes, progress=False)
+    t1 = time.perf_counter()
+    rss1 = peak_rss_mb()
+    part_mb = sum(p.stat().st_size for p in parts) / 1e6
+    shard_info = tokenize_partitions(parts, Path(work) / "tokens", TokenizerConfig(),
+                                     progress=False, workers=workers)
+    t2 = time.perf_counter()
+    n = report.rows_read
+    return {
+        "rows_read": n, "rows_kept": report.rows_kept, "rejected": report.rejected,
+        "shards": len(shard_info), "sequences": sum(s["sequences"] for s in shard_info),
+        "partitions_mb": round(part_mb, 1),
+        "largest_shard_events": max((s["events"] for s in shard_info), default=0),
+        "pass1_partition": {"s": round(t1 - t0, 2), "events_per_s": round(n / (t1 - t0)),
+                            "peak_rss_mb": rss1},
+        "pass2_tokenise": {"s": round(t2 - t1, 2), "events_per_s": round(n / (t2 - t1)),
+                           "workers": workers, "peak_rss_mb": peak_rss_mb(),
+                           "worker_peak_rss_mb": _children_peak_mb() if workers > 1 else None},
+        "total": {"s": round(t2 - t0, 2), "events_per_s": round(n / (t2 - t0)),
+                  # at most: this process plus every worker at its peak at once
+                  "peak_rss_mb": round(peak_rss_mb() + (workers * _children_peak_mb()
+                                                        if workers > 1 else 0), 1)},
+    }
+
+
+def run(n_events: int, tmp_dir: str | None, shards: int | None, batch_bytes: int,
+        workers: int = 2, keep: bool = False) -> dict:
+    """Generate the file, run the worker in a subprocess, return both."""
+    d = Path(tempfile.mkdtemp(prefix="seqanom-scale-ingest-", dir=tmp_dir))
+    try:
+        log.info("writing %d events to %s", n_events, d)
+        data = write_taobao(d / "UserBehavior.csv", n_events)
+        log.info("wrote %.0f MB in %.1f s", data["csv_mb"], data["generate_s"])
+        cmd = [sys.executable, "-m", "bench.scale_ingest_bench", "--worker",
+               str(d / "UserBehavior.csv"), "--work", str(d / "work"),
+               "--batch-bytes", str(batch_bytes), "--workers", str(workers)] + (["--shards", str(shards)] if shards else [])
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        res = json.loads(proc.stdout)
+        target = res["total"]["events_per_s"] >= 1_000_000 and res["total"]["peak_rss_mb"] <= 12_000
+        return {"data": data, "ingest": res, "target_met": bool(target)}
+    finally:
+        if not keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(prog="python -m bench.scale_ingest_bench",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--tmp-dir", default=None, help="where to write the CSV and the shards")
+    ap.add_argument("--shards", type=int, default=None, help="default: one per 64 MB of CSV")
+    ap.add_argument("--batch-bytes", type=int, default=64 << 20)
+    ap.add_argument("--workers", type=int, default=2, help="pass-2 processes (default 2)")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.work, args.shards, args.batch_bytes,
+                                args.workers)))
+        return
+    setup_logging()
+    t0 = time.perf_counter()
+    load = round(os.getloadavg()[0], 2)
+    results = run(args.events, args.tmp_dir, args.shards, args.batch_bytes, args.workers)
+    results["load_avg_1m_start"] = load
+    params = {"events": args.events, "shards": args.shards or "auto",
+              "batch_bytes": args.batch_bytes, "workers": args.workers, "order": "shoppers at random (not grouped)"}
+    emit(envelope("scale_ingest", params, results, round(time.perf_counter() - t0, 1)), args.out)
+
+
+if __name__ == "__main__":
+    main()
