@@ -145,9 +145,11 @@ def _item_state(seq_id: np.ndarray, item: np.ndarray, new_seq: np.ndarray) -> np
         return state
     span = int(item.max()) + 1
     key = seq_id.astype(np.int64) * span + item
-    _, first = np.unique(key, return_index=True)
-    is_first = np.zeros(n, dtype=bool)
-    is_first[first] = True
+    # dictionary codes are handed out in first-seen order: a row is its key's first exactly when
+    # its code is above every earlier row's (a hash pass, not np.unique's sort)
+    codes = pc.dictionary_encode(pa.array(key)).indices.to_numpy(zero_copy_only=False)
+    is_first = np.ones(n, dtype=bool)
+    is_first[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
     same = np.zeros(n, dtype=bool)
     same[1:] = (item[1:] == item[:-1]) & ~new_seq[1:]
     state[same] = ITEM_SAME

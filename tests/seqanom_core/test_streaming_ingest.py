@@ -172,12 +172,14 @@ def test_cli_tokenize(tmp_path, capsys):
 
     path = _bad_file(tmp_path)
     assert main(["-q", "tokenize", "--data", str(path), "--format", "taobao", "--out",
-                 str(tmp_path / "tok"), "--shards", "3", "--batch-size", "8K"]) == 0
+                 str(tmp_path / "tok"), "--shards", "3", "--batch-size", "8K",
+                 "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "2,995 kept" in out and "3 shards" in out
     with pytest.raises(SystemExit) as exc:
         main(["tokenize", "--data", str(path), "--out", str(tmp_path / "x"), "--shards", "0"])
     assert exc.value.code == 2
+    _assert_same_sequences(tmp_path / "tok", read_events(path, "taobao")[0])
 
 
 @pytest.mark.parametrize("frac", [False, True])
