@@ -66,10 +66,12 @@ def _spec(fmt: str | FormatSpec) -> FormatSpec:
     return parse_mapping(fmt) if "=" in fmt else get_format(fmt)
 
 
-def string_hash(values: pa.Array) -> np.ndarray:
-    """A well-mixed uint64 hash of each string (vectorised over its bytes; nulls hash as '')."""
-    enc = values.dictionary_encode()
-    dic = enc.dictionary.cast(pa.large_string())
+#: Distinct values hashed at once: bounds the per-byte temporaries (about 50 bytes per byte).
+_HASH_CHUNK = 1 << 17
+
+
+def _hash_strings(dic: pa.Array) -> np.ndarray:
+    """``string_hash`` of distinct (non-null) large strings, all at once."""
     offs = np.frombuffer(dic.buffers()[1], np.int64, count=dic.offset + len(dic) + 1)[dic.offset:]
     starts, lengths = offs[:-1], np.diff(offs)
     hashed = np.zeros(len(dic), dtype=np.uint64)
@@ -82,9 +84,18 @@ def string_hash(values: pa.Array) -> np.ndarray:
         contrib = _mix64(byte + (pos.astype(np.uint64) << np.uint64(8)) + np.uint64(1))
         nonempty = lengths > 0
         hashed[nonempty] = np.add.reduceat(contrib, seg[nonempty])
-    hashed = _mix64(hashed ^ lengths.astype(np.uint64))
-    idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False) if len(dic) else None
-    return hashed[idx] if idx is not None else np.zeros(len(values), dtype=np.uint64)
+    return _mix64(hashed ^ lengths.astype(np.uint64))
+
+
+def string_hash(values: pa.Array) -> np.ndarray:
+    """A well-mixed uint64 hash of each string (vectorised over its bytes; nulls hash as '')."""
+    enc = values.dictionary_encode()
+    dic = enc.dictionary.cast(pa.large_string())
+    if not len(dic):
+        return np.zeros(len(values), dtype=np.uint64)
+    hashed = np.concatenate([_hash_strings(dic.slice(i, _HASH_CHUNK))
+                             for i in range(0, len(dic), _HASH_CHUNK)])
+    return hashed[enc.indices.fill_null(0).to_numpy(zero_copy_only=False)]
 
 
 def _csv_batches(p: Path, kind: str, spec: FormatSpec, batch_bytes: int
