@@ -39,7 +39,7 @@ from seqanom_core.formats import FormatSpec, get_format, parse_mapping
 from seqanom_core.ingest.conversion import _validated
 from seqanom_core.ingest.files import _arrow_error, _decode_head, _open_checked, _read_head
 from seqanom_core.ingest.layouts import _header_problem, _match_header
-from seqanom_core.ingest.memory_limit import TEXT_FACTOR, check_memory
+from seqanom_core.ingest.memory_limit import check_memory
 from seqanom_core.ingest.quarantine import _line_numbers, _write_quarantine
 from seqanom_core.ingest.readers import _csv_options, _csv_plan, _plain_column
 from seqanom_core.ingest.report import IngestReport, _log_summary
@@ -50,8 +50,12 @@ logger = logging.getLogger("seqanom_core.ingest")
 MANIFEST = "manifest.json"
 #: Default bytes of CSV text per record batch.
 BATCH_BYTES = 64 << 20
-#: Peak bytes per event of tokenising one partition (measured about 150 on 2 M events).
-PARTITION_EVENT_BYTES = 250
+#: Peak bytes per event of a process tokenising one partition (measured about 310 with the
+#: interpreter, 2 M-event partitions, 2026-12-07).
+PARTITION_EVENT_BYTES = 350
+#: Peak bytes of pass 1 per byte of batch (measured: 64 MB batches peaked at 0.87 GB for 10^7
+#: events and 2.9 GB for 10^8 events with 1 M shoppers, before hashing ids in chunks).
+BATCH_FACTOR = 45
 #: Input bytes per partition when the number of shards is not given (about 1.5-2 M events).
 SHARD_INPUT_BYTES = 64 << 20
 MAX_SHARDS = 4096
@@ -197,10 +201,12 @@ def _n_shards(p: Path, kind: str, n_shards: int | None) -> int:
 def partition_events(
     path: str | Path, fmt: str | FormatSpec, work_dir: str | Path, *, n_shards: int | None = None,
     batch_bytes: int = BATCH_BYTES, quarantine_path: str | Path | None = None,
-    site: str | None = None, progress: bool = True,
+    site: str | None = None, progress: bool = True, workers: int = 1,
 ) -> tuple[list[Path], IngestReport]:
     """Pass 1: read, check and hash-partition ``path`` by shopper into Arrow IPC files in
-    ``work_dir``; return the partition files (empty ones omitted) and the ingest report."""
+    ``work_dir``; return the partition files (empty ones omitted) and the ingest report.
+    The file is refused before reading when the estimated peak of both passes (pass 2 with
+    ``workers`` processes) is over the limit per file (``memory_limit``)."""
     spec = _spec(fmt)
     if site is not None and not str(site).strip():
         raise ConfigError("site must be a non-empty string")
@@ -210,8 +216,10 @@ def partition_events(
     shards = _n_shards(p, kind, n_shards)
     size = p.stat().st_size * (4 if kind in ("gzip", "parquet") else 1)
     per_shard = size / 35 / shards  # about 35 bytes of CSV text per event
-    check_memory(p, batch_bytes * TEXT_FACTOR + per_shard * PARTITION_EVENT_BYTES,
-                 f"streamed in batches of {batch_bytes:,} bytes into {shards} shards")
+    # pass 1 holds a batch; pass 2 one partition per worker: whichever is more, not the file
+    check_memory(p, max(batch_bytes * BATCH_FACTOR, workers * per_shard * PARTITION_EVENT_BYTES),
+                 f"streamed in batches of {batch_bytes:,} bytes into {shards} shards, "
+                 f"{workers} at a time")
     work = Path(work_dir)
     (work / "partitions").mkdir(parents=True, exist_ok=True)
     qdir = work / "quarantine-parts"
@@ -366,7 +374,7 @@ def stream_ingest(
     try:
         parts, report = partition_events(path, fmt, out, n_shards=n_shards, batch_bytes=batch_bytes,
                                          quarantine_path=quarantine_path, site=site,
-                                         progress=progress)
+                                         progress=progress, workers=workers)
         shards = tokenize_partitions(parts, out, tok, progress, workers)
     finally:
         shutil.rmtree(out / "partitions", ignore_errors=True)

@@ -128,6 +128,8 @@ def test_bounded_memory_estimate(tmp_path, monkeypatch):
     parts, report = partition_events(path, "taobao", tmp_path / "work", n_shards=64,
                                      batch_bytes=4096, progress=False)
     assert report.rows_kept == 20000 and 1 < len(parts) <= 64
+    with pytest.raises(DataFileError, match="streamed in batches"):  # batches too big for it
+        partition_events(path, "taobao", tmp_path / "work2", batch_bytes=size, progress=False)
 
 
 def test_partition_by_shopper_and_hash():
