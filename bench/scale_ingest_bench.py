@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--tmp-dir", default=None, help="where to write the CSV and the shards")
     ap.add_argument("--shards", type=int, default=None, help="default: one per 64 MB of CSV")
-    ap.add_argument("--batch-bytes", type=int, default=64 << 20)
+    ap.add_argument("--batch-bytes", type=int, default=16 << 20)
     ap.add_argument("--workers", type=int, default=2, help="pass-2 processes (default 2)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -25,7 +25,7 @@ def _int_up_to(most: int) -> Callable[[str], int]:
 
 
 def _batch_size(text: str) -> int:
-    """argparse type of ``--batch-size``: bytes of text per record batch (e.g. 64M)."""
+    """argparse type of ``--batch-size``: bytes of text per record batch (e.g. 16M)."""
     from seqanom_core.errors import ConfigError
     from seqanom_core.ingest.memory_limit import parse_size
 
@@ -73,6 +73,6 @@ def add_tokenize_command(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--shards", type=_int_up_to(4096), metavar="N",
                    help="shards to partition shoppers into (default: one per 64 MB of input)")
     p.add_argument("--batch-size", type=_batch_size, metavar="SIZE",
-                   help="bytes of CSV text per record batch (e.g. 64M, the default)")
+                   help="bytes of CSV text per record batch (e.g. 16M, the default)")
     p.add_argument("--workers", type=_int_up_to(64), default=1, metavar="N",
                    help="processes tokenising shards at once (each holds one shard; default 1)")
