@@ -54,10 +54,10 @@ BATCH_BYTES = 16 << 20
 #: Peak bytes per event of a process tokenising one partition (measured about 310 with the
 #: interpreter, 2 M-event partitions, 2026-12-07).
 PARTITION_EVENT_BYTES = 350
-#: Peak bytes of pass 1: a base plus this many bytes per byte of batch (measured: 64 MB batches
-#: peaked at 0.87 GB for 10^7 events and 2.9 GB for 10^8; 16 MB batches at 0.85 GB for 3x10^7).
-PASS1_BASE = 512 << 20
-BATCH_FACTOR = 40
+#: Peak bytes of pass 1 above the interpreter's (about 0.3 GB) per byte of batch, like
+#: ``memory_limit``'s factors (measured: 64 MB batches peaked at 0.87 GB for 10^7 events and
+#: 2.9 GB for 10^8; 16 MB batches at 0.85 GB for 3x10^7).
+BATCH_FACTOR = 42
 #: Input bytes per partition when the number of shards is not given (about 1.5-2 M events).
 SHARD_INPUT_BYTES = 64 << 20
 MAX_SHARDS = 4096
@@ -219,7 +219,7 @@ def partition_events(
     size = p.stat().st_size * (4 if kind in ("gzip", "parquet") else 1)
     per_shard = size / 35 / shards  # about 35 bytes of CSV text per event
     # pass 1 holds a batch; pass 2 one partition per worker: whichever is more, not the file
-    check_memory(p, max(PASS1_BASE + batch_bytes * BATCH_FACTOR,
+    check_memory(p, max(batch_bytes * BATCH_FACTOR,
                         workers * per_shard * PARTITION_EVENT_BYTES),
                  f"streamed in batches of {batch_bytes:,} bytes into {shards} shards, "
                  f"{workers} at a time")
