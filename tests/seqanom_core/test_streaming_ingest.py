@@ -194,3 +194,16 @@ def test_shopper_time_order_is_lexsort(frac):
     if frac:
         ts[::7] += 0.5
     np.testing.assert_array_equal(_shopper_time_order(users, 50, ts), np.lexsort((ts, users)))
+
+
+def test_gzip_csv(tmp_path):
+    import gzip
+
+    path = _bad_file(tmp_path)
+    gz = tmp_path / "UserBehavior.csv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    _, report = stream_ingest(gz, "taobao", tmp_path / "tok", TOK, n_shards=2, batch_bytes=4096,
+                              progress=False)
+    events, ref = read_events(path, "taobao")
+    assert (report.rows_read, report.rejected) == (ref.rows_read, ref.rejected)
+    _assert_same_sequences(tmp_path / "tok", events)
