@@ -110,6 +110,14 @@ class TreeRss:
         return round(self.peak / 2**20, 1)
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its finished children (the workers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def worker(path: str, work: str, shards: int | None, batch_bytes: int, workers: int) -> dict:
     """Both passes in this process; per stage seconds, events/s and peak RSS."""
     from seqanom_core.config import TokenizerConfig
@@ -117,15 +125,15 @@ def worker(path: str, work: str, shards: int | None, batch_bytes: int, workers: 
 
     logging.getLogger("seqanom_core").setLevel(logging.WARNING)
     tree = TreeRss().__enter__()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     parts, report = partition_events(path, "taobao", work, n_shards=shards,
                                      batch_bytes=batch_bytes, progress=False)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), _cpu_s()
     rss1 = peak_rss_mb()
     part_mb = sum(p.stat().st_size for p in parts) / 1e6
     shard_info = tokenize_partitions(parts, Path(work) / "tokens", TokenizerConfig(),
                                      progress=False, workers=workers)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), _cpu_s()
     tree.__exit__()
     n = report.rows_read
     return {
@@ -133,11 +141,13 @@ def worker(path: str, work: str, shards: int | None, batch_bytes: int, workers: 
         "shards": len(shard_info), "sequences": sum(s["sequences"] for s in shard_info),
         "partitions_mb": round(part_mb, 1),
         "largest_shard_events": max((s["events"] for s in shard_info), default=0),
+        # cpu_s: CPU seconds of the stage (all processes): on shared cores the steadier cost
         "pass1_partition": {"s": round(t1 - t0, 2), "events_per_s": round(n / (t1 - t0)),
-                            "peak_rss_mb": rss1},
+                            "cpu_s": round(c1 - c0, 1), "peak_rss_mb": rss1},
         "pass2_tokenise": {"s": round(t2 - t1, 2), "events_per_s": round(n / (t2 - t1)),
-                           "workers": workers, "peak_rss_mb": peak_rss_mb()},
+                           "cpu_s": round(c2 - c1, 1), "workers": workers, "peak_rss_mb": peak_rss_mb()},
         "total": {"s": round(t2 - t0, 2), "events_per_s": round(n / (t2 - t0)),
+                  "cpu_s": round(c2 - c0, 1),
                   "peak_rss_mb_main_process": peak_rss_mb(),
                   "peak_rss_mb_with_workers_sampled": tree.peak_mb},
     }
