@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from seqanom_core.config import TrainConfig
 from seqanom_core.errors import ConfigError
+from seqanom_core.ingest.shards import ShardedSequences, ShardWindows
 from seqanom_core.models import NextEventModel
 from seqanom_core.privacy import (
     AccountantState,
@@ -117,7 +118,7 @@ def dp_generators(seed: int | None, device: torch.device) -> tuple[torch.Generat
 
 def train_model(
     model: NextEventModel,
-    seqs: SequenceSet,
+    seqs: SequenceSet | ShardedSequences,
     cfg: TrainConfig,
     device: torch.device,
     *,
@@ -146,7 +147,10 @@ def train_model(
     model.to(device).train()
     anchor = ({n: p.detach().clone() for n, p in model.named_parameters()}
               if proximal_mu > 0 else None)
-    data = ShopperWindows(seqs, model.config.max_len, cfg.seed)
+    if isinstance(seqs, SequenceSet):
+        data: Dataset = ShopperWindows(seqs, model.config.max_len, cfg.seed)
+    else:  # tokenised shards on disk (seqanom_core.ingest.shards): read window by window
+        data = ShardWindows(seqs.shards, model.config.max_len, cfg.seed)
     batch_size = min(cfg.batch_size, len(seqs))
     dp_gens = dp_generators(cfg.dp.seed, device) if cfg.dp is not None else None
     # under DP, Opacus draws the Poisson batches from the loader's generator: the secret one

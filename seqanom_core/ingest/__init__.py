@@ -13,7 +13,9 @@ Modules: ``files`` (opening, sniffing, decoding), ``layouts`` (header / position
 ``timestamps`` and ``conversion`` (raw columns to the event schema), ``report`` (the
 :class:`IngestReport` and its summary log line), ``quarantine`` (the rejected-rows CSV),
 ``readers`` (:func:`read_events`), ``writers`` (:func:`write_events`) and ``tokens``
-(:func:`read_token_sequences`). Everything logs under ``seqanom_core.ingest``, the per-file
+(:func:`read_token_sequences`); ``streaming`` (``stream_ingest``: a file too big to hold, in
+record batches, to tokenised shards on disk) and ``shards`` (reading them back memory-mapped).
+Everything logs under ``seqanom_core.ingest``, the per-file
 summary under ``seqanom_core.ingest.summary``.
 """
 

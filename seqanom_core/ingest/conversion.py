@@ -13,7 +13,14 @@ import pyarrow.compute as pc
 from seqanom_core.errors import SchemaError
 from seqanom_core.formats import FormatSpec
 from seqanom_core.ingest.timestamps import _by_dictionary, _describe_time, _parse_time, _unit_hint
-from seqanom_core.schema import BEHAVIORS, TIMESTAMP_MAX, TIMESTAMP_MIN, TIMESTAMP_WINDOW
+from seqanom_core.schema import (
+    BEHAVIORS,
+    EVENT_SCHEMA,
+    SITE_FIELD,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
+    TIMESTAMP_WINDOW,
+)
 
 logger = logging.getLogger("seqanom_core.ingest")  # one logger name for the whole package
 
@@ -62,10 +69,41 @@ def _null_mask(col: pa.ChunkedArray) -> np.ndarray | None:
     return np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _blank(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Return where string values are empty or only whitespace (null: True)."""
+def _blank_slow(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Return where string values are empty or only whitespace (null: True), by Arrow kernels."""
     blank = pc.or_(pc.utf8_is_space(values), pc.equal(pc.binary_length(values), 0))
     return np.asarray(pc.fill_null(blank, True).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _blank_chunk(arr: pa.Array) -> np.ndarray:
+    """``_blank_slow`` of one string chunk, from its offsets and first bytes: only values whose
+    first byte may start whitespace (ASCII control or space, or a multi-byte character) go
+    through ``utf8_is_space`` -- almost none in real data, so this is a few numpy passes."""
+    n = len(arr)
+    bufs = arr.buffers()
+    if n == 0 or len(bufs) != 3 or bufs[1] is None:
+        return _blank_slow(arr)
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offs = np.frombuffer(bufs[1], dtype=width, count=arr.offset + n + 1)[arr.offset:]
+    starts, lengths = offs[:-1], np.diff(offs)
+    blank = lengths == 0
+    if bufs[2] is not None and not blank.all():
+        data = np.frombuffer(bufs[2], dtype=np.uint8)
+        first = data[np.minimum(starts, len(data) - 1)]  # an empty value's is never used
+        maybe = np.flatnonzero(~blank & ((first <= 32) | (first >= 0x80)))
+        if len(maybe):
+            blank[maybe] = _blank_slow(arr.take(pa.array(maybe)))
+    if arr.null_count:
+        blank |= np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return blank
+
+
+def _blank(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Return where string values are empty or only whitespace (null: True)."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    if not chunks:
+        return np.zeros(0, dtype=bool)
+    return np.concatenate([_blank_chunk(c) for c in chunks])
 
 
 def _missing_mask(col: pa.ChunkedArray) -> np.ndarray | None:
@@ -191,3 +229,26 @@ def _convert(
             logger.warning("%s: %d timestamp(s) outside %s%s", p, int(far.sum()), TIMESTAMP_WINDOW, hint)
     out["timestamp"] = pa.array(ts, pa.float64())
     return out, checks
+
+
+def _validated(
+    p: Path, raw: dict[str, pa.ChunkedArray], lay: FormatSpec, n: int, site: str | None
+) -> tuple[pa.Table, np.ndarray, list[tuple[str, np.ndarray]]]:
+    """Convert and check raw columns: the kept rows as a canonical events table (with ``site``
+    when given or read), each row's reason (0 kept, else 1 + index into ``checks``), the checks."""
+    out, checks = _convert(p, raw, lay, n)
+    reason_of = np.zeros(n, dtype=np.int16)
+    for i in range(len(checks) - 1, -1, -1):  # earlier checks take precedence
+        reason_of[checks[i][1]] = i + 1
+    keep = reason_of == 0
+    with_site = "site" in out or site is not None
+    schema = EVENT_SCHEMA.append(SITE_FIELD) if with_site else EVENT_SCHEMA
+    names = [f.name for f in schema]
+    arrays = [out[c] for c in names if c in out]
+    table = pa.Table.from_arrays(arrays, names=[c for c in names if c in out])
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+    if site is not None:
+        table = table.append_column("site", pa.repeat(pa.scalar(str(site)), table.num_rows))
+    table = pa.Table.from_arrays(table.select(names).columns, schema=schema)
+    return table, reason_of, checks

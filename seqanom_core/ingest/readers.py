@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +16,7 @@ import pyarrow.parquet as pq
 
 from seqanom_core.errors import ConfigError, DataFileError, SchemaError
 from seqanom_core.formats import FormatSpec, get_format, parse_mapping
-from seqanom_core.ingest.conversion import NULL_VALUES, _convert
+from seqanom_core.ingest.conversion import NULL_VALUES, _validated
 from seqanom_core.ingest.files import _arrow_error, _decode_head, _open_checked, _read_head
 from seqanom_core.ingest.layouts import (
     _choose_csv_layout,
@@ -31,7 +33,6 @@ from seqanom_core.ingest.memory_limit import (
 )
 from seqanom_core.ingest.quarantine import _line_numbers, _write_quarantine
 from seqanom_core.ingest.report import IngestReport, _log_summary
-from seqanom_core.schema import EVENT_SCHEMA, SITE_FIELD
 
 logger = logging.getLogger("seqanom_core.ingest")  # one logger name for the whole package
 
@@ -84,11 +85,20 @@ def _read_csv_raw(p: Path, kind: str, spec: FormatSpec, want_lines: bool) -> _Cs
             logger.info("%s: not %s beyond its start; reading it as %s", p, encoding, remaining[0])
 
 
-def _read_csv_text(
-    p: Path, kind: str, spec: FormatSpec, want_lines: bool, text: str, encoding: str
-) -> _CsvRaw:
-    """``_read_csv_raw`` in one encoding, whose decoding of the file's start is ``text``;
-    ``_NotThisEncoding`` when a later part of the file is not valid in it."""
+class _CsvPlan(NamedTuple):
+    """How to read a CSV: its layout, header, Arrow column names and types, rows to skip."""
+
+    lay: FormatSpec
+    header: dict[str, int] | None
+    names: list[str]
+    types: dict[str, pa.DataType]
+    fields_of: dict[str, str]
+    skip: int
+    lines: list[str]
+
+
+def _csv_plan(p: Path, spec: FormatSpec, text: str) -> _CsvPlan:
+    """Choose the layout of a CSV from the decoded text of its start (``text``)."""
     lines = text.splitlines()
     lead = next((i for i, line in enumerate(lines) if line.strip()), None)
     if lead is None:  # only whitespace, e.g. Unicode separators that bytes.strip() keeps
@@ -111,6 +121,42 @@ def _read_csv_text(
     for fld, name in fields_of.items():
         as_dict = fld == "behavior" or (fld == "timestamp" and lay.time_kind in ("date", "month_day"))
         types[name] = dict_type if as_dict else pa.string()
+    return _CsvPlan(lay, header, names, types, fields_of, skip, lines)
+
+
+def _csv_options(plan: _CsvPlan, encoding: str, use_threads: bool,
+                 on_invalid: Callable[[pacsv.InvalidRow], str]
+                 ) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
+    """The Arrow CSV reader's options for ``plan`` (every field read as text)."""
+    return (
+        pacsv.ReadOptions(
+            use_threads=use_threads,
+            block_size=_BLOCK_SIZE,
+            skip_rows=plan.skip,
+            column_names=plan.names,
+            encoding="utf8" if encoding.replace("-", "").lower() == "utf8" else encoding,
+        ),
+        pacsv.ParseOptions(
+            delimiter=plan.lay.delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+        ),
+        pacsv.ConvertOptions(
+            include_columns=list(plan.types),
+            column_types=plan.types,
+            strings_can_be_null=True,
+            null_values=NULL_VALUES,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+
+
+def _read_csv_text(
+    p: Path, kind: str, spec: FormatSpec, want_lines: bool, text: str, encoding: str
+) -> _CsvRaw:
+    """``_read_csv_raw`` in one encoding, whose decoding of the file's start is ``text``;
+    ``_NotThisEncoding`` when a later part of the file is not valid in it."""
+    plan = _csv_plan(p, spec, text)
+    lay, header, names, fields_of, skip, lines = (
+        plan.lay, plan.header, plan.names, plan.fields_of, plan.skip, plan.lines)
 
     def read(use_threads: bool) -> tuple[pa.Table, list[tuple[int | None, str]]]:
         """Run the arrow CSV reader once."""
@@ -123,26 +169,9 @@ def _read_csv_text(
 
         stream = pa.input_stream(str(p), compression="gzip" if kind == "gzip" else None)
         try:
-            table = pacsv.read_csv(
-                stream,
-                read_options=pacsv.ReadOptions(
-                    use_threads=use_threads,
-                    block_size=_BLOCK_SIZE,
-                    skip_rows=skip,
-                    column_names=names,
-                    encoding="utf8" if encoding.replace("-", "").lower() == "utf8" else encoding,
-                ),
-                parse_options=pacsv.ParseOptions(
-                    delimiter=lay.delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
-                ),
-                convert_options=pacsv.ConvertOptions(
-                    include_columns=list(types),
-                    column_types=types,
-                    strings_can_be_null=True,
-                    null_values=NULL_VALUES,
-                    quoted_strings_can_be_null=True,
-                ),
-            )
+            ropts, popts, copts = _csv_options(plan, encoding, use_threads, on_invalid)
+            table = pacsv.read_csv(stream, read_options=ropts, parse_options=popts,
+                                   convert_options=copts)
         except UnicodeError as err:  # Python's decoder of an encoding other than UTF-8
             raise _NotThisEncoding(DataFileError(f"{p}: not valid {encoding} text ({err})")) from None
         except (pa.ArrowInvalid, OSError) as err:
@@ -280,24 +309,11 @@ def read_events(
         logger.warning("%s: site=%r replaces the file's '%s' column", p, site, lay.site)
         del raw["site"]
     n = len(raw["timestamp"])
-    out, checks = _convert(p, raw, lay, n)
-    reason_of = np.zeros(n, dtype=np.int16)
-    for i in range(len(checks) - 1, -1, -1):  # earlier checks take precedence
-        reason_of[checks[i][1]] = i + 1
+    table, reason_of, checks = _validated(p, raw, lay, n, site)
+    keep = reason_of == 0
     counts = np.bincount(reason_of, minlength=len(checks) + 1)
     rejected = {"ragged row": len(ragged)} if ragged else {}
     rejected.update({name: int(counts[i + 1]) for i, (name, _) in enumerate(checks) if counts[i + 1]})
-    keep = reason_of == 0
-    with_site = "site" in out or site is not None
-    schema = EVENT_SCHEMA.append(SITE_FIELD) if with_site else EVENT_SCHEMA
-    names = [f.name for f in schema]
-    arrays = [out[c] for c in names if c in out]
-    table = pa.Table.from_arrays(arrays, names=[c for c in names if c in out])
-    if not keep.all():
-        table = table.filter(pa.array(keep))
-    if site is not None:
-        table = table.append_column("site", pa.repeat(pa.scalar(str(site)), table.num_rows))
-    table = pa.Table.from_arrays(table.select(names).columns, schema=schema)
     report = IngestReport(
         source=str(p),
         format=spec.name,

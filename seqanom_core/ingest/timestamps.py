@@ -135,8 +135,14 @@ def _to_seconds(col: pa.ChunkedArray, kind: str, year: int | None, scale: float 
     else:
         if not pa.types.is_string(t):
             col = pc.cast(col, pa.string())
+        try:  # integer text first: Arrow parses it about 3x faster than float text
+            vals = pc.cast(pc.cast(col, pa.int64()), pa.float64())
+            if kind != "unix_ms" and scale == 1.0 and vals.null_count == 0:
+                return np.asarray(vals.to_numpy(), dtype=np.float64)  # finite, as is
+        except pa.ArrowInvalid:
+            vals = None
         try:
-            vals = pc.cast(col, pa.float64())
+            vals = pc.cast(col, pa.float64()) if vals is None else vals
         except pa.ArrowInvalid:
             col = pc.utf8_trim_whitespace(col)  # ' 1511544070 ' reads like '1511544070'
             ok = pc.match_substring_regex(col, _NUM_RE)

@@ -23,6 +23,7 @@ from simulation.cli.detector_commands import add_detector_commands
 from simulation.cli.live_commands import add_live_commands
 from simulation.cli.research_commands import add_research_commands
 from simulation.cli.site_commands import add_site_commands
+from simulation.cli.tokenize_command import add_tokenize_command
 
 EXIT_ERROR = 2  # bad input or settings: a one-line error
 EXIT_INTERNAL = 3  # an unexpected failure (traceback with --verbose)
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_command(add)
     add_central_commands(add)
     add_site_commands(add)
+    add_tokenize_command(add)
     return parser
 
 

@@ -94,6 +94,7 @@ BASE: dict[str, list[str]] = {
     "inject": ["inject", "--data", "events.csv", "--out", "inj.csv", "--labels", "inj_labels.csv"],
     "split": ["split", "--data", "events.csv", "--train-out", "tr.csv", "--test-out", "te.csv"],
     "synth": ["synth", "--shoppers", "5", "--out", "synth.csv"],
+    "tokenize": ["tokenize", "--data", "events.csv", "--out", "tok"],
     "demo": ["demo", "--shoppers", "40", "--epochs", "1", "--out", "demo"],
     "simulate": ["simulate", "--prepare-only", "--shoppers", "24", "--sites", "2", "--out",
                  "sim"],
