@@ -31,6 +31,7 @@ from seqanom_core import __version__
 from seqanom_core.config import DetectorConfig, ModelConfig, Source, TokenizerConfig, TrainConfig
 from seqanom_core.errors import ConfigError, ModelFileError, NotFittedError, SeqanomError
 from seqanom_core.inference import EventScores
+from seqanom_core.ingest.shards import ShardedSequences, split_shards
 from seqanom_core.models import (
     NextEventModel,
     backbone_kinds,
@@ -115,7 +116,7 @@ class SequenceDetector:
                               getattr(self, "source_", Source.EVENTS))
 
     def _sequences(self, data: SequenceSet | pa.Table) -> SequenceSet:
-        if isinstance(data, SequenceSet):
+        if isinstance(data, (SequenceSet, ShardedSequences)):
             return data
         if isinstance(data, pa.Table):
             return build_sequences(data, self.tokenizer_config)
@@ -137,7 +138,10 @@ class SequenceDetector:
                               f"not '{self.model_config.kind}'")
         t0 = time.time()
         self.source_ = seqs.source
-        if calibration is None:
+        if calibration is None and isinstance(seqs, ShardedSequences):  # on-disk shards
+            train_seqs, calib_parts = split_shards(seqs, self.train_config.calibration_fraction,
+                                                   self.train_config.seed)
+        elif calibration is None:
             train_seqs, calib_seqs = split_shoppers(seqs, self.train_config.calibration_fraction,
                                                     self.train_config.seed)
         else:
@@ -151,8 +155,12 @@ class SequenceDetector:
             self.network_, train_seqs, self.train_config, self.device_,
             accountant_state=accountant_state, progress=self.progress,
         )
-        _, calib_stats = score_statistics(self.network_, calib_seqs, self.device_,
-                                          progress=self.progress)
+        if isinstance(train_seqs, SequenceSet):
+            calib_parts = [calib_seqs]
+        calib_stats = np.concatenate([score_statistics(self.network_, part, self.device_,
+                                                       progress=self.progress)[1]
+                                      for part in calib_parts])
+        n_calib = sum(len(part) for part in calib_parts)
         self.calibrator_ = ScoreCalibrator().fit(calib_stats)
         calib_scores, _ = self.calibrator_.score(calib_stats)
         if not np.isfinite(calib_scores).any():  # the weights blew up: say why, not where
@@ -160,11 +168,11 @@ class SequenceDetector:
                               f"(final loss {self.train_result_.epoch_losses[-1]:.3g}); lower lr "
                               f"(the learning rate, {self.train_config.lr:g})")
         self.threshold_ = calibrate_threshold(calib_scores, self.train_config.alert_rate)
-        tail = len(calib_seqs) * self.train_config.alert_rate
+        tail = n_calib * self.train_config.alert_rate
         if tail < MIN_TAIL_SHOPPERS:
             log.warning("threshold set on %d held-out shoppers (about %.1f above it at %.1f%%): "
                         "the alert rate on new shoppers may be far from the target",
-                        len(calib_seqs), tail, 100 * self.train_config.alert_rate)
+                        n_calib, tail, 100 * self.train_config.alert_rate)
         r = self.train_result_
         self.metadata_: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -173,7 +181,7 @@ class SequenceDetector:
             "source": seqs.source,
             "n_train_shoppers": len(train_seqs),
             "n_train_events": train_seqs.n_events,
-            "n_calibration_shoppers": len(calib_seqs),
+            "n_calibration_shoppers": n_calib,
             # expected held-out shoppers above the threshold; below MIN_TAIL_SHOPPERS it is unsteady
             "calibration_tail_shoppers": tail,
             "epochs": self.train_config.epochs,

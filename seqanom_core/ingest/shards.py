@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from seqanom_core.config import Source, TokenizerConfig
-from seqanom_core.errors import DataFileError
+from seqanom_core.errors import ConfigError, DataFileError
 from seqanom_core.sequences import CHANNELS, SequenceSet
 from seqanom_core.windows import window_arrays
 
@@ -77,6 +77,25 @@ class ShardedSequences:
     def n_events(self) -> int:
         """Events in all shards."""
         return sum(int(s.offsets[-1]) for s in self.shards)
+
+    @property
+    def source(self) -> str:
+        return self.shards[0].source if self.shards else "events"
+
+
+def split_shards(data: ShardedSequences, fraction: float, seed: int
+                 ) -> tuple[ShardedSequences, list[SequenceSet]]:
+    """Whole shards held out for calibration (shoppers are hashed to shards, so a shard is a
+    random share of them): ``round(fraction x shards)``, at least one, never all; seeded.
+    Returns (training shards, held-out shards)."""
+    n = len(data.shards)
+    if n < 2:
+        raise ConfigError("tokenised shards: need at least 2 shards to hold shoppers out for "
+                          "the threshold (seqanom tokenize --shards 2 or more)")
+    k = min(max(1, round(fraction * n)), n - 1)
+    held = set(np.random.default_rng(seed).permutation(n)[:k].tolist())
+    return (ShardedSequences([s for i, s in enumerate(data.shards) if i not in held]),
+            [data.shards[i] for i in sorted(held)])
 
 
 class ShardWindows(Dataset):

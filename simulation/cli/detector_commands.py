@@ -40,6 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seqanom_core.privacy_ledger import PrivacyLedger
 
     tok, model, train = training_configs(args)
+    if bool(args.data) == bool(args.shards):
+        raise ConfigError("train reads --data FILE or --shards DIR (from seqanom tokenize), "
+                          "exactly one of them")
     # the model directory is replaced whole; the ledger is read and then updated
     check_paths({"data": args.data, "ledger": args.ledger},
                 {"out": args.out, "quarantine": args.quarantine, "ledger": args.ledger},
@@ -60,8 +63,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                                         new_ledger=args.new_ledger)
             train = dataclasses.replace(train, dp=dataclasses.replace(train.dp,
                                                                       epsilon=ledger.limit()))
-        seqs, _, report = load_input(args, tok)
-        print(report.summary())
+        if args.shards:  # tokenised shards (seqanom tokenize): trained window by window
+            seqs, tok = open_shards(args.shards)
+        else:
+            seqs, _, report = load_input(args, tok)
+            print(report.summary())
         # too little budget left (more noise than --max-noise needed), or a given noise above
         # it or over the budget: fit raises PrivacyBudgetExceeded before anything is written
         det = make_detector(args.model, model_config=model, tokenizer_config=tok,
@@ -83,6 +89,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(privacy_line(meta["privacy"]))
     print(f"model written to {out}")
     return 0
+
+
+def open_shards(directory: str) -> tuple[Any, Any]:
+    """``--shards DIR``: the memory-mapped shards and their tokenizer; prints what they hold."""
+    from seqanom_core.ingest.shards import ShardedSequences, shard_tokenizer
+
+    if not Path(directory).expanduser().is_dir():
+        raise ConfigError(f"--shards {directory}: no such directory")
+    seqs = ShardedSequences.open(directory)
+    print(f"{directory}: {len(seqs.shards)} shards, {len(seqs):,} shoppers, "
+          f"{seqs.n_events:,} events (tokenised; the tokenizer is theirs)")
+    return seqs, shard_tokenizer(directory)
 
 
 def training_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -313,7 +331,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register train / score / ledger with the seqanom parser's ``add``."""
     p = add("train", cmd_train, "train a detector and write a model directory")
-    add_input_args(p)
+    add_input_args(p, required=False)
+    p.add_argument("--shards", metavar="DIR",
+                   help="train on tokenised shards written by 'seqanom tokenize' instead of "
+                        "--data (read window by window; whole shards held out for the threshold)")
     add_model_kind_arg(p)
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     add_training_args(p)

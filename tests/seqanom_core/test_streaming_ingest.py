@@ -207,3 +207,31 @@ def test_gzip_csv(tmp_path):
     events, ref = read_events(path, "taobao")
     assert (report.rows_read, report.rejected) == (ref.rows_read, ref.rejected)
     _assert_same_sequences(tmp_path / "tok", events)
+
+
+def test_cli_train_on_shards_holds_whole_shards_out_and_scores(tmp_path, capsys):
+    """``train --shards``: trained from the memory-mapped shards, the threshold set on whole
+    held-out shards; every shopper is in one part or the other; the model scores events."""
+    from seqanom_core.detector import SequenceDetector
+    from simulation.cli.main import main
+
+    path = tmp_path / "ev.csv"
+    path.write_text("\n".join(_taobao_lines(4000, users=60)) + "\n")
+    assert main(["-q", "tokenize", "--data", str(path), "--format", "taobao", "--out",
+                 str(tmp_path / "tok"), "--shards", "4"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "train", "--shards", str(tmp_path / "tok"), "--out", str(tmp_path / "m"),
+                 "--epochs", "1", "--d-model", "16", "--layers", "1", "--max-len", "16"]) == 0
+    assert "4 shards" in capsys.readouterr().out
+    det = SequenceDetector.load(tmp_path / "m", progress=False)
+    meta = det.metadata_
+    shoppers = len({line.split(",")[0] for line in path.read_text().splitlines()})
+    assert meta["n_train_shoppers"] + meta["n_calibration_shoppers"] == shoppers
+    assert 0 < meta["n_calibration_shoppers"] < shoppers
+    scores = det.score_shoppers(read_events(path, "taobao")[0])
+    assert len(scores.ids) == shoppers and np.isfinite(scores.scores).all()
+    # both inputs, or neither: a one-line error, exit 2
+    assert main(["train", "--shards", str(tmp_path / "tok"), "--data", str(path), "--out",
+                 str(tmp_path / "m2")]) == 2
+    assert main(["train", "--out", str(tmp_path / "m2")]) == 2
+    assert "exactly one of them" in capsys.readouterr().err
