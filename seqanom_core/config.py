@@ -51,6 +51,10 @@ MAX_PARAMETERS = 1 << 29
 
 
 SESSION_GAP_S = 1800.0  # default: a gap between two events longer than this starts a new session
+#: What the item channel tells of an event's item (seqanom_core/sequences.py): "basic" (new,
+#: same as the previous event, seen earlier) or "funnel" (also, for an item seen before, the
+#: furthest funnel stage the shopper reached on it: viewed, carted or faved, bought)
+ITEM_STATES: tuple[str, ...] = ("basic", "funnel")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class TokenizerConfig:
     session_gap_s: float = SESSION_GAP_S  # a gap longer than this starts a new session
     token_buckets: int = 512  # pre-tokenised format: event ids are folded into this many buckets
     hash_seed: int = 0  # seed of the category hash (all sites must use the same)
+    # ITEM_STATES; model directories written before it existed load with "basic"
+    item_states: str = "funnel"
 
     def __post_init__(self) -> None:
         for name, most in (("category_buckets", MAX_CATEGORY_BUCKETS),
@@ -73,6 +79,9 @@ class TokenizerConfig:
                               f"{self.session_gap_s}")
         if self.hash_seed < 0:
             raise ConfigError(f"hash_seed must be 0 or more, not {self.hash_seed}")
+        if self.item_states not in ITEM_STATES:
+            raise ConfigError(f"item_states must be one of {', '.join(ITEM_STATES)}, "
+                              f"not {self.item_states!r}")
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,7 @@ class DetectorConfig:
             train = dict(data.get("train", {}))
             dp = train.pop("dp", None)
             return cls(
-                tokenizer=TokenizerConfig(**data.get("tokenizer", {})),
+                tokenizer=TokenizerConfig(**{"item_states": "basic", **data.get("tokenizer", {})}),
                 model=ModelConfig(**{"history_copy": False, **data.get("model", {})}),
                 train=TrainConfig(**train, dp=DPConfig(**dp) if dp else None),
                 source=Source(data.get("source", Source.EVENTS)),

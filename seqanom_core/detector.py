@@ -52,10 +52,10 @@ from seqanom_core.scoring import (
 )
 from seqanom_core.sequences import (
     CHANNELS,
-    ITEM_NAMES,
     SequenceSet,
     build_sequences,
     decode_event,
+    item_state_name,
     split_shoppers,
     vocab_sizes,
 )
@@ -281,7 +281,8 @@ class SequenceDetector:
                 e = sl.start + p
                 rec["observed"] = decode_event(int(seqs.channels["event"][e]), self.tokenizer_config,
                                                self.source_)
-                rec["item_state"] = ITEM_NAMES.get(int(seqs.channels["item"][e]), "")
+                rec["item_state"] = item_state_name(int(seqs.channels["item"][e]),
+                                                    self.tokenizer_config, self.source_)
                 if events is not None and seqs.rows is not None and self.source_ == Source.EVENTS:
                     row = int(seqs.rows[e])
                     rec["observed"] = (

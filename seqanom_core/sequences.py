@@ -7,8 +7,12 @@ Each event becomes three categorical channels:
 - ``gap``: the bucketed time since the shopper's previous event (first event, new session, or a
   log2-spaced bucket within a session);
 - ``item``: the item's state in the shopper's own history (new, same as the previous event,
-  seen earlier). This is what makes funnel order (view -> cart -> buy of one item) visible
-  without any item vocabulary.
+  seen earlier); with ``TokenizerConfig.item_states = "funnel"``, an item seen before also
+  carries the furthest funnel stage the shopper reached on it before this event (viewed,
+  carted or faved, bought). This is what makes funnel order (view -> cart -> buy of one item)
+  visible without any item vocabulary: the item head predicts the state given the event, so a
+  view or cart of an item already bought is one surprising token. Pre-tokenised input has no
+  behaviours: its item channel is always "basic".
 
 Hashing uses a fixed keyed hash, so every site maps the same category to the same bucket and no
 vocabulary has to be shared.
@@ -40,6 +44,24 @@ GAP_OFFSET = 4
 # item channel values
 ITEM_PAD, ITEM_NEW, ITEM_SAME, ITEM_REPEAT = 0, 1, 2, 3
 ITEM_NAMES = {ITEM_NEW: "new item", ITEM_SAME: "same item again", ITEM_REPEAT: "earlier item"}
+# funnel item states: ITEM_SAME or ITEM_REPEAT + 2 * (stage - 1), stage 1..3 the furthest stage
+# reached on the item before the event (so stage 1, "viewed", keeps the basic values)
+FUNNEL_STAGE = np.array([1, 2, 2, 3], dtype=np.int64)  # per behaviour code: view, cart, fav, buy
+FUNNEL_STAGES = ("viewed", "carted or faved", "bought")
+ITEM_FUNNEL_NAMES = {ITEM_NEW: "new item", **{
+    base + 2 * k: f"{ITEM_NAMES[base]}, already {stage}"
+    for k, stage in enumerate(FUNNEL_STAGES) for base in (ITEM_SAME, ITEM_REPEAT)}}
+
+
+def item_funnel(tok: TokenizerConfig, source: str) -> bool:
+    """Whether the item channel carries funnel stages (``item_states`` "funnel", shopper events)."""
+    return tok.item_states == "funnel" and source == Source.EVENTS
+
+
+def item_state_name(state: int, tok: TokenizerConfig, source: str) -> str:
+    """Human-readable name of an item-channel token ("" for padding)."""
+    names = ITEM_FUNNEL_NAMES if item_funnel(tok, source) else ITEM_NAMES
+    return names.get(int(state), "")
 
 
 def vocab_sizes(tok: TokenizerConfig, source: str) -> dict[str, int]:
@@ -53,7 +75,8 @@ def vocab_sizes(tok: TokenizerConfig, source: str) -> dict[str, int]:
         raise ConfigError(f"unknown sequence source {source!r}")
     # event_groups: behaviour blocks of the event vocabulary (the model's history copy needs them)
     groups = len(BEHAVIORS) if source == Source.EVENTS else 1
-    return {"event": n_event, "gap": GAP_OFFSET + tok.gap_buckets, "item": 4,
+    n_item = len(ITEM_FUNNEL_NAMES if item_funnel(tok, source) else ITEM_NAMES) + 1  # + ITEM_PAD
+    return {"event": n_event, "gap": GAP_OFFSET + tok.gap_buckets, "item": n_item,
             "event_groups": groups}
 
 
@@ -137,22 +160,38 @@ def gap_bucket(gaps: np.ndarray, tok: TokenizerConfig) -> np.ndarray:
     return GAP_OFFSET + np.clip(b, 0, tok.gap_buckets - 1)
 
 
-def _item_state(seq_id: np.ndarray, item: np.ndarray, new_seq: np.ndarray) -> np.ndarray:
-    """Item channel of events already grouped by sequence: new / same as previous / earlier."""
+def _item_state(seq_id: np.ndarray, item: np.ndarray, new_seq: np.ndarray,
+                stage: np.ndarray | None = None) -> np.ndarray:
+    """Item channel of events already grouped by sequence and time-ordered: new / same as
+    previous / earlier, and with ``stage`` (each event's funnel stage, 1..3) the furthest stage
+    reached on the item by the sequence's earlier events (see ``ITEM_FUNNEL_NAMES``)."""
     n = len(item)
     state = np.full(n, ITEM_REPEAT, dtype=np.int64)
     if n == 0:
         return state
     span = int(item.max()) + 1
     key = seq_id.astype(np.int64) * span + item
-    # dictionary codes are handed out in first-seen order: a row is its key's first exactly when
-    # its code is above every earlier row's (a hash pass, not np.unique's sort)
-    codes = pc.dictionary_encode(pa.array(key)).indices.to_numpy(zero_copy_only=False)
-    is_first = np.ones(n, dtype=bool)
-    is_first[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
     same = np.zeros(n, dtype=bool)
     same[1:] = (item[1:] == item[:-1]) & ~new_seq[1:]
     state[same] = ITEM_SAME
+    if stage is None:
+        # dictionary codes are handed out in first-seen order: a row is its key's first exactly
+        # when its code is above every earlier row's (a hash pass, not a sort)
+        codes = pc.dictionary_encode(pa.array(key)).indices.to_numpy(zero_copy_only=False)
+        is_first = np.ones(n, dtype=bool)
+        is_first[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
+    else:
+        # each (sequence, item)'s events in time order (a stable sort keeps it)
+        by_key = np.argsort(key, kind="stable")
+        is_first = np.zeros(n, dtype=bool)
+        is_first[by_key] = np.concatenate([[True], key[by_key][1:] != key[by_key][:-1]])
+        # furthest stage before each event: a running maximum within each key's run (the run
+        # number times 4 added keeps the maximum from crossing runs), shifted by one event
+        run = np.cumsum(is_first[by_key])
+        reached = np.maximum.accumulate(stage[by_key] + 4 * run) - 4 * run
+        before = np.zeros(n, dtype=np.int64)
+        before[by_key[1:]] = reached[:-1]
+        state += 2 * (np.maximum(before, 1) - 1)
     state[is_first] = ITEM_NEW
     return state
 
@@ -197,7 +236,8 @@ def build_sequences(events: pa.Table, tok: TokenizerConfig) -> SequenceSet:
     gap[new_seq] = GAP_FIRST
 
     event = N_SPECIAL + behavior[order] * tok.category_buckets + cat_bucket[order]
-    item = _item_state(user_sorted, item_codes[order], new_seq)
+    stage = FUNNEL_STAGE[behavior[order]] if item_funnel(tok, Source.EVENTS) else None
+    item = _item_state(user_sorted, item_codes[order], new_seq, stage)
     log.debug("built %d sequences from %d events", len(user_ids), n)
     return SequenceSet(
         ids=user_ids.astype(str),

@@ -70,6 +70,7 @@ def read_state(out: Path) -> tuple[SimulationConfig, dict[str, Any]]:
         for k in ("data", "quarantine"):
             given[k] = None if given.get(k) is None else Path(given[k])
         given["out"] = out
+        given.setdefault("item_states", "basic")  # a simulation from before the setting
         cfg = SimulationConfig(**given)
         run_id = int(state["run_id"])
     except (ValueError, KeyError, TypeError) as err:

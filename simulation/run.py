@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from seqanom_core.atomic_files import write_json_atomic
 from seqanom_core.audit import AuditConfig, run_audit
-from seqanom_core.config import DetectorConfig, DPConfig, ModelConfig, TrainConfig
+from seqanom_core.config import DetectorConfig, DPConfig, ModelConfig, TokenizerConfig, TrainConfig
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.run_config import settings_from_run_config
@@ -84,6 +84,7 @@ class SimulationConfig:
     # DP (the measured best at batch 16), without DP the AdamW default (run_config.LOCAL_LR)
     site_lr: float | None = None
     history_copy: bool = True  # the model's copy term from the shopper's history (models/network.py)
+    item_states: str = "funnel"  # the item channel's states (TokenizerConfig.item_states)
     baselines: bool = True
     seed: int = 0
     dp_seed: int | None = None  # DP sampling and noise: None = from the OS (secret, not repeatable)
@@ -221,7 +222,8 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
     return {**privacy,
         "num-rounds": cfg.rounds, "strategy": cfg.strategy, "model": cfg.model,
         "local-epochs": cfg.local_epochs, "d-model": cfg.d_model, "n-layers": cfg.n_layers,
-        "max-len": cfg.max_len, "history-copy": cfg.history_copy, "batch-size": cfg.batch_size,
+        "max-len": cfg.max_len, "history-copy": cfg.history_copy, "item-states": cfg.item_states,
+        "batch-size": cfg.batch_size,
         "lr": cfg.site_lr if cfg.site_lr is not None else (DP_SITE_LR if cfg.dp else 0.0),
         "dp": cfg.dp, "dp-seed": -1 if cfg.dp_seed is None else cfg.dp_seed,
         "epsilon": cfg.epsilon, "accountant": cfg.accountant, "seed": cfg.seed,
@@ -357,7 +359,8 @@ def _baselines(cfg: SimulationConfig, trains: list[pa.Table], test: pa.Table,
     runs += [(f"site-alone:site-{k}", t, local) for k, t in enumerate(trains)]
     for name, train, tcfg in runs:
         t0 = time.time()
-        ids, scores, info = detector_scores(train, test, model=model, train=tcfg)
+        ids, scores, info = detector_scores(train, test, model=model, train=tcfg,
+                                            tokenizer=TokenizerConfig(item_states=cfg.item_states))
         curves[name] = (ids, scores)
         thresholds[name] = info["threshold"]
         methods[name] = {"epsilon": info["epsilon"], "delta": info["delta"],
@@ -381,7 +384,8 @@ def site_audit(cfg: SimulationConfig, train: pa.Table) -> dict[str, Any]:
     model = centralised_configs(cfg)[0]
     audit = AuditConfig(canaries=cfg.audit_canaries, canary_length=min(32, cfg.max_len - 1),
                         seed=cfg.seed)
-    record = run_audit(train, DetectorConfig(model=model, train=site_alone_config(cfg)), audit)
+    record = run_audit(train, DetectorConfig(TokenizerConfig(item_states=cfg.item_states), model,
+                                             site_alone_config(cfg)), audit)
     log.info("privacy audit of site-0: MIA AUC %s, epsilon lower bound %.3f",
              record["mia_auc"], record["epsilon_lower_bound"])
     return {"site": "site-0", **record}

@@ -235,6 +235,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "category-buckets": ("tokenizer", "category_buckets"),
     "gap-buckets": ("tokenizer", "gap_buckets"),
     "session-gap-s": ("tokenizer", "session_gap_s"),
+    "item-states": ("tokenizer", "item_states"),
     "local-epochs": ("train", "epochs"),
     "batch-size": ("train", "batch_size"),
     "lr": ("train", "lr"),

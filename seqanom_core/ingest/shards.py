@@ -34,7 +34,8 @@ def read_manifest(directory: str | Path) -> dict:
 
 def shard_tokenizer(directory: str | Path) -> TokenizerConfig:
     """The tokeniser the shards were made with."""
-    return TokenizerConfig(**read_manifest(directory)["tokenizer"])
+    # shards written before the setting existed hold the basic item states
+    return TokenizerConfig(**{"item_states": "basic", **read_manifest(directory)["tokenizer"]})
 
 
 def load_shard(directory: str | Path, name: str, mmap: bool = True) -> SequenceSet:

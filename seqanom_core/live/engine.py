@@ -6,9 +6,9 @@ that starts at ``context_start(p)``, at most ``max_len`` positions back, with a 
 per-shopper statistics are sums, window maxima, the end's surprise and the order statistic, whose
 reference reorders complete blocks of ``ORDER_BLOCK`` events (never again once complete). So a
 shopper's state is the last ``max_len + 2 * ORDER_BLOCK`` event tokens, the running sums and
-maxima, the previous ``WINDOW - 1`` surprises, the items seen (their hashes, the ``MAX_ITEMS``
-most recent), the time and item of the last event, and the few most surprising events per channel
-for the explanation. Each event costs one causal pass over its window (events of one
+maxima, the previous ``WINDOW - 1`` surprises, the items seen (their hashes and furthest funnel
+stages, the ``MAX_ITEMS`` most recent), the time and item of the last event, and the few most
+surprising events per channel for the explanation. Each event costs one causal pass over its window (events of one
 shopper in one batch share it), plus one per reordering when it completes a block.
 
 The one divergence, documented: a shopper's state remembers the ``MAX_ITEMS`` most recently seen

@@ -12,26 +12,29 @@ from seqanom_core.live.events import LiveEvent
 from seqanom_core.schema import BEHAVIORS
 from seqanom_core.scoring import STAT_CHANNELS
 from seqanom_core.sequences import (
+    FUNNEL_STAGE,
     GAP_FIRST,
     GAP_OFFSET,
     GAP_SESSION,
-    ITEM_NAMES,
     ITEM_NEW,
     ITEM_REPEAT,
     ITEM_SAME,
     N_SPECIAL,
     decode_event,
     hash_bucket,
+    item_funnel,
+    item_state_name,
 )
 
-MAX_ITEMS = 512  # distinct items remembered per shopper, the most recently seen (8 bytes each)
+MAX_ITEMS = 512  # distinct items remembered per shopper, the most recently seen (9 bytes each)
 EXPLAIN_TOP = 3  # most surprising events kept per channel for the explanation
 
 
 class ShopperState:
     """What live scoring keeps of one shopper (see the module docstring)."""
 
-    __slots__ = ("n", "r0", "tokens", "last_ts", "last_item", "items", "sums", "wmax", "recent",
+    __slots__ = ("n", "r0", "tokens", "last_ts", "last_item", "items", "stages", "sums", "wmax",
+                 "recent",
                  "block_nll", "order_sum", "end", "top", "details", "score", "driver", "seen")
 
     def __init__(self) -> None:
@@ -41,6 +44,7 @@ class ShopperState:
         self.last_ts = 0.0
         self.last_item = 0
         self.items = np.zeros(0, dtype=np.int64)  # hashes of the items seen, by recency
+        self.stages = np.zeros(0, dtype=np.int8)  # furthest funnel stage reached on each of them
         self.sums = np.zeros(len(STAT_CHANNELS))  # per stat channel, over finalised positions
         self.wmax = np.full(len(STAT_CHANNELS), -np.inf)  # largest closed-window mean
         self.recent = np.zeros((0, len(STAT_CHANNELS)))  # last WINDOW - 1 finalised positions
@@ -72,9 +76,16 @@ def append_event(st: ShopperState, e: LiveEvent, tok: TokenizerConfig) -> None:
     at = np.flatnonzero(st.items == key)
     seen = at.size > 0
     item = ITEM_NEW if not seen else ITEM_SAME if st.n and key == st.last_item else ITEM_REPEAT
+    stage = int(FUNNEL_STAGE[e.behavior])
+    if seen:
+        before = int(st.stages[at[0]])
+        if item_funnel(tok, Source.EVENTS):  # as sequences._item_state
+            item += 2 * (before - 1)
+        stage = max(stage, before)
     # the items seen, least recently seen first; beyond MAX_ITEMS the oldest is forgotten
-    rest = np.delete(st.items, at) if seen else st.items[-(MAX_ITEMS - 1):]
-    st.items = np.append(rest, np.int64(key))
+    keep = (lambda a: np.delete(a, at)) if seen else (lambda a: a[-(MAX_ITEMS - 1):])
+    st.items = np.append(keep(st.items), np.int64(key))
+    st.stages = np.append(keep(st.stages), np.int8(stage))
     st.tokens = np.concatenate([st.tokens, np.array([[event], [gap], [item]], np.int16)], 1)
     st.last_ts, st.last_item = e.timestamp, key
     st.n += 1
@@ -131,5 +142,5 @@ def explain(st: ShopperState, channel: str, tok: TokenizerConfig) -> list[dict[s
                      "expected_prob": round(expected_prob, 4),
                      "observed_prob": round(observed_prob, 4),
                      "observed": f"{BEHAVIORS[behavior]} item {item_id} category {category_id}",
-                     "item_state": ITEM_NAMES.get(item, ""), "timestamp": ts})
+                     "item_state": item_state_name(item, tok, source), "timestamp": ts})
     return rows

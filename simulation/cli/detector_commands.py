@@ -12,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from seqanom_core.config import MAX_NOISE, SESSION_GAP_S, Source, is_positive_number
+from seqanom_core.config import (
+    ITEM_STATES,
+    MAX_NOISE,
+    SESSION_GAP_S,
+    Source,
+    TokenizerConfig,
+    is_positive_number,
+)
 from seqanom_core.errors import ConfigError
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.privacy import guarantee_text
@@ -106,9 +113,10 @@ def open_shards(directory: str) -> tuple[Any, Any]:
 def training_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(tokenizer, model, training) configs from the options of ``add_training_args``: what
     ``train`` fits, and what ``audit`` trains with."""
-    from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
+    from seqanom_core.config import DPConfig, ModelConfig, TrainConfig
 
-    tok = TokenizerConfig(category_buckets=args.category_buckets, session_gap_s=args.session_gap)
+    tok = TokenizerConfig(category_buckets=args.category_buckets, session_gap_s=args.session_gap,
+                          item_states=args.item_states)
     dp = None
     if args.dp:
         if args.epsilon is None and args.noise_multiplier is None:
@@ -304,6 +312,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--category-buckets", type=int, default=64)
     p.add_argument("--session-gap", type=float, default=SESSION_GAP_S, metavar="SECONDS",
                    help="a gap longer than this starts a new session")
+    p.add_argument("--item-states", choices=ITEM_STATES, default=TokenizerConfig.item_states,
+                   help="what the item token tells: basic (new, same as the previous event, "
+                        "seen earlier) or funnel (also the furthest funnel stage already "
+                        f"reached on a seen item; default {TokenizerConfig.item_states})")
     p.add_argument("--dp", action="store_true",
                    help="train with Opacus DP-SGD (one shopper = one example)")
     p.add_argument("--epsilon", type=float,

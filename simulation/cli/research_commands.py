@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from seqanom_core.config import ITEM_STATES, TokenizerConfig
 from seqanom_core.errors import ConfigError
 from seqanom_core.privacy import guarantee_text
 from simulation.cli.inputs import (
@@ -171,6 +172,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         strategy=args.strategy, dp=args.dp, epsilon=8.0 if args.epsilon is None else args.epsilon,
         accountant=args.accountant or "rdp",
         baselines=not args.no_baselines, history_copy=not args.no_history_copy,
+        item_states=args.item_states,
         seed=args.seed, dp_seed=args.dp_seed, privacy_mode=args.privacy_mode,
         central_noise_multiplier=args.central_noise, central_clipping_norm=args.central_clip,
         central_epsilon=args.central_epsilon, calibration_share=args.calibration_share,
@@ -322,6 +324,11 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--no-history-copy", action="store_true",
                    help="train the federation and the baselines without the model's copy term "
                         "from each shopper's own history (README, How it works)")
+    p.add_argument("--item-states", choices=ITEM_STATES, default=TokenizerConfig.item_states,
+                   help="the item token of the federation and the baselines: basic (new, same "
+                        "as the previous event, seen earlier) or funnel (also the furthest "
+                        "funnel stage already reached on a seen item; default "
+                        f"{TokenizerConfig.item_states})")
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the sites and RUN_DIR/run-config.toml, for 'flwr run'")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")

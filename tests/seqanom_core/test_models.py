@@ -27,7 +27,7 @@ def test_forward_shapes_and_causality(kind):
     nxt = torch.randint(3, VOCAB["event"], (2, 10))
     out = model(x, nxt)
     assert out["event"].shape == (2, 10, VOCAB["event"])
-    assert out["gap"].shape == (2, 10, VOCAB["gap"]) and out["item"].shape == (2, 10, 4)
+    assert out["gap"].shape == (2, 10, VOCAB["gap"]) and out["item"].shape == (2, 10, VOCAB["item"])
     x2 = {c: v.clone() for c, v in x.items()}
     x2["event"][:, 7:] = 3  # change the future
     out2 = model(x2, nxt)

@@ -20,7 +20,7 @@ from seqanom_core.sequences import (
     vocab_sizes,
 )
 
-TOK = TokenizerConfig(category_buckets=16, session_gap_s=100)
+TOK = TokenizerConfig(category_buckets=16, session_gap_s=100, item_states="basic")
 
 
 def _events():
