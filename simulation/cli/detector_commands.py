@@ -154,6 +154,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(report.summary())
     scored = det.score_shoppers(seqs)
     flagged = det.flag(scored.scores)
+    if getattr(det, "head_", None) is not None:
+        h = det.head_.info
+        print(f"scores of the supervised head ({h.get('n_labelled_anomalous')} labelled "
+              f"anomalous, {h.get('n_labelled_normal')} labelled normal training shoppers)")
     explanations = []
     for i in range(len(scored.ids)):
         if flagged[i] or args.explain_all:

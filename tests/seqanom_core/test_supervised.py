@@ -194,3 +194,22 @@ def test_cli_train_labels_errors_are_one_line(tmp_path, capsys, labelled_data):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--labels goes without --dp" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_cli_train_with_labels_then_score(tmp_path, capsys, labelled_data):
+    from seqanom_core.ingest import write_events
+
+    train_ev, labels, test_ev, test_labels = labelled_data
+    write_events(train_ev, tmp_path / "train.parquet")
+    write_events(test_ev, tmp_path / "test.parquet")
+    labels.to_csv(tmp_path / "lab.csv", index=False)
+    test_labels.to_csv(tmp_path / "test_lab.csv", index=False)
+    assert main(["-q", "train", "--data", str(tmp_path / "train.parquet"), "--model", "lstm",
+                 "--out", str(tmp_path / "m"), "--epochs", "1", "--d-model", "16",
+                 "--layers", "1", "--labels", str(tmp_path / "lab.csv")]) == 0
+    assert "supervised head on 20 labelled anomalous and 20 labelled normal" in capsys.readouterr().out
+    assert (tmp_path / "m" / HEAD).is_file()
+    assert main(["-q", "score", "--model", str(tmp_path / "m"), "--data",
+                 str(tmp_path / "test.parquet"), "--out", str(tmp_path / "s.csv"),
+                 "--labels", str(tmp_path / "test_lab.csv")]) == 0
+    assert "scores of the supervised head (20 labelled anomalous" in capsys.readouterr().out
