@@ -5,7 +5,8 @@ calibrates scores and an alert threshold on shoppers held out of training;
 ``decision_function`` returns one score per shopper (higher = more anomalous); ``predict`` applies
 the calibrated threshold; ``explain`` names the events that drove a shopper's score with the
 event the model expected instead; ``save``/``load`` round-trip a model directory without
-unpickling anything (safetensors + JSON).
+unpickling anything (safetensors + JSON). ``fit(..., labels=...)`` adds a supervised head on
+labelled shoppers (``seqanom_core.supervised``), which then gives the scores.
 
 Over 400 lines: the whole estimator shape (fit, score, explain, save/load) is one class, as in
 scikit-learn and PyOD; the networks, training and scoring it calls live in their own modules.
@@ -58,6 +59,13 @@ from seqanom_core.sequences import (
     item_state_name,
     split_shoppers,
     vocab_sizes,
+)
+from seqanom_core.supervised import (
+    HEAD,
+    SupervisedHead,
+    fit_head,
+    head_features,
+    labelled_partition,
 )
 from seqanom_core.thresholds import calibrate_threshold
 from seqanom_core.training import TrainResult, train_model
@@ -124,12 +132,14 @@ class SequenceDetector:
 
     def fit(
         self, data: SequenceSet | pa.Table, *, accountant_state: AccountantState | None = None,
-        calibration: SequenceSet | pa.Table | None = None,
+        calibration: SequenceSet | pa.Table | None = None, labels: Any = None,
     ) -> SequenceDetector:
         """Train on (mostly normal) shoppers and calibrate the threshold; returns ``self``.
 
         ``calibration``: shoppers to calibrate on, all of ``data`` then trains (default: a
-        seeded ``calibration_fraction`` of ``data`` is held out for it)."""
+        seeded ``calibration_fraction`` of ``data`` is held out for it). ``labels`` (a labels
+        CSV path or frame of some shoppers of ``data``): also fit a supervised head
+        (``seqanom_core.supervised``), which then scores."""
         seqs = self._sequences(data)
         if len(seqs) < 10:
             raise ConfigError(f"need at least 10 shoppers to train, got {len(seqs)}")
@@ -138,7 +148,16 @@ class SequenceDetector:
                               f"not '{self.model_config.kind}'")
         t0 = time.time()
         self.source_ = seqs.source
-        if calibration is None and isinstance(seqs, ShardedSequences):  # on-disk shards
+        self.head_: SupervisedHead | None = None
+        split = None
+        if labels is not None:
+            if calibration is not None or isinstance(seqs, ShardedSequences):
+                raise ConfigError("labels (the supervised head) go with in-memory data and "
+                                  "without given calibration shoppers: the labelled normal "
+                                  "shoppers are held out for it")
+            split, calib_idx = labelled_partition(seqs.ids, labels, self.train_config)
+            train_seqs, calib_seqs = seqs.subset(split.train), seqs.subset(calib_idx)
+        elif calibration is None and isinstance(seqs, ShardedSequences):  # on-disk shards
             train_seqs, calib_parts = split_shards(seqs, self.train_config.calibration_fraction,
                                                    self.train_config.seed)
         elif calibration is None:
@@ -167,6 +186,11 @@ class SequenceDetector:
             raise ConfigError(f"training diverged: no held-out shopper has a finite score "
                               f"(final loss {self.train_result_.epoch_losses[-1]:.3g}); lower lr "
                               f"(the learning rate, {self.train_config.lr:g})")
+        if split is not None:
+            _, anomalous_stats = score_statistics(self.network_, seqs.subset(split.anomalous),
+                                                  self.device_, progress=self.progress)
+            self.head_ = fit_head(self.calibrator_, calib_stats, calib_idx, anomalous_stats, split)
+            calib_scores = self.head_.decision(head_features(self.calibrator_, calib_stats))
         self.threshold_ = calibrate_threshold(calib_scores, self.train_config.alert_rate)
         tail = n_calib * self.train_config.alert_rate
         if tail < MIN_TAIL_SHOPPERS:
@@ -193,6 +217,8 @@ class SequenceDetector:
             "threshold": self.threshold_,
             "privacy": self.privacy_summary(),
         }
+        if self.head_ is not None:
+            self.metadata_["supervised_head"] = dict(self.head_.info)
         return self
 
     def privacy_summary(self) -> dict[str, Any]:
@@ -230,6 +256,8 @@ class SequenceDetector:
         ev, stats = score_statistics(self.network_, seqs, self.device_, progress=self.progress,
                                      order_block=self.calibrator_.order_block)
         scores, which = self.calibrator_.score(stats)
+        if getattr(self, "head_", None) is not None:
+            scores = self.head_.decision(head_features(self.calibrator_, stats))
         names = np.asarray(stat_names(), dtype=object)
         return ShopperScores(seqs.ids, scores, names[which], stats, ev, seqs)
 
@@ -333,6 +361,8 @@ class SequenceDetector:
         (out / METADATA).write_text(json.dumps(meta, indent=2, default=str))
         if self.train_result_.accountant_state is not None:
             self.train_result_.accountant_state.save(out / ACCOUNTANT)
+        if getattr(self, "head_", None) is not None:
+            (out / HEAD).write_text(json.dumps(self.head_.to_dict(), indent=2))
         return out
 
     @classmethod
@@ -394,6 +424,11 @@ class SequenceDetector:
         det = cls.from_parts(cfg, model, calibrator, threshold, meta, device=device,
                              progress=progress)
         det.metadata_ = meta  # as saved
+        if (d / HEAD).is_file():  # a supervised head (train --labels); older directories have none
+            try:
+                det.head_ = SupervisedHead.from_dict(_read_json_object(d / HEAD))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ModelFileError(f"{d / HEAD}: {err}") from err
         acc = AccountantState.load(d / ACCOUNTANT) if (d / ACCOUNTANT).is_file() else None
         det.train_result_ = TrainResult(
             epoch_losses=meta.get("epoch_losses", []), steps=meta.get("steps", 0),

@@ -51,7 +51,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("train reads --data FILE or --shards DIR (from seqanom tokenize), "
                           "exactly one of them")
     # the model directory is replaced whole; the ledger is read and then updated
-    check_paths({"data": args.data, "ledger": args.ledger},
+    if args.labels and train.dp is not None:
+        raise ConfigError("--labels goes without --dp: the supervised head's training is not "
+                          "differentially private yet")
+    check_paths({"data": args.data, "ledger": args.ledger, "labels": args.labels},
                 {"out": args.out, "quarantine": args.quarantine, "ledger": args.ledger},
                 dirs=["out"], replaced={"out": [args.out]})
     if args.ledger and train.dp is None:
@@ -80,7 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         det = make_detector(args.model, model_config=model, tokenizer_config=tok,
                             train_config=train, progress=not args.quiet)
         t0 = time.time()
-        det.fit(seqs, accountant_state=None if ledger is None else ledger.state)
+        det.fit(seqs, accountant_state=None if ledger is None else ledger.state,
+                labels=args.labels)
         result = det.train_result_
         if ledger is not None and result.accountant_state is not None:
             ledger.record(result.accountant_state, run="", kind="model-update",
@@ -92,6 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {args.model} on {meta['n_train_shoppers']} shoppers "
           f"({meta['n_train_events']} events), calibrated on {meta['n_calibration_shoppers']} "
           f"held-out shoppers, {time.time() - t0:.1f} s; final loss {meta['epoch_losses'][-1]:.3f}")
+    if "supervised_head" in meta:
+        h = meta["supervised_head"]
+        print(f"supervised head on {h['n_labelled_anomalous']} labelled anomalous and "
+              f"{h['n_labelled_normal']} labelled normal shoppers of {args.labels} (not DP)")
     print(f"threshold {det.threshold_:.3f} for a target alert rate of {args.alert_rate:.1%}")
     print(privacy_line(meta["privacy"]))
     print(f"model written to {out}")
@@ -172,6 +180,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(report.summary())
     scored = det.score_shoppers(seqs)
     flagged = det.flag(scored.scores)
+    if getattr(det, "head_", None) is not None:
+        h = det.head_.info
+        print(f"scores of the supervised head ({h.get('n_labelled_anomalous')} labelled "
+              f"anomalous, {h.get('n_labelled_normal')} labelled normal training shoppers)")
     explanations = []
     for i in range(len(scored.ids)):
         if flagged[i] or args.explain_all:
@@ -355,6 +367,10 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                         "accumulates; locked while training; the spend is written before the model)")
     p.add_argument("--site", metavar="NAME",
                    help="with --ledger: the site it belongs to (another site's ledger is refused)")
+    p.add_argument("--labels", metavar="LABELS.csv",
+                   help="user_id,is_anomalous[,kind] of some training shoppers (as 'inject' "
+                        "writes): also fit a supervised head on them (semi-supervised: "
+                        "unlabelled shoppers are not taken as normal); not with --dp")
     p.add_argument("--new-ledger", action="store_true",
                    help="with --ledger: start a new ledger where this site kept one that is now "
                         "missing (refused otherwise)")
