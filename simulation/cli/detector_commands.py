@@ -29,6 +29,7 @@ from simulation.cli.inputs import (
     check_input_file,
     check_paths,
     load_input,
+    open_shards,
     seed_int,
 )
 
@@ -104,18 +105,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(privacy_line(meta["privacy"]))
     print(f"model written to {out}")
     return 0
-
-
-def open_shards(directory: str) -> tuple[Any, Any]:
-    """``--shards DIR``: the memory-mapped shards and their tokenizer; prints what they hold."""
-    from seqanom_core.ingest.shards import ShardedSequences, shard_tokenizer
-
-    if not Path(directory).expanduser().is_dir():
-        raise ConfigError(f"--shards {directory}: no such directory")
-    seqs = ShardedSequences.open(directory)
-    print(f"{directory}: {len(seqs.shards)} shards, {len(seqs):,} shoppers, "
-          f"{seqs.n_events:,} events (tokenised; the tokenizer is theirs)")
-    return seqs, shard_tokenizer(directory)
 
 
 def training_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:

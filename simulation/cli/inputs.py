@@ -234,3 +234,15 @@ def shopper_ids(events: Any) -> Any:
     import pyarrow.compute as pc
 
     return pc.unique(events.column("user_id"))
+
+
+def open_shards(directory: str) -> tuple[Any, Any]:
+    """``--shards DIR``: the memory-mapped shards and their tokenizer; prints what they hold."""
+    from seqanom_core.ingest.shards import ShardedSequences, shard_tokenizer
+
+    if not Path(directory).expanduser().is_dir():
+        raise ConfigError(f"--shards {directory}: no such directory")
+    seqs = ShardedSequences.open(directory)
+    print(f"{directory}: {len(seqs.shards)} shards, {len(seqs):,} shoppers, "
+          f"{seqs.n_events:,} events (tokenised; the tokenizer is theirs)")
+    return seqs, shard_tokenizer(directory)
