@@ -67,7 +67,7 @@ class TokenizerConfig:
     token_buckets: int = 512  # pre-tokenised format: event ids are folded into this many buckets
     hash_seed: int = 0  # seed of the category hash (all sites must use the same)
     # ITEM_STATES; model directories written before it existed load with "basic"
-    item_states: str = "funnel"
+    item_states: str = "basic"
 
     def __post_init__(self) -> None:
         for name, most in (("category_buckets", MAX_CATEGORY_BUCKETS),

@@ -84,7 +84,7 @@ class SimulationConfig:
     # DP (the measured best at batch 16), without DP the AdamW default (run_config.LOCAL_LR)
     site_lr: float | None = None
     history_copy: bool = True  # the model's copy term from the shopper's history (models/network.py)
-    item_states: str = "funnel"  # the item channel's states (TokenizerConfig.item_states)
+    item_states: str = "basic"  # the item channel's states (TokenizerConfig.item_states)
     baselines: bool = True
     seed: int = 0
     dp_seed: int | None = None  # DP sampling and noise: None = from the OS (secret, not repeatable)
