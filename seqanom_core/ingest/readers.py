@@ -243,10 +243,9 @@ def _plain_column(p: Path, fld: str, name: str, col: pa.ChunkedArray) -> pa.Chun
     return col
 
 
-def _read_parquet_raw(
-    p: Path, spec: FormatSpec
-) -> tuple[FormatSpec, dict[str, pa.ChunkedArray], dict[str, str]]:
-    """Read the needed columns of a parquet file, mapped by column names."""
+def parquet_layout(p: Path, spec: FormatSpec
+                   ) -> tuple[pq.ParquetFile, list[str], FormatSpec, dict[str, int]]:
+    """A parquet file opened, its column names, and the layout and header its names match."""
     try:
         pf = pq.ParquetFile(p)
         names = pf.schema_arrow.names
@@ -256,6 +255,14 @@ def _read_parquet_raw(
     if matched is None:
         raise _header_problem(p, spec, names)
     lay, header = matched
+    return pf, names, lay, header
+
+
+def _read_parquet_raw(
+    p: Path, spec: FormatSpec
+) -> tuple[FormatSpec, dict[str, pa.ChunkedArray], dict[str, str]]:
+    """Read the needed columns of a parquet file, mapped by column names."""
+    pf, names, lay, header = parquet_layout(p, spec)
     for fld, col in lay.field_columns().items():  # before any data is read
         if col in header:
             name = names[header[col]]

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from seqanom_core.config import TokenizerConfig
@@ -38,10 +37,9 @@ from seqanom_core.errors import ConfigError, DataFileError, SchemaError
 from seqanom_core.formats import FormatSpec, get_format, parse_mapping
 from seqanom_core.ingest.conversion import _validated
 from seqanom_core.ingest.files import _arrow_error, _decode_head, _open_checked, _read_head
-from seqanom_core.ingest.layouts import _header_problem, _match_header
 from seqanom_core.ingest.memory_limit import check_memory
 from seqanom_core.ingest.quarantine import _line_numbers, _write_quarantine
-from seqanom_core.ingest.readers import _csv_options, _csv_plan, _plain_column
+from seqanom_core.ingest.readers import _csv_options, _csv_plan, _plain_column, parquet_layout
 from seqanom_core.ingest.report import IngestReport, _log_summary
 from seqanom_core.sequences import _mix64, build_sequences
 
@@ -165,15 +163,7 @@ def _csv_batches(p: Path, kind: str, spec: FormatSpec, batch_bytes: int
 def _parquet_batches(p: Path, spec: FormatSpec, batch_rows: int
                      ) -> tuple[FormatSpec, Iterator[_Batch]]:
     """The layout of a parquet file and an iterator over its record batches."""
-    try:
-        pf = pq.ParquetFile(p)
-        names = pf.schema_arrow.names
-    except (pa.ArrowException, OSError) as err:
-        raise _arrow_error(p, err) from None
-    matched = _match_header(spec, names)
-    if matched is None:
-        raise _header_problem(p, spec, names)
-    lay, header = matched
+    pf, names, lay, header = parquet_layout(p, spec)
     fields_of = {fld: names[header[col]] for fld, col in lay.field_columns().items() if col in header}
 
     def batches() -> Iterator[_Batch]:
