@@ -41,7 +41,7 @@ log = logging.getLogger("bench.deploy")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLWR = str(Path(sys.executable).parent / "flwr")
-_MSG = re.compile(r"^([\d.]+) .*(Receiving|Sending): (\S+) message")
+_MSG = re.compile(r"^\s*([\d.]+) .*(Receiving|Sending): (\S+) message")
 
 
 def _free_port() -> int:
@@ -67,6 +67,7 @@ class Started:
                                 cwd=REPO_ROOT, start_new_session=True, text=True,
                                 errors="replace")
         self.procs[name] = proc
+
         def copy() -> None:
             for line in proc.stdout:
                 log_file.write(f"{time.monotonic() - self.t0:.3f} {line}")
@@ -139,17 +140,23 @@ def _round_seconds(ckpt: Path) -> list[float]:
     return [round(float(json.loads(line)["seconds"]), 2) for line in lines if line.strip()]
 
 
+def message_times(log: str) -> list[tuple[str, float, float]]:
+    """(message kind, received at, reply sent at) for each message a SuperNode log shows."""
+    out, pending = [], {}
+    for line in log.splitlines():
+        m = _MSG.match(line)
+        if m and m.group(2) == "Receiving":
+            pending[m.group(3)] = float(m.group(1))
+        elif m and m.group(3) in pending:
+            out.append((m.group(3), pending.pop(m.group(3)), float(m.group(1))))
+    return out
+
+
 def message_seconds(logs: list[str]) -> dict[str, float]:
     """Mean seconds from receiving a message to sending its reply, per message kind."""
     took: dict[str, list[float]] = {}
-    for text in logs:
-        pending: dict[str, float] = {}
-        for line in text.splitlines():
-            m = _MSG.match(line)
-            if m and m.group(2) == "Receiving":
-                pending[m.group(3)] = float(m.group(1))
-            elif m and m.group(3) in pending:
-                took.setdefault(m.group(3), []).append(float(m.group(1)) - pending.pop(m.group(3)))
+    for kind, received, sent in (m for text in logs for m in message_times(text)):
+        took.setdefault(kind, []).append(sent - received)
     return {k: round(sum(v) / len(v), 2) for k, v in sorted(took.items())}
 
 

@@ -4,7 +4,6 @@ the flwr CLI's JSON answers, the seqanom CLI's command line, and the messages a 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,21 +48,6 @@ def flwr(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
     except ValueError:
         pytest.fail(f"flwr {' '.join(args)}: exit {res.returncode}\n{res.stdout}\n{res.stderr}")
 
-
-
-_MSG = re.compile(r"^\s*([\d.]+) .*(Receiving|Sending): (\S+) message")
-
-
-def message_times(log: str) -> list[tuple[str, float, float]]:
-    """(message type, received at, reply sent at) for each message a SuperNode handled."""
-    out, pending = [], {}
-    for line in log.splitlines():
-        m = _MSG.match(line)
-        if m and m.group(2) == "Receiving":
-            pending[m.group(3)] = float(m.group(1))
-        elif m and m.group(3) in pending:
-            out.append((m.group(3), pending.pop(m.group(3)), float(m.group(1))))
-    return out
 
 
 def seqanom(*args: str) -> list[str]:

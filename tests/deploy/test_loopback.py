@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deployment import FLWR, REPO, Processes, flwr, message_times, run_ok, seqanom
+from deployment import FLWR, REPO, Processes, flwr, run_ok, seqanom
 from process_tree import free_port
 
+from bench.deploy_bench import message_times
 from seqanom_core.detector import SequenceDetector
 from simulation import cli
 

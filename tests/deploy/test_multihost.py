@@ -22,8 +22,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from deployment import Processes, flwr, message_times, run_ok, seqanom
+from deployment import Processes, flwr, run_ok, seqanom
 from netns import Hosts, can_build_namespaces
+
+from bench.deploy_bench import message_times
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(can_build_namespaces() is not None,
