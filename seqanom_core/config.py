@@ -114,6 +114,12 @@ class ModelConfig:
             raise ConfigError(f"history_copy must be true or false, not {self.history_copy!r}")
 
 
+#: Model sizes of ``seqanom pretrain --size``: (d_model, n_layers, n_heads). "tiny" is the model of
+#: ``seqanom simulate``, "small" the default ModelConfig (``seqanom train``); "base" has twice
+#: small's width and depth (about 8x its backbone's parameters), for a GPU
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {"tiny": (32, 2, 4), "small": (64, 2, 4),
+                                                "base": (128, 4, 8)}
+
 #: Opacus accountants a DP training can be accounted with (Opacus' ``PrivacyEngine`` names).
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 
@@ -180,6 +186,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     dp: DPConfig | None = None
+    # FINETUNE_MODES: which parameters train (seqanom_core/models/finetune.py); other than "all"
+    # only when starting from a pretrained model
+    finetune: str = "all"
+    adapter_rank: int = 8  # rank of the low-rank adapters (finetune "adapters")
 
     def __post_init__(self) -> None:
         _check_positive_int("epochs", self.epochs)
@@ -201,9 +211,16 @@ class TrainConfig:
                               f"{self.calibration_fraction}")
         if not 0 < self.alert_rate < 1:
             raise ConfigError(f"alert_rate must be in (0, 1), not {self.alert_rate}")
+        if self.finetune not in FINETUNE_MODES:
+            raise ConfigError(f"finetune must be one of {', '.join(FINETUNE_MODES)}, "
+                              f"not {self.finetune!r}")
+        _check_positive_int("adapter_rank", self.adapter_rank, 4096)
 
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+#: which parameters a training call trains (seqanom_core/models/finetune.py): every one, low-rank
+#: adapters + heads + event-token embedding, or heads + event-token embedding only
+FINETUNE_MODES: tuple[str, ...] = ("all", "adapters", "head")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 
 

@@ -35,13 +35,17 @@ from seqanom_core.inference import EventScores
 from seqanom_core.ingest.shards import ShardedSequences, split_shards
 from seqanom_core.models import (
     NextEventModel,
+    arrays_digest,
     backbone_kinds,
     build_model,
     check_model_size,
     check_weights_file,
     get_backbone,
+    model_arrays,
     resolve_device,
 )
+from seqanom_core.models.finetune import apply_finetune, merge_adapters
+from seqanom_core.pretraining import transfer_weights
 from seqanom_core.privacy import UNIT, AccountantState, accountant_name, noise_source
 from seqanom_core.schema import BEHAVIORS
 from seqanom_core.scoring import (
@@ -133,13 +137,20 @@ class SequenceDetector:
     def fit(
         self, data: SequenceSet | pa.Table, *, accountant_state: AccountantState | None = None,
         calibration: SequenceSet | pa.Table | None = None, labels: Any = None,
+        init: SequenceDetector | None = None, pool_categories: bool = True,
     ) -> SequenceDetector:
         """Train on (mostly normal) shoppers and calibrate the threshold; returns ``self``.
 
         ``calibration``: shoppers to calibrate on, all of ``data`` then trains (default: a
         seeded ``calibration_fraction`` of ``data`` is held out for it). ``labels`` (a labels
         CSV path or frame of some shoppers of ``data``): also fit a supervised head
-        (``seqanom_core.supervised``), which then scores."""
+        (``seqanom_core.supervised``), which then scores. ``init``: a pretrained detector to start
+        from (``seqanom_core.pretraining``; its model and tokenizer settings must be this one's),
+        trained in ``train_config.finetune`` mode; ``pool_categories``: see ``transfer_weights``."""
+        finetune = self.train_config.finetune
+        if init is None and finetune != "all":
+            raise ConfigError(f"finetune {finetune} trains part of a pretrained model: give one "
+                              f"to start from (seqanom train --init MODEL_DIR)")
         seqs = self._sequences(data)
         if len(seqs) < 10:
             raise ConfigError(f"need at least 10 shoppers to train, got {len(seqs)}")
@@ -170,10 +181,15 @@ class SequenceDetector:
         self.device_ = resolve_device(self.train_config.device)
         torch.manual_seed(self.train_config.seed)  # the initial weights too: same seed, same model
         self.network_ = build_model(self.model_config, vocab_sizes(self.tokenizer_config, seqs.source))
+        if init is not None:
+            transfer_weights(self.network_, init, self.tokenizer_config,
+                             pool_categories=pool_categories)
+        trainable = apply_finetune(self.network_, finetune, self.train_config.adapter_rank)
         self.train_result_: TrainResult = train_model(
             self.network_, train_seqs, self.train_config, self.device_,
             accountant_state=accountant_state, progress=self.progress,
         )
+        merge_adapters(self.network_)
         if isinstance(train_seqs, SequenceSet):
             calib_parts = [calib_seqs]
         calib_stats = np.concatenate([score_statistics(self.network_, part, self.device_,
@@ -219,6 +235,12 @@ class SequenceDetector:
         }
         if self.head_ is not None:
             self.metadata_["supervised_head"] = dict(self.head_.info)
+        if init is not None:
+            self.metadata_["pretrained"] = {
+                "created": init.metadata_.get("created"),
+                "digest": arrays_digest(model_arrays(init.network_)),
+                "finetune": finetune, "trainable_parameters": trainable,
+                "categories": "pooled per behaviour" if pool_categories else "kept"}
         return self
 
     def privacy_summary(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from seqanom_core.atomic_files import replaced_dir_on_success
 from seqanom_core.config import DetectorConfig, Source
 from seqanom_core.detector import SequenceDetector
-from seqanom_core.federation.global_model import build_federated_model
+from seqanom_core.federation.global_model import final_network
 from seqanom_core.federation.records import contiguous
 from seqanom_core.federation.round_record import RoundRecord
 from seqanom_core.federation.run_config import RunConfig
@@ -25,7 +25,9 @@ from seqanom_core.scoring import ScoreCalibrator
 log = logging.getLogger(__name__)
 ROUND_FILE = "round.json"
 METRICS_FILE = "metrics.jsonl"  # every round's record, one JSON line each
-GLOBAL_FILE = "global_model.safetensors"  # arrays of an uncalibrated round's global model
+# the round's global arrays: of an uncalibrated round, and of every round when they are not the
+# whole model (a fine-tuning mode: the model directory folds the adapters in)
+GLOBAL_FILE = "global_model.safetensors"
 STRATEGY_FILE = "strategy_state.safetensors"  # server optimiser moments (FedAdam & co.)
 _STRATEGY_ATTRS = ("m_t", "v_t")  # Flower's FedOpt family keeps its moments in these
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
@@ -34,7 +36,7 @@ _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 def save_model_dir(out: Path, settings: RunConfig, arrays: dict[str, np.ndarray],
                    calibrator: ScoreCalibrator, threshold: float, metadata: dict[str, Any]) -> Path:
     """Write a model directory for the global ``arrays`` (atomically: tmp dir, then rename)."""
-    model = build_federated_model(settings, arrays)
+    model = final_network(settings, arrays)
     cfg = DetectorConfig(settings.tokenizer, settings.model, settings.train, Source.EVENTS)
     det = SequenceDetector.from_parts(cfg, model, calibrator, threshold, metadata, device="cpu",
                                       progress=False)
@@ -53,10 +55,11 @@ def write_checkpoint(root: Path, server_round: int, settings: RunConfig,
     out = root / f"round-{server_round:04d}"
     # written in full under a hidden name, then renamed: a kill leaves no half checkpoint
     with replaced_dir_on_success(out, f".{out.name}.partial") as partial:
-        if calibrator is None or threshold is None:
-            save_file(contiguous(arrays), str(partial / GLOBAL_FILE))
-        else:
+        calibrated = calibrator is not None and threshold is not None
+        if calibrated:  # first: it replaces the directory whole
             save_model_dir(partial, settings, arrays, calibrator, threshold, metadata)
+        if not calibrated or settings.train.finetune != "all":
+            save_file(contiguous(arrays), str(partial / GLOBAL_FILE))
         if strategy_state:
             save_file(contiguous(strategy_state), str(partial / STRATEGY_FILE))
         (partial / ROUND_FILE).write_text(json.dumps(record, indent=2, default=float))

@@ -109,6 +109,7 @@ class FederatedRun:
     # ----------------------------------------------------------------- training step
     def _train(self, r: int, rec: RoundRecord) -> bool:
         """Training step of round ``r``; False on a planned stop (``self.stop_reason``)."""
+        rec.message_model_bytes = int(sum(a.nbytes for a in self.arrays.values()))
         if self.secagg is not None:
             return self._train_secagg(self.secagg, r, rec)
         cfg = ConfigRecord({message_keys.ROUNDS_LEFT: self.fed.num_rounds - r + 1,

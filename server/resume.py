@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 from safetensors.numpy import load_file
 
-from seqanom_core.detector import SequenceDetector
+from seqanom_core.detector import WEIGHTS, SequenceDetector
 from seqanom_core.errors import ConfigError
 from seqanom_core.federation.round_record import RoundRecord
 from seqanom_core.federation.run_config import RunConfig
@@ -55,18 +55,21 @@ def resume_point(root: Path, settings: RunConfig, strategy: Strategy,
                         "resume=true to continue instead)", root)
         return None
     last, path = found[-1]
-    calibrator, threshold = None, None
-    if (path / GLOBAL_FILE).is_file():  # an uncalibrated round: its arrays only
+    calibrator, threshold, arrays = None, None, None
+    if (path / GLOBAL_FILE).is_file():  # an uncalibrated round, or a fine-tuning mode's arrays
         arrays = dict(load_file(str(path / GLOBAL_FILE)))
         problems = check_arrays(shapes, arrays)
         if problems:
             raise ConfigError(f"{path}: the checkpoint's model differs from this run config's "
                               f"({problems}): resume with the run config that wrote it")
-    else:
+    if (path / WEIGHTS).is_file():  # a calibrated round: a model directory
         det = SequenceDetector.load(path, device="cpu", progress=False)
         _check_same_settings(det, settings, path)
-        arrays = model_arrays(det.network_)
+        arrays = model_arrays(det.network_) if arrays is None else arrays
         calibrator, threshold = det.calibrator_, det.threshold_
+    if arrays is None:
+        raise ConfigError(f"{path}: neither a model directory nor {GLOBAL_FILE}: not a "
+                          f"checkpoint this server wrote")
     if restore_strategy_state(strategy, path):
         log.info("restored the server optimiser state of round %d", last)
     records = [RoundRecord.from_json(json.loads((p / ROUND_FILE).read_text())) for _, p in found]

@@ -42,6 +42,7 @@ from simulation.federation import (
 )
 from simulation.inject import inject_anomalies
 from simulation.partition import partition_events, partition_summary
+from simulation.pretrained import pretrained_run_config
 from simulation.report import write_report
 from simulation.synth import SynthConfig, synthesize_events
 
@@ -97,6 +98,10 @@ class SimulationConfig:
     # an empirical privacy audit of site 0 trained alone (seqanom_core.audit), with this many canaries
     audit: bool = False
     audit_canaries: int = 64
+    n_heads: int = 4
+    pretrained: str = ""  # a model directory to start from (simulation/pretrained.py)
+    finetune: str = "all"  # which parameters train (TrainConfig.finetune)
+    adapter_rank: int = 8
 
 
 #: The events a simulation partitions, with the ingest report of the file they were read from
@@ -232,8 +237,9 @@ def run_config(cfg: SimulationConfig) -> dict[str, Any]:
         "data-dir": str((cfg.out / "sites").resolve()),
         "ledger-dir": str((cfg.out / "ledgers").resolve()),
         "checkpoint-dir": str((cfg.out / "checkpoints").resolve()),
-        "final-model-dir": str((cfg.out / "model").resolve()),
-    }
+        "final-model-dir": str((cfg.out / "model").resolve()), "n-heads": cfg.n_heads,
+        **(pretrained_run_config(cfg.pretrained, cfg.finetune, cfg.adapter_rank)
+           if cfg.pretrained else {})}
 
 
 def prepare_flwr_run(cfg: SimulationConfig, loaded: Loaded | None = None) -> Path:
@@ -334,7 +340,7 @@ def centralised_configs(cfg: SimulationConfig) -> tuple[ModelConfig, TrainConfig
     """(model, plain training, training with the run's DP setting) of the centralised baselines:
     the federation's model, trained for its total epochs (rounds x local epochs)."""
     model = ModelConfig(kind=cfg.model, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                        max_len=cfg.max_len, history_copy=cfg.history_copy)
+                        n_heads=cfg.n_heads, max_len=cfg.max_len, history_copy=cfg.history_copy)
     plain = TrainConfig(epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
                         seed=cfg.seed)
     dp = (dataclasses.replace(plain, dp=DPConfig(epsilon=cfg.epsilon, seed=cfg.dp_seed,

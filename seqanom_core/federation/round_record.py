@@ -38,6 +38,9 @@ class RoundRecord:
     seconds: float = 0.0
     privacy: dict[str, Any] = field(default_factory=dict)  # the guarantees after this round
     central_accountant: dict[str, Any] | None = None  # Flower's accountant state (resume)
+    # bytes of the model arrays in each training message, to a site and back from it (a
+    # fine-tuning mode sends the trainable arrays only)
+    message_model_bytes: int = 0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundRecord:
@@ -128,4 +131,8 @@ def model_metadata(settings: RunConfig, run_id: str, rec: RoundRecord,
             "alert_rate": fed.alert_rate, "privacy": privacy, "stop_reason": stop_reason,
             "calibration": calibration_text(settings),
             "threshold_noise": rec.threshold_noise,
-            "round_metrics": {"train": rec.train, "evaluate": rec.evaluate}}
+            "round_metrics": {"train": rec.train, "evaluate": rec.evaluate},
+            **({"pretrained": {"path": settings.pretrained, "finetune": settings.train.finetune,
+                               "adapter_rank": settings.train.adapter_rank,
+                               "message_model_bytes": rec.message_model_bytes}}
+               if settings.pretrained else {})}

@@ -166,8 +166,15 @@ class RunConfig:
     # run config dp-seed (None: -1, from the OS): seeds DP-SGD's sampling and noise (also in
     # train.dp) and the sites' calibration-histogram noise, with or without DP
     dp_seed: int | None = None
+    # a model directory (seqanom pretrain) the run starts from, at this path at the server and at
+    # every site; pretrained_digest (optional): its weights' arrays_digest, checked where read
+    pretrained: str = ""
+    pretrained_digest: str = ""
 
     def __post_init__(self) -> None:
+        if self.train.finetune != "all" and not self.pretrained:
+            raise ConfigError(f"finetune {self.train.finetune} trains part of a pretrained "
+                              f"model: set pretrained (a model directory) too")
         # a NaN or infinite budget would let every release through (no comparison fails)
         if self.budget is not None and not is_positive_number(self.budget):
             raise ConfigError(f"privacy budget (epsilon) must be a positive number, not {self.budget}")
@@ -242,6 +249,10 @@ _KEYS: dict[str, tuple[str, str]] = {
     "local-optimizer": ("train", "optimizer"),
     "seed": ("train", "seed"),
     "device": ("train", "device"),
+    "finetune": ("train", "finetune"),
+    "adapter-rank": ("train", "adapter_rank"),
+    "pretrained": ("run", "pretrained"),
+    "pretrained-digest": ("run", "pretrained_digest"),
     "validation-fraction": ("run", "validation_fraction"),
     "max-noise": ("run", "max_noise"),
     "dp": ("dp", "enabled"),
@@ -297,7 +308,8 @@ def default_run_config() -> dict[str, Any]:
     flat: dict[str, dict[str, Any]] = {
         "dp": {"enabled": False, "epsilon": 8.0, "delta": 0.0, "noise_multiplier": 0.0,
                "max_grad_norm": 1.0, "seed": -1, "accountant": "rdp"},
-        "run": {"validation_fraction": 0.2, "max_noise": MAX_NOISE}}
+        "run": {"validation_fraction": 0.2, "max_noise": MAX_NOISE, "pretrained": "",
+                "pretrained_digest": ""}}
     out = {key: getattr(defaults[section], name) if section in defaults else flat[section][name]
            for key, (section, name) in _KEYS.items()}
     # chosen by whether the run has DP (settings_from_run_config)
@@ -365,4 +377,5 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunConfig:
     return RunConfig(tokenizer=tok, model=model, train=train, federation=fed,
                        validation_fraction=run["validation_fraction"],
                        budget=dp_in["epsilon"] if dp else None, max_noise=run["max_noise"],
-                       privacy=privacy, dp_seed=None if dp_in["seed"] < 0 else dp_in["seed"])
+                       privacy=privacy, dp_seed=None if dp_in["seed"] < 0 else dp_in["seed"],
+                       pretrained=run["pretrained"], pretrained_digest=run["pretrained_digest"])

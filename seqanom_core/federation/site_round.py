@@ -34,13 +34,13 @@ from seqanom_core.federation.calibration_histograms import (
     score_histogram,
     stat_histograms,
 )
-from seqanom_core.federation.global_model import build_federated_model
+from seqanom_core.federation.global_model import build_federated_model, global_arrays
 from seqanom_core.federation.releases import ReleaseKind
 from seqanom_core.federation.run_config import RunConfig
 from seqanom_core.inference import next_event_metrics
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.metrics import auprc, auroc
-from seqanom_core.models import model_arrays, resolve_device
+from seqanom_core.models import resolve_device
 from seqanom_core.privacy_ledger import PrivacyLedger
 from seqanom_core.scoring import ScoreCalibrator, score_statistics
 from seqanom_core.sequences import SequenceSet, build_sequences, split_shoppers_by_id
@@ -203,7 +203,7 @@ def train_round(
                       noise_multiplier=result.noise_multiplier, steps=result.steps)
         metrics.update({**privacy_metrics(ledger, settings.budget),
                         "noise-multiplier": float(result.noise_multiplier or 0.0)})
-    return RoundOutcome(model_arrays(model), metrics, ledger, local=local)
+    return RoundOutcome(global_arrays(model, settings), metrics, ledger, local=local)
 
 
 def privacy_metrics(ledger: PrivacyLedger, budget: float | None) -> dict[str, float]:

@@ -32,6 +32,7 @@ from simulation.cli.inputs import (
     open_shards,
     seed_int,
 )
+from simulation.cli.pretrain_command import add_init_args, init_configs
 
 log = logging.getLogger("seqanom")
 
@@ -48,6 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seqanom_core.privacy_ledger import PrivacyLedger
 
     tok, model, train = training_configs(args)
+    init, tok, model, train = init_configs(args, tok, model, train)
     if bool(args.data) == bool(args.shards):
         raise ConfigError("train reads --data FILE or --shards DIR (from seqanom tokenize), "
                           "exactly one of them")
@@ -55,9 +57,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.labels and train.dp is not None:
         raise ConfigError("--labels goes without --dp: the supervised head's training is not "
                           "differentially private yet")
-    check_paths({"data": args.data, "ledger": args.ledger, "labels": args.labels},
+    check_paths({"data": args.data, "ledger": args.ledger, "labels": args.labels,
+                 "init": args.init},
                 {"out": args.out, "quarantine": args.quarantine, "ledger": args.ledger},
-                dirs=["out"], replaced={"out": [args.out]})
+                dirs=["out", "init"], replaced={"out": [args.out]})
     if args.ledger and train.dp is None:
         raise ConfigError("--ledger records what DP-SGD spends: it goes with --dp (without it "
                           "this training would record nothing there)")
@@ -81,11 +84,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(report.summary())
         # too little budget left (more noise than --max-noise needed), or a given noise above
         # it or over the budget: fit raises PrivacyBudgetExceeded before anything is written
-        det = make_detector(args.model, model_config=model, tokenizer_config=tok,
+        det = make_detector(model.kind, model_config=model, tokenizer_config=tok,
                             train_config=train, progress=not args.quiet)
         t0 = time.time()
         det.fit(seqs, accountant_state=None if ledger is None else ledger.state,
-                labels=args.labels)
+                labels=args.labels, init=init, pool_categories=not args.keep_categories)
         result = det.train_result_
         if ledger is not None and result.accountant_state is not None:
             ledger.record(result.accountant_state, run="", kind="model-update",
@@ -94,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ledger.save(args.ledger)  # before the model directory: the safe side
     out = det.save(args.out)
     meta = det.metadata_
-    print(f"trained {args.model} on {meta['n_train_shoppers']} shoppers "
+    print(f"trained {model.kind} on {meta['n_train_shoppers']} shoppers "
           f"({meta['n_train_events']} events), calibrated on {meta['n_calibration_shoppers']} "
           f"held-out shoppers, {time.time() - t0:.1f} s; final loss {meta['epoch_losses'][-1]:.3f}")
     if "supervised_head" in meta:
@@ -351,6 +354,7 @@ def add_detector_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     add_model_kind_arg(p)
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     add_training_args(p)
+    add_init_args(p)
     p.add_argument("--ledger", metavar="PATH",
                    help="with --dp: the site's privacy ledger to continue and update (epsilon "
                         "accumulates; locked while training; the spend is written before the model)")

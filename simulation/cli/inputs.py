@@ -159,13 +159,17 @@ def check_input_file(path: str | Path, option: str = "") -> None:
     check_paths({option: path}, {})
 
 
-def add_input_args(p: argparse.ArgumentParser, required: bool = True, tokens: bool = True) -> None:
-    """--data / --format / --mapping / --quarantine (``tokens``: the command reads token files)."""
+def add_input_args(p: argparse.ArgumentParser, required: bool = True, tokens: bool = True,
+                   several: bool = False) -> None:
+    """--data / --format / --mapping / --quarantine (``tokens``: the command reads token files;
+    ``several``: --data may be given more than once, a list)."""
     from seqanom_core.formats import list_formats
 
     p.add_argument("--data", required=required, metavar="PATH",
+                   action="append" if several else "store",
                    help="events file: .csv, .csv.gz or .parquet"
-                   + (" (or .txt for --format tokens)" if tokens else ""))
+                   + (" (or .txt for --format tokens)" if tokens else "")
+                   + ("; give --data again for more files" if several else ""))
     token_text = ("'tokens' (one sequence of space-separated integer event ids per line), "
                   if tokens else "")
     p.add_argument("--format", default="seqanom", metavar="NAME",

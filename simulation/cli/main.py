@@ -21,6 +21,7 @@ from simulation.cli.audit_command import add_audit_command
 from simulation.cli.central_commands import add_central_commands
 from simulation.cli.detector_commands import add_detector_commands
 from simulation.cli.live_commands import add_live_commands
+from simulation.cli.pretrain_command import add_pretrain_command
 from simulation.cli.research_commands import add_research_commands
 from simulation.cli.site_commands import add_site_commands
 from simulation.cli.tokenize_command import add_tokenize_command
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add_detector_commands(add)
+    add_pretrain_command(add)
     add_live_commands(add)
     add_research_commands(add)
     add_audit_command(add)

@@ -28,6 +28,7 @@ from simulation.cli.placement import (
     flwr_run_lines,
     placement_from_args,
 )
+from simulation.cli.pretrain_command import add_pretrained_args, with_pretrained
 
 log = logging.getLogger("seqanom")
 
@@ -178,6 +179,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         central_epsilon=args.central_epsilon, calibration_share=args.calibration_share,
         calibration_every=args.calibration_every, audit=args.audit,
         audit_canaries=args.audit_canaries)
+    cfg = with_pretrained(cfg, args)
     loaded = None
     if cfg.data is not None:  # read first: its ingest summary comes before the long run
         _events, report = loaded = run.load_events(cfg)
@@ -329,6 +331,7 @@ def add_research_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                         "as the previous event, seen earlier) or funnel (also the furthest "
                         "funnel stage already reached on a seen item; default "
                         f"{TokenizerConfig.item_states})")
+    add_pretrained_args(p)
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the sites and RUN_DIR/run-config.toml, for 'flwr run'")
     p.add_argument("--out", default="runs/simulate", metavar="RUN_DIR")

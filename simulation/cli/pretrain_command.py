@@ -1,0 +1,161 @@
+"""``seqanom pretrain`` (the central team's next-event model on public or synthetic data, no DP),
+and the options of ``train`` that start from a pretrained model (``--init``, ``--finetune``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from seqanom_core.config import (
+    FINETUNE_MODES,
+    ITEM_STATES,
+    MODEL_SIZES,
+    SESSION_GAP_S,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
+from seqanom_core.errors import ConfigError
+from simulation.cli.inputs import (
+    add_input_args,
+    add_model_kind_arg,
+    check_paths,
+    load_input,
+    seed_int,
+)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain the next-event model on public or synthetic event logs (no DP: the central
+    team's own data) and write a model directory that ``train --init``, ``simulate --pretrained``
+    and the run config's ``pretrained`` start from. Several --data files (one --format) are
+    pooled; their shoppers are kept apart."""
+    from seqanom_core.detector import make_detector
+    from seqanom_core.pretraining import TRANSFERS, concat_sequences
+
+    if args.quarantine and len(args.data) > 1:
+        raise ConfigError("--quarantine goes with a single --data file (it names one CSV)")
+    check_paths({f"data {k + 1}": p for k, p in enumerate(args.data)},
+                {"out": args.out, "quarantine": args.quarantine}, dirs=["out"],
+                replaced={"out": [args.out]})
+    d_model, layers, heads = MODEL_SIZES[args.size]
+    tok = TokenizerConfig(category_buckets=args.category_buckets, session_gap_s=args.session_gap,
+                          item_states=args.item_states)
+    model = ModelConfig(kind=args.model, d_model=d_model, n_layers=layers, n_heads=heads,
+                        max_len=args.max_len)
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        seed=args.seed, device=args.device)
+    sets = []
+    for path in args.data:
+        seqs, _, report = load_input(argparse.Namespace(**{**vars(args), "data": path}), tok)
+        print(report.summary())
+        sets.append(seqs)
+    pooled = concat_sequences(sets, [f"{k}:" for k in range(len(sets))] if len(sets) > 1 else None)
+    det = make_detector(args.model, model_config=model, tokenizer_config=tok, train_config=train,
+                        progress=not args.quiet)
+    t0 = time.time()
+    det.fit(pooled)
+    det.metadata_["pretraining"] = {"data": [str(p) for p in args.data], "format": args.format,
+                                    "size": args.size, "shoppers": len(pooled),
+                                    "events": pooled.n_events, "transfers": TRANSFERS}
+    out = det.save(args.out)
+    n = sum(p.numel() for p in det.network_.parameters())
+    print(f"pretrained a {args.size} {args.model} ({n:,} parameters) on {len(pooled):,} shoppers "
+          f"({pooled.n_events:,} events) of {len(args.data)} file(s) in {time.time() - t0:.1f} s "
+          f"on {det.device_}; final loss {det.metadata_['epoch_losses'][-1]:.3f}")
+    print(f"what transfers to other data: {TRANSFERS}")
+    print(f"model written to {out} (seqanom train --init {out}, simulate --pretrained {out})")
+    return 0
+
+
+def add_init_args(p: argparse.ArgumentParser) -> None:
+    """``train``'s --init / --finetune / --adapter-rank / --keep-categories."""
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="start from this pretrained model directory (seqanom pretrain); its model "
+                   "and tokenizer settings replace --model, --d-model, --layers, --max-len, "
+                   "--category-buckets, --session-gap and --item-states")
+    p.add_argument("--finetune", choices=FINETUNE_MODES, default=TrainConfig.finetune,
+                   help="with --init: train every parameter (all), low-rank adapters + heads + "
+                   "event-token embedding (adapters: DP noise on few parameters), or heads + "
+                   "event-token embedding (head); default all")
+    p.add_argument("--adapter-rank", type=int, default=TrainConfig.adapter_rank, metavar="R",
+                   help="with --finetune adapters: the adapters' rank (default 8)")
+    p.add_argument("--keep-categories", action="store_true",
+                   help="with --init: keep the pretrained rows of the hashed category buckets "
+                   "(only when pretrained on the same catalogue; default: pooled per behaviour)")
+
+
+def init_configs(args: argparse.Namespace, tok: TokenizerConfig, model: ModelConfig,
+                 train: TrainConfig) -> tuple[Any, TokenizerConfig, ModelConfig, TrainConfig]:
+    """(the pretrained detector or None, tokenizer, model, training) for ``train``: with
+    --init, the model and tokenizer settings are the pretrained model's."""
+    train = dataclasses.replace(train, finetune=args.finetune, adapter_rank=args.adapter_rank)
+    if not args.init:
+        given = [flag for flag, on in (("--finetune", args.finetune != "all"),
+                                       ("--keep-categories", args.keep_categories)) if on]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} go with --init MODEL_DIR (a pretrained model)")
+        return None, tok, model, train
+    from seqanom_core.pretraining import load_pretrained
+
+    if not Path(args.init).expanduser().is_dir():
+        raise ConfigError(f"--init {args.init}: no such model directory")
+    init = load_pretrained(args.init)
+    model = dataclasses.replace(init.model_config, dropout=model.dropout)
+    return init, init.tokenizer_config, model, train
+
+
+def add_pretrain_command(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``pretrain``."""
+    p = add("pretrain", cmd_pretrain, "pretrain the next-event model on public or synthetic "
+            "logs (no DP) for train --init / simulate --pretrained")
+    add_input_args(p, tokens=True, several=True)
+    add_model_kind_arg(p)
+    p.add_argument("--size", choices=sorted(MODEL_SIZES), default="small",
+                   help="tiny: d_model 32, 2 layers, 4 heads (simulate's model; with --max-len "
+                   "64); small: d_model 64, 2 layers, 4 heads (train's default); base: d_model "
+                   "128, 4 layers, 8 heads (for a GPU); default small")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate")
+    p.add_argument("--max-len", type=int, default=128, help="window length seen by the model")
+    p.add_argument("--category-buckets", type=int, default=64)
+    p.add_argument("--session-gap", type=float, default=SESSION_GAP_S, metavar="SECONDS")
+    p.add_argument("--item-states", choices=ITEM_STATES, default=TokenizerConfig.item_states)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+
+
+def add_pretrained_args(p: argparse.ArgumentParser) -> None:
+    """``simulate``'s --pretrained / --finetune / --adapter-rank."""
+    p.add_argument("--pretrained", metavar="MODEL_DIR",
+                   help="the sites start from this pretrained model directory (seqanom "
+                   "pretrain); its model settings replace --model, --no-history-copy and "
+                   "--item-states. The baselines train from scratch")
+    p.add_argument("--finetune", choices=FINETUNE_MODES, default=TrainConfig.finetune,
+                   help="with --pretrained: what the sites train and send (all; adapters: "
+                   "low-rank adapters + heads + event-token embedding; head); default all")
+    p.add_argument("--adapter-rank", type=int, default=TrainConfig.adapter_rank, metavar="R",
+                   help="with --finetune adapters: the adapters' rank (default 8)")
+
+
+def with_pretrained(cfg: Any, args: argparse.Namespace) -> Any:
+    """The simulation settings ``cfg`` with --pretrained's model settings and --finetune."""
+    from simulation.pretrained import simulation_fields
+
+    if not args.pretrained:
+        if args.finetune != "all":
+            raise ConfigError(f"--finetune {args.finetune} goes with --pretrained MODEL_DIR")
+        return cfg
+    path = Path(args.pretrained).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"--pretrained {args.pretrained}: no such model directory")
+    if args.adapter_rank < 1:
+        raise ConfigError(f"--adapter-rank must be 1 or more, not {args.adapter_rank}")
+    return dataclasses.replace(cfg, **simulation_fields(path), pretrained=str(path.resolve()),
+                               finetune=args.finetune, adapter_rank=args.adapter_rank)
