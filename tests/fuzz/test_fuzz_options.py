@@ -68,7 +68,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database
 # integer options whose size does not scale any work (seeds, ports, limits, and ``simulate``
 # settings that --prepare-only only writes down): they also get huge values
 UNBOUNDED = {
-    ("train", "seed"), ("train", "dp_seed"), ("audit", "seed"), ("audit", "dp_seed"),
+    ("train", "seed"), ("train", "dp_seed"), ("pretrain", "seed"), ("audit", "seed"), ("audit", "dp_seed"),
     ("inject", "seed"), ("split", "seed"), ("synth", "seed"), ("demo", "seed"),
     ("simulate", "seed"), ("simulate", "dp_seed"), ("simulate", "rounds"),
     ("simulate", "local_epochs"), ("simulate", "calibration_every"),
@@ -95,6 +95,8 @@ BASE: dict[str, list[str]] = {
     "split": ["split", "--data", "events.csv", "--train-out", "tr.csv", "--test-out", "te.csv"],
     "synth": ["synth", "--shoppers", "5", "--out", "synth.csv"],
     "tokenize": ["tokenize", "--data", "events.csv", "--out", "tok"],
+    "pretrain": ["pretrain", "--data", "events.csv", "--out", "pre", "--size", "tiny",
+                 "--epochs", "1", "--max-len", "16", "--batch-size", "8"],
     "demo": ["demo", "--shoppers", "40", "--epochs", "1", "--out", "demo"],
     "simulate": ["simulate", "--prepare-only", "--shoppers", "24", "--sites", "2", "--out",
                  "sim"],
