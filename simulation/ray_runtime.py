@@ -41,8 +41,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: What every actor imports before its first message (besides the sites' ClientApp module):
-#: what ``client.app`` and a DP training round import. A missing one is logged by Ray and skipped.
-ACTOR_PRELOAD = ("numpy", "pyarrow", "pyarrow.parquet", "torch", "opacus",
+#: what ``client.app`` and a DP training round import. ``torch._dynamo`` is what torch imports
+#: when a process creates its first optimizer (2 of the 8 s of an actor's first message, with
+#: pandas, measured 2026-12-08). A missing one is logged by Ray and skipped.
+ACTOR_PRELOAD = ("numpy", "pyarrow", "pyarrow.parquet", "torch", "torch._dynamo", "opacus",
                  "opacus.accountants", "flwr.app", "flwr.clientapp",
                  "seqanom_core.training", "seqanom_core.privacy")
 
