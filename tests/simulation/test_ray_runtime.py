@@ -32,6 +32,7 @@ def test_a_ray_started_here_preloads_the_libraries_and_the_clientapp_module():
     modules = init["_system_config"]["preload_python_modules"]
     assert {"torch", "opacus", "pyarrow", "flwr.clientapp"} <= set(modules)
     assert modules[-1] == "bench.faulty_sites" and "client.app" not in modules
+    assert init["_system_config"]["prestart_worker_first_driver"] is False
     assert backend_config(Placement(gpus_per_site=0.0), 3)["init_args"][
         "_system_config"]["preload_python_modules"][-1] == "client.app"
     # Flower hands the backend config over as JSON
