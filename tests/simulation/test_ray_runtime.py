@@ -35,6 +35,7 @@ def test_a_ray_started_here_preloads_the_libraries_and_the_clientapp_module():
     assert init["_system_config"]["prestart_worker_first_driver"] is False
     assert backend_config(Placement(gpus_per_site=0.0), 3)["init_args"][
         "_system_config"]["preload_python_modules"][-1] == "client.app"
+    assert init == local_init_args(max(1, os.cpu_count() or 1), "bench.faulty_sites:app")
     # Flower hands the backend config over as JSON
     assert json.loads(json.dumps(init)) == init
 
