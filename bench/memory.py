@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 MIB = float(1 << 20)
 #: Names that may still change (a process that was starting, or could not be read).
 _TRANSIENT = ("?", "python", "python3")
+#: The raylet's agents retitle themselves like Ray's workers do.
+_RAY_AGENTS = {"ray::DashboardAgent": "dashboard_agent", "ray::RuntimeEnvAgent": "runtime_env_agent"}
 
 
 @dataclass
@@ -66,7 +68,8 @@ class TreeMemory:
 
 def process_role(proc, root_pid: int | None = None) -> str:
     """A short stable name: ``driver`` (the root), ``ray_worker`` (Ray's actors and idle workers,
-    whose titles change as they work), Ray's daemons by script name, else the process name."""
+    whose titles change as they work), Ray's daemons by script name (its agents by title),
+    else the process name."""
     import psutil
 
     if proc.pid == root_pid:
@@ -75,6 +78,8 @@ def process_role(proc, root_pid: int | None = None) -> str:
         cmd, name = proc.cmdline(), proc.name()
     except psutil.Error:  # gone, or not ours to inspect
         return "?"
+    if cmd and cmd[0].strip() in _RAY_AGENTS:  # daemons with a worker-like title
+        return _RAY_AGENTS[cmd[0].strip()]
     if cmd and (cmd[0].startswith("ray::") or any(
             c.endswith(("setup_worker.py", "default_worker.py")) for c in cmd[:4])):
         return "ray_worker"

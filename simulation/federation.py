@@ -17,6 +17,7 @@ a driver, and the cluster's processes, which are not its descendants, are left r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from typing import Any
 
 from seqanom_core.errors import ConfigError
 from simulation.process_guard import guard_descendants
+from simulation.ray_runtime import actor_environment, local_init_args
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +118,18 @@ def ray_cluster_problem(address: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def backend_config(placement: Placement, n_sites: int) -> dict[str, Any]:
+def backend_config(placement: Placement, n_sites: int,
+                   clientapp: str = "client.app:app") -> dict[str, Any]:
     """Flower's Ray backend config of ``placement``: the sites' resources, and ``ray.init``'s
-    arguments (an existing cluster: its address, no CPU count, which Ray refuses there)."""
+    arguments: for a Ray instance started here, all CPUs and actors that import their libraries
+    and ``clientapp``'s module as they start (``simulation.ray_runtime``); an existing cluster:
+    its address, no CPU count (which Ray refuses there) and no system config."""
     gpus = (default_gpus_per_site(n_sites) if placement.gpus_per_site is None
             else placement.gpus_per_site)
-    init: dict[str, Any] = {"include_dashboard": False}
     if placement.ray_address is None:
-        init["num_cpus"] = max(1, os.cpu_count() or 1)
+        init = local_init_args(max(1, os.cpu_count() or 1), clientapp)
     else:
-        init["address"] = placement.ray_address
+        init = {"include_dashboard": False, "address": placement.ray_address}
     return {"client_resources": {"num_cpus": placement.cpus_per_site, "num_gpus": gpus},
             "init_args": init}
 
@@ -169,11 +173,14 @@ def run_federation(run_dir: Path, run_config: dict[str, Any], n_sites: int, *,
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                       run_config=dict(run_config))
-    backend = backend_config(placement, n_sites)
+    backend = backend_config(placement, n_sites, client_app_attr)
     log.info("sites' Ray resources %s on %s", backend["client_resources"],
              placement.ray_address or "a Ray instance started here")
     t0 = time.time()
-    with guard_descendants(), warnings.catch_warnings():
+    # the environment of the Ray processes started here (an existing cluster has its own)
+    ray_env = (actor_environment(placement.cpus_per_site) if placement.ray_address is None
+               else contextlib.nullcontext())
+    with guard_descendants(), ray_env, warnings.catch_warnings():
         # Ray's notice that a later version will stop hiding GPUs from actors with num_gpus=0:
         # this Ray still hides them, which is what CPU-only sites rely on
         warnings.filterwarnings("ignore", message="Tip: In future versions of Ray",

@@ -17,7 +17,7 @@ from process_tree import run_in_group
 psutil = pytest.importorskip("psutil")
 
 from bench.federation_bench import phases  # noqa: E402
-from bench.memory import TreeMemorySampler, still_running  # noqa: E402
+from bench.memory import TreeMemorySampler, process_role, still_running  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +30,30 @@ _TREE = textwrap.dedent("""
     time.sleep(1.0)
     child.wait()
 """)
+
+
+class _Proc:
+    def __init__(self, pid: int, cmd: list[str], name: str = "python") -> None:
+        self.pid, self._cmd, self._name = pid, cmd, name
+
+    def cmdline(self) -> list[str]:
+        return self._cmd
+
+    def name(self) -> str:
+        return self._name
+
+
+@pytest.mark.parametrize(("cmd", "role"), [
+    (["ray::DashboardAgent    "], "dashboard_agent"),  # retitled like a worker, padded
+    (["ray::RuntimeEnvAgent"], "runtime_env_agent"),
+    (["ray::ClientAppActor.run"], "ray_worker"),
+    (["ray::IDLE"], "ray_worker"),
+    (["/v/bin/python", "-u", "/v/ray/_private/log_monitor.py", "--x"], "log_monitor.py"),
+    (["/v/ray/core/src/ray/raylet/raylet", "--a"], "raylet"),
+])
+def test_ray_processes_are_named_by_role(cmd, role):
+    assert process_role(_Proc(7, cmd), root_pid=1) == role
+    assert process_role(_Proc(1, cmd), root_pid=1) == "driver"
 
 
 def test_sampler_sums_the_rss_of_the_whole_tree_and_sees_no_survivors():
