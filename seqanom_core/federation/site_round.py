@@ -37,6 +37,7 @@ from seqanom_core.federation.calibration_histograms import (
 from seqanom_core.federation.global_model import build_federated_model, global_arrays
 from seqanom_core.federation.releases import ReleaseKind
 from seqanom_core.federation.run_config import RunConfig
+from seqanom_core.federation.site_cache import cache_dir, cache_key, read_cached, write_cached
 from seqanom_core.inference import next_event_metrics
 from seqanom_core.labels import align_labels, read_labels
 from seqanom_core.metrics import auprc, auroc
@@ -96,13 +97,25 @@ def _read(path: Path, fmt: str) -> Any:
 
 def load_site(paths: SitePaths, tok: TokenizerConfig, validation_fraction: float,
               seed: int) -> SiteData:
-    """Read and tokenise a site's data once per process (cached by path and modification time)."""
+    """Read and tokenise a site's data once per process (cached by path and modification time),
+    and once per site where it keeps a ledger (``site_cache``: every deployed message is a new
+    process)."""
     if not paths.data.is_file():
         raise DataFileError(f"{paths.data}: site {paths.name!r} has no data file there")
     key = (str(paths.data), paths.data.stat().st_mtime, str(paths.test), str(paths.labels),
            tok, validation_fraction, seed)
     if key in _CACHE:
         return _CACHE[key]
+    disk = cache_dir(paths.ledger)
+    disk_key = cache_key([paths.data, paths.test, paths.labels], paths.fmt, tok,
+                         validation_fraction, seed)
+    cached = read_cached(disk, disk_key) if disk is not None else None
+    if cached is not None:
+        site = SiteData(paths.name, cached["train"], cached["valid"], cached["test"],
+                        cached["test_labels"])
+        log.info("site %s: tokenised shoppers read from %s", paths.name, disk)
+        _CACHE[key] = site
+        return site
     seqs = build_sequences(_read(paths.data, paths.fmt), tok)
     if len(seqs) < 4:
         raise ConfigError(f"{paths.data}: site {paths.name!r} has only {len(seqs)} shoppers")
@@ -115,6 +128,12 @@ def load_site(paths: SitePaths, tok: TokenizerConfig, validation_fraction: float
                                                str(paths.labels))
     log.info("site %s: %d train, %d validation, %d test shoppers", paths.name, len(train),
              len(valid), 0 if site.test is None else len(site.test))
+    if disk is not None:
+        try:
+            write_cached(disk, disk_key, {"train": site.train, "valid": site.valid,
+                                          "test": site.test}, site.test_labels)
+        except OSError as err:  # a cache the site cannot write costs time, not the round
+            log.warning("site %s: tokenised shoppers not cached in %s (%s)", paths.name, disk, err)
     _CACHE[key] = site
     return site
 
