@@ -11,8 +11,10 @@ import logging
 import os
 import platform
 import resource
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def machine_info() -> dict:
@@ -105,3 +107,30 @@ def emit(result: dict, out: str | None) -> None:
 def setup_logging() -> None:
     """Progress goes to stderr only."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+
+
+def run_seqanom(*argv: str) -> None:
+    """Run one ``seqanom`` command (``python -m simulation.cli -q ...``) in a subprocess; a
+    failure raises with the end of its stderr."""
+    cmd = [sys.executable, "-m", "simulation.cli", "-q", *argv]
+    logging.getLogger("bench").info("%s", " ".join(cmd))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:1])} failed ({done.returncode}): "
+                           f"{done.stderr.strip()[-2000:]}")
+
+
+def detection_summary(y: Any = None, scores: Any = None, kinds: Any = None, *,
+                      evaluation: dict | None = None) -> dict[str, Any]:
+    """AUROC, AUPRC, recall at FPR 0.1/0.2/1% and AUROC per kind, rounded to 4 places: computed
+    from labels ``y``, ``scores`` and ``kinds``, or taken from a simulate run's
+    ``metrics.json`` evaluation entry (``evaluation``)."""
+    if evaluation is None:
+        from seqanom_core.metrics import auprc, auroc, auroc_per_kind, recall_at_fpr
+
+        evaluation = {"auroc": auroc(y, scores), "auprc": auprc(y, scores),
+                      "recall_at_fpr": recall_at_fpr(y, scores),
+                      "auroc_per_kind": auroc_per_kind(y, scores, kinds)}
+    return {"auroc": round(evaluation["auroc"], 4), "auprc": round(evaluation["auprc"], 4),
+            "recall_at_fpr": {k: round(v, 4) for k, v in evaluation["recall_at_fpr"].items()},
+            "auroc_per_kind": {k: round(v, 4) for k, v in evaluation["auroc_per_kind"].items()}}

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import emit, envelope, setup_logging
+from bench import detection_summary, emit, envelope, run_seqanom, setup_logging
 
 log = logging.getLogger("bench.loko")
 
@@ -46,14 +44,6 @@ ITEM_STATES = ("basic", "funnel")
 STARTS = ("scratch", "pretrained")
 
 
-def _seqanom(*argv: str) -> None:
-    cmd = [sys.executable, "-m", "simulation.cli", "-q", *argv]
-    log.info("%s", " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-
-
 def _data_args(dataset: str) -> list[str]:
     if dataset == "synthetic":
         return []
@@ -64,7 +54,7 @@ def _data_args(dataset: str) -> list[str]:
 def _pretrain(dataset: str, states: str, work: Path) -> Path:
     out = work / f"pretrained-{PRETRAIN_ON[dataset]}-{states}"
     if not (out / "config.json").is_file():
-        _seqanom("pretrain", *_data_args(PRETRAIN_ON[dataset]), "--size", "tiny", "--max-len",
+        run_seqanom("pretrain", *_data_args(PRETRAIN_ON[dataset]), "--size", "tiny", "--max-len",
                  "64", "--epochs", "8", "--item-states", states, "--out", str(out))
     return out
 
@@ -86,14 +76,6 @@ def _split(dataset: str, seed: int) -> tuple[Any, Any, Any]:
     return train, test, labels
 
 
-def _scores(y: np.ndarray, scores: np.ndarray, kinds: np.ndarray) -> dict[str, Any]:
-    from seqanom_core.metrics import auprc, auroc, auroc_per_kind, recall_at_fpr
-
-    return {"auroc": round(auroc(y, scores), 4), "auprc": round(auprc(y, scores), 4),
-            "recall_at_fpr": {k: round(v, 4) for k, v in recall_at_fpr(y, scores).items()},
-            "auroc_per_kind": {k: round(v, 4) for k, v in auroc_per_kind(y, scores, kinds).items()}}
-
-
 def _central(split: tuple, dp: bool, states: str, init: Path | None, seed: int) -> dict[str, Any]:
     from seqanom_core.config import DPConfig, ModelConfig, TokenizerConfig, TrainConfig
     from seqanom_core.detector import make_detector
@@ -109,25 +91,23 @@ def _central(split: tuple, dp: bool, states: str, init: Path | None, seed: int) 
                         tokenizer_config=TokenizerConfig(item_states=states)).fit(train, init=pre)
     scored = det.score_shoppers(test)
     y, kinds = align_labels(scored.ids, labels, "labels")
-    return _scores(y, scored.scores, kinds)
+    return detection_summary(y, scored.scores, kinds)
 
 
 def _federated(dataset: str, sites: int, states: str, init: Path | None, seed: int,
                work: Path) -> dict[str, Any]:
     out = work / f"{dataset}-fed{sites}-{states}-{'pre' if init else 'scratch'}-s{seed}"
     extra = ["--pretrained", str(init)] if init else ["--item-states", states]
-    _seqanom("simulate", *_data_args(dataset), "--sites", str(sites), "--no-baselines", "--seed",
+    run_seqanom("simulate", *_data_args(dataset), "--sites", str(sites), "--no-baselines", "--seed",
              str(seed), "--out", str(out), *extra,
              *(["--partition", "iid"] if dataset != "synthetic" else []))
     fed = json.loads((out / "metrics.json").read_text())["evaluation"]["federated"]
-    return {"auroc": round(fed["auroc"], 4), "auprc": round(fed["auprc"], 4),
-            "recall_at_fpr": {k: round(v, 4) for k, v in fed["recall_at_fpr"].items()},
-            "auroc_per_kind": {k: round(v, 4) for k, v in fed["auroc_per_kind"].items()}}
+    return detection_summary(evaluation=fed)
 
 
 def leave_one_kind_out(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per kind: the setting with the best mean AUROC over the other kinds, and its AUROC on the
-    kind; the setting best over all kinds. ``results``: setting -> ``_scores`` output."""
+    kind; the setting best over all kinds. ``results``: setting -> ``detection_summary`` output."""
     kinds = sorted(next(iter(results.values()))["auroc_per_kind"])
     per_kind = {}
     for k in kinds:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,18 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from bench import emit, envelope, setup_logging
+from bench import detection_summary, emit, envelope, run_seqanom, setup_logging
 
 log = logging.getLogger("bench.pretrain")
-
-
-def _seqanom(*argv: str) -> None:
-    cmd = [sys.executable, "-m", "simulation.cli", "-q", *argv]
-    log.info("%s", " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:1])} failed ({done.returncode}): "
-                           f"{done.stderr.strip()[-2000:]}")
 
 
 def _run_summary(out: Path) -> dict[str, Any]:
@@ -51,9 +40,7 @@ def _run_summary(out: Path) -> dict[str, Any]:
     fed = metrics["evaluation"]["federated"]
     rounds = [json.loads(line) for line in
               (out / "checkpoints" / "metrics.jsonl").read_text().splitlines() if line]
-    return {"auroc": round(fed["auroc"], 4), "auprc": round(fed["auprc"], 4),
-            "recall_at_fpr": {k: round(v, 4) for k, v in fed["recall_at_fpr"].items()},
-            "auroc_per_kind": {k: round(v, 4) for k, v in fed["auroc_per_kind"].items()},
+    return {**detection_summary(evaluation=fed),
             "epsilon": round(metrics["methods"]["federated"]["epsilon"], 3),
             "message_model_bytes": rounds[-1].get("message_model_bytes"),
             "seconds": metrics["methods"]["federated"]["seconds"]}
@@ -78,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="pretrain-bench-"))
     pre = work / "pretrained"
     t = time.time()
-    _seqanom("pretrain", *[x for d in args.pretrain_data for x in ("--data", d)],
+    run_seqanom("pretrain", *[x for d in args.pretrain_data for x in ("--data", d)],
              "--format", args.pretrain_format, "--size", "tiny", "--max-len", "64",
              "--epochs", str(args.epochs), "--out", str(pre))
     pretrain_s = round(time.time() - t, 1)
@@ -88,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for arm, extra in arms.items():
             out = work / f"{arm}-seed{seed}"
-            _seqanom("simulate", "--data", args.data, "--format", args.format, "--sites",
+            run_seqanom("simulate", "--data", args.data, "--format", args.format, "--sites",
                      str(args.sites), "--no-baselines", "--seed", str(seed), "--out", str(out),
                      *extra)
             runs[arm][str(seed)] = _run_summary(out)

@@ -72,18 +72,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune_args(p: argparse.ArgumentParser, start: str, what: str) -> None:
+    """--finetune and --adapter-rank, which go with ``start`` (--init or --pretrained)."""
+    p.add_argument("--finetune", choices=FINETUNE_MODES, default=TrainConfig.finetune,
+                   help=f"with {start}: what to {what}: every parameter (all), low-rank adapters "
+                   "+ heads + event-token embedding (adapters: DP noise on few parameters), or "
+                   "heads + event-token embedding (head); default all")
+    p.add_argument("--adapter-rank", type=int, default=TrainConfig.adapter_rank, metavar="R",
+                   help="with --finetune adapters: the adapters' rank (default 8)")
+
+
 def add_init_args(p: argparse.ArgumentParser) -> None:
     """``train``'s --init / --finetune / --adapter-rank / --keep-categories."""
     p.add_argument("--init", metavar="MODEL_DIR",
                    help="start from this pretrained model directory (seqanom pretrain); its model "
                    "and tokenizer settings replace --model, --d-model, --layers, --max-len, "
                    "--category-buckets, --session-gap and --item-states")
-    p.add_argument("--finetune", choices=FINETUNE_MODES, default=TrainConfig.finetune,
-                   help="with --init: train every parameter (all), low-rank adapters + heads + "
-                   "event-token embedding (adapters: DP noise on few parameters), or heads + "
-                   "event-token embedding (head); default all")
-    p.add_argument("--adapter-rank", type=int, default=TrainConfig.adapter_rank, metavar="R",
-                   help="with --finetune adapters: the adapters' rank (default 8)")
+    _add_finetune_args(p, "--init", "train")
     p.add_argument("--keep-categories", action="store_true",
                    help="with --init: keep the pretrained rows of the hashed category buckets "
                    "(only when pretrained on the same catalogue; default: pooled per behaviour)")
@@ -137,11 +142,7 @@ def add_pretrained_args(p: argparse.ArgumentParser) -> None:
                    help="the sites start from this pretrained model directory (seqanom "
                    "pretrain); its model settings replace --model, --no-history-copy and "
                    "--item-states. The baselines train from scratch")
-    p.add_argument("--finetune", choices=FINETUNE_MODES, default=TrainConfig.finetune,
-                   help="with --pretrained: what the sites train and send (all; adapters: "
-                   "low-rank adapters + heads + event-token embedding; head); default all")
-    p.add_argument("--adapter-rank", type=int, default=TrainConfig.adapter_rank, metavar="R",
-                   help="with --finetune adapters: the adapters' rank (default 8)")
+    _add_finetune_args(p, "--pretrained", "train and send")
 
 
 def with_pretrained(cfg: Any, args: argparse.Namespace) -> Any:
