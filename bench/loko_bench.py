@@ -54,8 +54,8 @@ def _data_args(dataset: str) -> list[str]:
 def _pretrain(dataset: str, states: str, work: Path) -> Path:
     out = work / f"pretrained-{PRETRAIN_ON[dataset]}-{states}"
     if not (out / "config.json").is_file():
-        run_seqanom("pretrain", *_data_args(PRETRAIN_ON[dataset]), "--size", "tiny", "--max-len",
-                 "64", "--epochs", "8", "--item-states", states, "--out", str(out))
+        run_seqanom("pretrain", *_data_args(PRETRAIN_ON[dataset]), "--size", "tiny",
+                    "--max-len", "64", "--epochs", "8", "--item-states", states, "--out", str(out))
     return out
 
 
@@ -98,9 +98,9 @@ def _federated(dataset: str, sites: int, states: str, init: Path | None, seed: i
                work: Path) -> dict[str, Any]:
     out = work / f"{dataset}-fed{sites}-{states}-{'pre' if init else 'scratch'}-s{seed}"
     extra = ["--pretrained", str(init)] if init else ["--item-states", states]
-    run_seqanom("simulate", *_data_args(dataset), "--sites", str(sites), "--no-baselines", "--seed",
-             str(seed), "--out", str(out), *extra,
-             *(["--partition", "iid"] if dataset != "synthetic" else []))
+    run_seqanom("simulate", *_data_args(dataset), "--sites", str(sites), "--no-baselines",
+                "--seed", str(seed), "--out", str(out), *extra,
+                *(["--partition", "iid"] if dataset != "synthetic" else []))
     fed = json.loads((out / "metrics.json").read_text())["evaluation"]["federated"]
     return detection_summary(evaluation=fed)
 

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     pre = work / "pretrained"
     t = time.time()
     run_seqanom("pretrain", *[x for d in args.pretrain_data for x in ("--data", d)],
-             "--format", args.pretrain_format, "--size", "tiny", "--max-len", "64",
-             "--epochs", str(args.epochs), "--out", str(pre))
+                "--format", args.pretrain_format, "--size", "tiny", "--max-len", "64",
+                "--epochs", str(args.epochs), "--out", str(pre))
     pretrain_s = round(time.time() - t, 1)
     arms = {"scratch": []} | {f"pretrained-{m}": ["--pretrained", str(pre), "--finetune", m]
                               for m in args.modes}
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         for arm, extra in arms.items():
             out = work / f"{arm}-seed{seed}"
             run_seqanom("simulate", "--data", args.data, "--format", args.format, "--sites",
-                     str(args.sites), "--no-baselines", "--seed", str(seed), "--out", str(out),
-                     *extra)
+                        str(args.sites), "--no-baselines", "--seed", str(seed), "--out",
+                        str(out), *extra)
             runs[arm][str(seed)] = _run_summary(out)
             log.info("%s seed %d: AUROC %.4f", arm, seed, runs[arm][str(seed)]["auroc"])
     summary = {}

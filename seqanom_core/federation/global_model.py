@@ -80,25 +80,13 @@ def build_federated_model(settings: RunConfig, arrays: dict[str, np.ndarray] | N
 
 def global_arrays(model: NextEventModel, settings: RunConfig) -> dict[str, np.ndarray]:
     """What travels of ``model``: all its arrays, or in a fine-tuning mode the trainable ones."""
-    if settings.train.finetune == "all":
-        return model_arrays(model)
-    state = model.state_dict()
-    return {k: state[k].detach().cpu().numpy().copy() for k in trainable_names(model)}
+    return model_arrays(model, None if settings.train.finetune == "all" else trainable_names(model))
 
 
 def load_global_arrays(model: NextEventModel, arrays: dict[str, np.ndarray],
                        settings: RunConfig) -> None:
     """Load the global ``arrays`` (``global_arrays``' names) into ``model`` after checking them."""
-    if settings.train.finetune == "all":
-        load_arrays(model, arrays)
-        return
-    state = model.state_dict()
-    problems = check_arrays({k: tuple(state[k].shape) for k in trainable_names(model)}, arrays)
-    if problems:
-        raise ModelFileError("weights do not fit the model: " + "; ".join(problems))
-    with torch.no_grad():
-        for k, v in arrays.items():
-            state[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
+    load_arrays(model, arrays, None if settings.train.finetune == "all" else trainable_names(model))
 
 
 def final_network(settings: RunConfig, arrays: dict[str, np.ndarray]) -> NextEventModel:

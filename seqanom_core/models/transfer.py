@@ -4,6 +4,7 @@ named NumPy arrays (what a site sends, a server aggregates and checks, a model f
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def model_arrays(model: nn.Module) -> dict[str, np.ndarray]:
-    """The model's state as named NumPy arrays (what a site sends and a server aggregates)."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+def model_arrays(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The model's state as named NumPy arrays (what a site sends and a server aggregates):
+    all of it, or only the entries ``names`` (a fine-tuning mode's trainable ones)."""
+    state = model.state_dict()
+    keys = state.keys() if names is None else names
+    return {k: state[k].detach().cpu().numpy().copy() for k in keys}
 
 
 def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
@@ -66,14 +70,18 @@ def check_arrays(reference: dict[str, tuple[int, ...]], arrays: dict[str, np.nda
     return problems
 
 
-def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    """Load named arrays into ``model`` after checking names, shapes and finiteness."""
-    ref = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = check_arrays(ref, arrays)
+def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray],
+                names: Iterable[str] | None = None) -> None:
+    """Load named arrays into ``model`` after checking names, shapes and finiteness: the whole
+    state, or exactly the entries ``names`` (the rest of the model is left as it is)."""
+    state = model.state_dict()
+    keys = list(state) if names is None else list(names)
+    problems = check_arrays({k: tuple(state[k].shape) for k in keys}, arrays)
     if problems:
         raise ModelFileError("weights do not fit the model: " + "; ".join(problems))
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        for k in keys:
+            state[k].copy_(torch.from_numpy(np.ascontiguousarray(arrays[k])))
 
 
 def check_weights_file(path: Path, model: nn.Module) -> None:
