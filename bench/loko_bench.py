@@ -3,8 +3,10 @@
 For each data set (``synthetic``: the built-in generator; ``taobao``, ``tmall``: the public
 samples in ``../shared/data``) and each training mode, every candidate setting is trained once
 on clean shoppers and scored on held-out shoppers into which every anomaly kind is injected
-(``simulation.inject``). The settings are item states (``basic``, ``funnel``) x start
-(``scratch``, ``pretrained``: ``seqanom pretrain`` on the *other* public data set, no DP).
+(``simulation.inject``). The settings are item states (``basic``, ``funnel``; funnel models also
+score the ``item:funnel`` statistic) x start (``scratch``; ``pretrained``: ``seqanom pretrain``
+on the *other* public data set, no DP; ``builtin``: ``seqanom pretrain --synthetic 2500``, the
+built-in generator, seed 101, 4 epochs: other shoppers than the synthetic data set's, seed 0).
 Then, for each kind k, the setting with the best mean AUROC over the *other* kinds is chosen
 and its AUROC on k reported (``loko``): a figure for a kind the choice never saw. The setting
 chosen on all kinds and its overall AUROC, AUPRC and recall at FPR 0.1/0.2/1% are reported too.
@@ -41,7 +43,8 @@ FILES = {"taobao": ("taobao_userbehavior_users_sample.csv.gz", "taobao"),
 #: the public data set each data set's pretrained model learns from (never itself)
 PRETRAIN_ON = {"synthetic": "tmall", "taobao": "tmall", "tmall": "taobao"}
 ITEM_STATES = ("basic", "funnel")
-STARTS = ("scratch", "pretrained")
+STARTS = ("scratch", "pretrained", "builtin")
+BUILTIN = ["--synthetic", "2500", "--synthetic-seed", "101", "--epochs", "4"]
 
 
 def _data_args(dataset: str) -> list[str]:
@@ -51,11 +54,14 @@ def _data_args(dataset: str) -> list[str]:
     return ["--data", str(DATA / name), "--format", fmt]
 
 
-def _pretrain(dataset: str, states: str, work: Path) -> Path:
-    out = work / f"pretrained-{PRETRAIN_ON[dataset]}-{states}"
+def _pretrain(dataset: str | None, states: str, work: Path) -> Path:
+    """The pretrained model on the other public data set (None: the built-in generator)."""
+    source = PRETRAIN_ON[dataset] if dataset else "builtin"
+    out = work / f"pretrained-{source}-{states}"
     if not (out / "config.json").is_file():
-        run_seqanom("pretrain", *_data_args(PRETRAIN_ON[dataset]), "--size", "tiny",
-                    "--max-len", "64", "--epochs", "8", "--item-states", states, "--out", str(out))
+        data = [*_data_args(source), "--epochs", "8"] if dataset else BUILTIN
+        run_seqanom("pretrain", *data, "--size", "tiny", "--max-len", "64", "--item-states",
+                    states, "--out", str(out))
     return out
 
 
@@ -96,7 +102,7 @@ def _central(split: tuple, dp: bool, states: str, init: Path | None, seed: int) 
 
 def _federated(dataset: str, sites: int, states: str, init: Path | None, seed: int,
                work: Path) -> dict[str, Any]:
-    out = work / f"{dataset}-fed{sites}-{states}-{'pre' if init else 'scratch'}-s{seed}"
+    out = work / f"{dataset}-fed{sites}-{states}-{init.name if init else 'scratch'}-s{seed}"
     extra = ["--pretrained", str(init)] if init else ["--item-states", states]
     run_seqanom("simulate", *_data_args(dataset), "--sites", str(sites), "--no-baselines",
                 "--seed", str(seed), "--out", str(out), *extra,
@@ -139,14 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {}
     for dataset in args.datasets:
-        inits = {s: _pretrain(dataset, s, work) for s in ITEM_STATES}
+        inits = {(s, start): _pretrain(dataset if start == "pretrained" else None, s, work)
+                 for s in ITEM_STATES for start in STARTS[1:]}
         split = _split(dataset, args.seed) if {"plain", "dp"} & set(args.modes) else None
         out[dataset] = {}
         for mode in args.modes:
             results = {}
             for states in ITEM_STATES:
                 for start in STARTS:
-                    init = inits[states] if start == "pretrained" else None
+                    init = inits.get((states, start))
                     t = time.time()
                     if mode in ("plain", "dp"):
                         r = _central(split, mode == "dp", states, init, args.seed)

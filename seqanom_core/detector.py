@@ -53,7 +53,6 @@ from seqanom_core.scoring import (
     ScoreCalibrator,
     StatisticName,
     score_statistics,
-    stat_names,
 )
 from seqanom_core.sequences import (
     CHANNELS,
@@ -280,7 +279,7 @@ class SequenceDetector:
         scores, which = self.calibrator_.score(stats)
         if getattr(self, "head_", None) is not None:
             scores = self.head_.decision(head_features(self.calibrator_, stats))
-        names = np.asarray(stat_names(), dtype=object)
+        names = np.asarray(self.calibrator_.names, dtype=object)
         return ShopperScores(seqs.ids, scores, names[which], stats, ev, seqs)
 
     def decision_function(self, data: SequenceSet | pa.Table) -> np.ndarray:

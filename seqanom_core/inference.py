@@ -9,7 +9,16 @@ import torch
 from tqdm.auto import tqdm
 
 from seqanom_core.models import NextEventModel
-from seqanom_core.sequences import CHANNELS, SequenceSet, shuffle_within
+from seqanom_core.schema import BEHAVIORS
+from seqanom_core.sequences import (
+    CHANNELS,
+    FUNNEL_STAGE,
+    ITEM_FUNNEL_NAMES,
+    ITEM_SAME,
+    N_SPECIAL,
+    SequenceSet,
+    shuffle_within,
+)
 from seqanom_core.windows import channel_nll, split_batch, window_arrays
 
 
@@ -30,6 +39,29 @@ class EventScores:
     shuffled_nll: np.ndarray | None = None
     # events per reordering block (``shuffle_within``); None: whole sequences were reordered
     order_block: int | None = None
+    # (n_pos,) 1.0 where the event is a funnel regression (``funnel_regressions``), else 0.0;
+    # None when the model's item channel carries no funnel stages
+    funnel: np.ndarray | None = None
+
+
+def funnel_buckets(vocab: dict[str, int]) -> int | None:
+    """Category buckets per behaviour of a model whose item channel carries funnel stages
+    (``item_states`` "funnel" on shopper events), else None."""
+    if (vocab.get("item") != len(ITEM_FUNNEL_NAMES) + 1
+            or vocab.get("event_groups", 1) != len(BEHAVIORS)):
+        return None
+    return (int(vocab["event"]) - N_SPECIAL) // len(BEHAVIORS)
+
+
+def funnel_regressions(event: np.ndarray, item: np.ndarray, buckets: int) -> np.ndarray:
+    """Per event (funnel item states): whether it is a *funnel regression*, an event whose stage
+    (view < cart or fav < buy) is below the furthest stage the shopper had already reached on
+    its item (a view of an item already carted, a cart of an item already bought). Padding and
+    special tokens are not."""
+    event, item = np.asarray(event, dtype=np.int64), np.asarray(item, dtype=np.int64)
+    behaviour = np.clip((event - N_SPECIAL) // buckets, 0, len(BEHAVIORS) - 1)
+    reached = np.where(item >= ITEM_SAME, (item - ITEM_SAME) // 2 + 1, 0)
+    return (event >= N_SPECIAL) & (FUNNEL_STAGE[behaviour] < reached)
 
 
 ORDER_REFERENCES = 2  # random reorderings per sequence scored as the order reference
@@ -102,8 +134,15 @@ def score_events(
                 nll[c][dst] = parts_np[c][r, src]
             expected[dst], expected_prob[dst] = top_i_np[r, src], top_p_np[r, src]
             observed_prob[dst] = obs_p_np[r, src]
+    funnel = None
+    buckets = funnel_buckets(model.vocab)
+    if buckets is not None:
+        funnel = np.zeros(n_pos, dtype=np.float32)
+        seq_of = np.repeat(np.arange(len(lengths)), lengths)
+        funnel[np.arange(seqs.n_events) + seq_of] = funnel_regressions(
+            seqs.channels["event"], seqs.channels["item"], buckets)
     return EventScores(offsets, nll, expected, expected_prob, observed_prob, shuffled,
-                       order_block if shuffled is not None else None)
+                       order_block if shuffled is not None else None, funnel)
 
 
 def next_event_metrics(scores: EventScores) -> dict[str, float]:

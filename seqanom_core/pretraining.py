@@ -42,10 +42,12 @@ TRANSFERS = ("behaviours, time-gap buckets, item states, the backbone, the histo
 
 
 def load_pretrained(path: str | Path) -> SequenceDetector:
-    """The model directory at ``path`` on the CPU (a ``ModelFileError`` names what is wrong)."""
+    """The model directory at ``path`` (``builtin``: the model that ships with seqanom,
+    ``builtin_model``) on the CPU (a ``ModelFileError`` names what is wrong)."""
+    from seqanom_core.builtin_model import resolve
     from seqanom_core.detector import SequenceDetector
 
-    return SequenceDetector.load(path, device="cpu", progress=False)
+    return SequenceDetector.load(resolve(path), device="cpu", progress=False)
 
 
 def settings_mismatch(pretrained: SequenceDetector, model: ModelConfig,

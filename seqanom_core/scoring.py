@@ -6,7 +6,11 @@ per channel (whole-history mean, worst window, end-of-sequence surprise, and how
 likely the shopper's own order is than the same events in random order), each statistic is
 standardised against held-out normal shoppers (robust location/scale), and the shopper's score
 is the mean of its ``TOP_K`` largest standardised statistics: "how far out is this shopper on the
-few axes where they are furthest out". The single largest (``top_k = 1``) is noisier: for a
+few axes where they are furthest out". A model with funnel item states has one statistic more,
+``item:funnel``: the item surprise of the shopper's funnel regressions per event (views of items
+already carted, carts of items already bought; ``funnel_regressions``), so a shopper whose
+funnels run backwards is out on an axis of its own instead of diluted in the whole-history
+means. The single largest (``top_k = 1``) is noisier: for a
 normal shopper, the maximum of ten standardised statistics is set by whichever is noisiest, while
 an anomaly usually stands out on several related statistics at once (a burst raises the event,
 total and window statistics together). Measured on the injected Taobao and synthetic test
@@ -73,10 +77,19 @@ class StatisticName:
         return cls(channel, statistic)
 
 
-def stat_names() -> list[str]:
-    """Names of the per-shopper statistics, in column order."""
+FUNNEL_STATISTIC = StatisticName("item", "funnel")
+
+
+def stat_names(funnel: bool = False) -> list[str]:
+    """Names of the per-shopper statistics, in column order; ``funnel``: a model with funnel
+    item states, whose last column is ``item:funnel``."""
     names = [StatisticName(c, k) for c in STAT_CHANNELS for k in STAT_KINDS]
-    return [str(n) for n in (*names, StatisticName("end", "nll"), StatisticName("order", "event"))]
+    names += [StatisticName("end", "nll"), StatisticName("order", "event")]
+    return [str(n) for n in (*names, *([FUNNEL_STATISTIC] if funnel else []))]
+
+
+#: statistics of a model without funnel item states (the first columns of every model's)
+N_BASE_STATS = len(stat_names())
 
 
 def _window_max_mean(values: np.ndarray, offsets: np.ndarray, window: int) -> np.ndarray:
@@ -94,7 +107,8 @@ def _window_max_mean(values: np.ndarray, offsets: np.ndarray, window: int) -> np
 
 
 def shopper_statistics(scores: EventScores, window: int = WINDOW) -> np.ndarray:
-    """Per-shopper statistics ``(n_seq, n_stats)`` in ``stat_names()`` order."""
+    """Per-shopper statistics ``(n_seq, n_stats)`` in ``stat_names(funnel)`` order (``funnel``:
+    ``scores.funnel`` is not None)."""
     nll = position_nll(scores)
     offsets = scores.offsets
     lengths = np.diff(offsets).astype(np.float64)
@@ -118,6 +132,11 @@ def shopper_statistics(scores: EventScores, window: int = WINDOW) -> np.ndarray:
             pos = np.arange(len(seq_of)) - np.repeat(offsets[:-1], np.diff(offsets))
             excess[pos >= (n_events // scores.order_block) * scores.order_block] = 0.0
         cols.append(np.bincount(seq_of, weights=excess, minlength=len(lengths)) / lengths)
+    if scores.funnel is not None:
+        # item surprise of the funnel regressions, per event (the end position has neither)
+        weights = scores.funnel.astype(np.float64) * nll["item"]
+        cols.append(np.bincount(seq_of, weights=weights, minlength=len(lengths))
+                    / np.maximum(lengths - 1, 1))
     return np.stack(cols, axis=1)
 
 
@@ -165,11 +184,22 @@ class ScoreCalibrator:
         self.scale = robust_scale(q75 - q25, q90 - q10)
         return self
 
+    @property
+    def names(self) -> list[str]:
+        """The statistics it standardises (``stat_names``; with ``item:funnel`` or without)."""
+        if self.center is None:
+            raise NotFittedError("score calibrator is not fitted")
+        return stat_names(funnel=len(self.center) > N_BASE_STATS)
+
     def standardise(self, stats: np.ndarray) -> np.ndarray:
-        """Standardised statistics ``(n_shoppers, n_stats)``."""
+        """Standardised statistics ``(n_shoppers, n_stats)``: the first ``len(names)`` columns of
+        ``stats`` (a funnel model calibrated before ``item:funnel`` existed keeps its ten)."""
         if self.center is None or self.scale is None:
             raise NotFittedError("score calibrator is not fitted")
-        return (stats - self.center) / self.scale
+        n = len(self.center)
+        if stats.shape[1] < n:
+            raise ValueError(f"{stats.shape[1]} statistics per shopper, the calibrator has {n}")
+        return (stats[:, :n] - self.center) / self.scale
 
     def score(self, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Shopper scores ``(n,)`` (mean of the ``top_k`` largest standardised statistics) and the
@@ -183,13 +213,14 @@ class ScoreCalibrator:
         """JSON-serialisable form."""
         if self.center is None or self.scale is None:
             raise NotFittedError("score calibrator is not fitted")
-        return {"stats": stat_names(), "center": self.center.tolist(), "scale": self.scale.tolist(),
+        return {"stats": self.names, "center": self.center.tolist(), "scale": self.scale.tolist(),
                 "top_k": int(self.top_k), "order_block": self.order_block}
 
     @classmethod
     def from_dict(cls, data: dict) -> ScoreCalibrator:
         """Rebuild from ``to_dict`` output."""
-        if list(data["stats"]) != stat_names():
+        names = list(data["stats"])
+        if names not in (stat_names(), stat_names(funnel=True)):
             raise ValueError("calibration statistics do not match this version of seqanom")
         top_k = int(data.get("top_k", 1))
         if top_k < 1:
@@ -201,8 +232,8 @@ class ScoreCalibrator:
         arrays = {}
         for key in ("center", "scale"):
             a = np.asarray(data[key], dtype=np.float64)
-            if a.shape != (len(stat_names()),) or not np.isfinite(a).all():
-                raise ValueError(f"{key} must be {len(stat_names())} finite numbers")
+            if a.shape != (len(names),) or not np.isfinite(a).all():
+                raise ValueError(f"{key} must be {len(names)} finite numbers")
             arrays[key] = a
         if (arrays["scale"] <= 0).any():
             raise ValueError("scale must be positive")

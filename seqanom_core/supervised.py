@@ -182,17 +182,19 @@ class SupervisedHead:
         return np.asarray(x, dtype=np.float64) @ self.weights
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": ["score", *stat_names()], "transform": "sign(x)*log1p(|x|)",
+        funnel = len(self.weights) - 1 > len(stat_names())
+        return {"features": ["score", *stat_names(funnel)], "transform": "sign(x)*log1p(|x|)",
                 "weights": self.weights.tolist(), "bias": self.bias, "l2": self.l2,
                 "info": self.info}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SupervisedHead:
-        if list(data.get("features", [])) != ["score", *stat_names()]:
+        names = list(data.get("features", []))
+        if names not in (["score", *stat_names()], ["score", *stat_names(funnel=True)]):
             raise ValueError("head features do not match this version of seqanom")
         w = np.asarray(data["weights"], dtype=np.float64)
-        if w.shape != (1 + len(stat_names()),) or not np.isfinite(w).all():
-            raise ValueError(f"weights must be {1 + len(stat_names())} finite numbers")
+        if w.shape != (len(names),) or not np.isfinite(w).all():
+            raise ValueError(f"weights must be {len(names)} finite numbers")
         return cls(w, float(data.get("bias", 0.0)), float(data.get("l2", HEAD_L2)),
                    dict(data.get("info", {})))
 

@@ -117,11 +117,19 @@ def detector_scores(
     train: TrainConfig,
     tokenizer: TokenizerConfig | None = None,
     progress: bool = False,
+    init: str = "",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Fit a sequence detector on train events: (test ids sorted, scores, privacy/fit info)."""
+    """Fit a sequence detector on train events (from the pretrained model ``init``, whose model
+    and tokenizer settings it takes, when given): (test ids sorted, scores, privacy/fit info)."""
+    pre = None
+    if init:
+        from seqanom_core.pretraining import load_pretrained
+
+        pre = load_pretrained(init)
+        model, tokenizer = pre.model_config, pre.tokenizer_config
     det = make_detector(model.kind, model_config=model, train_config=train, tokenizer_config=tokenizer,
                         progress=progress)
-    det.fit(train_events)
+    det.fit(train_events, init=pre)
     scored = det.score_shoppers(test_events)
     order = np.argsort(scored.ids.astype(str), kind="stable")
     r = det.train_result_

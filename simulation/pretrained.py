@@ -12,8 +12,11 @@ from seqanom_core.errors import ConfigError
 
 
 def pretrained_config(path: str | Path) -> DetectorConfig:
-    """The settings of the model directory at ``path`` (its ``config.json``; one-line errors)."""
-    file = Path(path) / "config.json"
+    """The settings of the model directory at ``path`` (``builtin``: the one that ships with
+    seqanom) from its ``config.json`` (one-line errors)."""
+    from seqanom_core.builtin_model import resolve
+
+    file = resolve(path) / "config.json"
     try:
         raw = json.loads(file.read_text())
         raw.pop("vocab", None)

@@ -353,7 +353,7 @@ def _baselines(cfg: SimulationConfig, trains: list[pa.Table], test: pa.Table,
                curves: dict[str, Any], thresholds: dict[str, float],
                methods: dict[str, dict[str, Any]]) -> None:
     """Centralised (plain and DP, AdamW as ``seqanom train``), each site alone (the federation's
-    local training and DP setting), IsolationForest."""
+    local training and DP setting), all from the federation's start, and IsolationForest."""
     model, plain, dp = centralised_configs(cfg)
     pooled = pa.concat_tables(trains, promote_options="default")
     runs = [("centralised", pooled, plain)]
@@ -365,7 +365,7 @@ def _baselines(cfg: SimulationConfig, trains: list[pa.Table], test: pa.Table,
     runs += [(f"site-alone:site-{k}", t, local) for k, t in enumerate(trains)]
     for name, train, tcfg in runs:
         t0 = time.time()
-        ids, scores, info = detector_scores(train, test, model=model, train=tcfg,
+        ids, scores, info = detector_scores(train, test, model=model, train=tcfg, init=cfg.pretrained,
                                             tokenizer=TokenizerConfig(item_states=cfg.item_states))
         curves[name] = (ids, scores)
         thresholds[name] = info["threshold"]

@@ -37,8 +37,10 @@ CALIBRATION_KINDS = (ReleaseKind.CALIBRATION_STATISTICS, ReleaseKind.CALIBRATION
 
 
 def stat_sensitivity() -> float:
-    """L2 sensitivity of the statistic histograms to one shopper."""
-    return math.sqrt(len(stat_names()) * TREE_LEVELS)
+    """L2 sensitivity of the statistic histograms to one shopper: one count per level of each
+    statistic's tree, for the most statistics a model has (funnel item states add
+    ``item:funnel``); a run with fewer statistics sends fewer histograms, so this bounds it."""
+    return math.sqrt(len(stat_names(funnel=True)) * TREE_LEVELS)
 
 
 def score_sensitivity() -> float:

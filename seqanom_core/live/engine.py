@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from seqanom_core.config import Source
 from seqanom_core.detector import SequenceDetector
 from seqanom_core.errors import ConfigError
-from seqanom_core.inference import ORDER_REFERENCES
+from seqanom_core.inference import ORDER_REFERENCES, funnel_buckets, funnel_regressions
 from seqanom_core.live.events import LiveEvent, OutOfOrderError
 from seqanom_core.live.state import ShopperState, append_event, explain, remember
 from seqanom_core.models.network import logits_at
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 FORWARD_BATCH = 256  # windows per forward pass
 _START = np.array([INPUT_START[c] for c in CHANNELS], dtype=np.int64)
 _END = np.array([TARGET_END[c] for c in CHANNELS], dtype=np.int64)
-_N_STATS = len(stat_names())
 
 
 @dataclass
@@ -106,7 +105,10 @@ class LiveScorer:
         self.keep = max_len + 2 * self.block  # tokens kept: every context a new position needs
         self.max_shoppers, self.idle_ttl, self.clock = int(max_shoppers), idle_ttl, clock
         self.shoppers: OrderedDict[str, ShopperState] = OrderedDict()
-        self.names = np.asarray(stat_names(), dtype=object)
+        self.names = np.asarray(cal.names, dtype=object)  # what its drivers index
+        # funnel item states: the item:funnel statistic too (stat_names(funnel=True))
+        self.funnel = funnel_buckets(self.model.vocab)
+        self.n_stats = len(stat_names(funnel=self.funnel is not None))
         self.counters = {"events": 0, "evicted_lru": 0, "evicted_idle": 0, "forgotten": 0}
 
     # ------------------------------------------------------------------ public
@@ -345,6 +347,10 @@ class LiveScorer:
         if len(st.block_nll) != self.block:
             st.block_nll = np.zeros(self.block, dtype=np.float32)
         st.block_nll[q % self.block] = event
+        if self.funnel is not None:
+            tokens = st.tokens[:, q - st.r0].astype(np.int64)
+            if funnel_regressions(tokens[:1], tokens[2:], self.funnel)[0]:
+                st.funnel_sum += float(item)
         remember(st, q, values, res, j, e)
         return float(values[3])
 
@@ -355,7 +361,7 @@ class LiveScorer:
             st.order_sum += float(v)
 
     def _statistics(self, st: ShopperState, n: int) -> np.ndarray:
-        """The shopper's statistics after its first ``n`` events (``stat_names()`` order), as
+        """The shopper's statistics after its first ``n`` events (``stat_names(funnel)`` order), as
         ``shopper_statistics`` gives them; ``st`` holds the sums up to there."""
         end = np.array([st.end[0], 0.0, 0.0, st.end[0]])
         totals = st.sums + end
@@ -367,7 +373,9 @@ class LiveScorer:
             windows = totals / (n + 1)
         else:
             windows = np.maximum(st.wmax, (st.recent.sum(0) + end) / WINDOW)
-        out = np.empty(_N_STATS)
+        out = np.empty(self.n_stats)
         out[0:8:2], out[1:8:2] = means, windows
         out[8], out[9] = st.end[0], st.order_sum / (n + 1)
+        if self.funnel is not None:
+            out[10] = st.funnel_sum / max(n, 1)
         return out

@@ -35,7 +35,8 @@ class ShopperState:
 
     __slots__ = ("n", "r0", "tokens", "last_ts", "last_item", "items", "stages", "sums", "wmax",
                  "recent",
-                 "block_nll", "order_sum", "end", "top", "details", "score", "driver", "seen")
+                 "block_nll", "order_sum", "funnel_sum", "end", "top", "details", "score", "driver",
+                 "seen")
 
     def __init__(self) -> None:
         self.n = 0  # events so far
@@ -51,6 +52,7 @@ class ShopperState:
         self.block_nll = np.zeros(0, dtype=np.float32)  # event NLL of the open block's positions
         # (made ORDER_BLOCK long at the first event)
         self.order_sum = 0.0
+        self.funnel_sum = 0.0  # item NLL of the funnel regressions (funnel item states)
         # the end position: event NLL (of the end), expected token, its probability, P(end)
         self.end = (0.0, 0, 0.0, 0.0)
         # per channel (event, gap, item, total): up to EXPLAIN_TOP (surprise, position)

@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from seqanom_core.config import (
@@ -33,13 +32,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain the next-event model on public or synthetic event logs (no DP: the central
     team's own data) and write a model directory that ``train --init``, ``simulate --pretrained``
     and the run config's ``pretrained`` start from. Several --data files (one --format) are
-    pooled; their shoppers are kept apart."""
+    pooled; their shoppers are kept apart. ``--synthetic N`` learns from N shoppers of the
+    built-in generator instead."""
     from seqanom_core.detector import make_detector
     from seqanom_core.pretraining import TRANSFERS, concat_sequences
 
-    if args.quarantine and len(args.data) > 1:
+    if (args.data is None) == (args.synthetic is None):
+        raise ConfigError("give --data PATH (public logs) or --synthetic SHOPPERS (the built-in "
+                          "generator), one of the two")
+    if args.synthetic is not None and (args.format, args.mapping) != ("seqanom", None):
+        raise ConfigError("--format and --mapping go with --data, not with --synthetic")
+    if args.synthetic is not None and args.synthetic < 10:
+        raise ConfigError(f"--synthetic must be at least 10 shoppers, not {args.synthetic}")
+    data = args.data or []
+    if args.quarantine and len(data) != 1:
         raise ConfigError("--quarantine goes with a single --data file (it names one CSV)")
-    check_paths({f"data {k + 1}": p for k, p in enumerate(args.data)},
+    check_paths({f"data {k + 1}": p for k, p in enumerate(data)},
                 {"out": args.out, "quarantine": args.quarantine}, dirs=["out"],
                 replaced={"out": [args.out]})
     d_model, layers, heads = MODEL_SIZES[args.size]
@@ -50,26 +58,40 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         seed=args.seed, device=args.device)
     sets = []
-    for path in args.data:
+    for path in data:
         seqs, _, report = load_input(argparse.Namespace(**{**vars(args), "data": path}), tok)
         print(report.summary())
         sets.append(seqs)
+    if args.synthetic is not None:
+        sets.append(_synthetic_sequences(args.synthetic, args.synthetic_seed, tok))
+        data = [f"built-in generator ({args.synthetic} shoppers, seed {args.synthetic_seed})"]
     pooled = concat_sequences(sets, [f"{k}:" for k in range(len(sets))] if len(sets) > 1 else None)
     det = make_detector(args.model, model_config=model, tokenizer_config=tok, train_config=train,
                         progress=not args.quiet)
     t0 = time.time()
     det.fit(pooled)
-    det.metadata_["pretraining"] = {"data": [str(p) for p in args.data], "format": args.format,
+    det.metadata_["pretraining"] = {"data": [str(p) for p in data],
+                                    "format": "synthetic" if args.synthetic else args.format,
                                     "size": args.size, "shoppers": len(pooled),
                                     "events": pooled.n_events, "transfers": TRANSFERS}
     out = det.save(args.out)
     n = sum(p.numel() for p in det.network_.parameters())
     print(f"pretrained a {args.size} {args.model} ({n:,} parameters) on {len(pooled):,} shoppers "
-          f"({pooled.n_events:,} events) of {len(args.data)} file(s) in {time.time() - t0:.1f} s "
+          f"({pooled.n_events:,} events) of {', '.join(map(str, data))} in {time.time() - t0:.1f} s "
           f"on {det.device_}; final loss {det.metadata_['epoch_losses'][-1]:.3f}")
     print(f"what transfers to other data: {TRANSFERS}")
     print(f"model written to {out} (seqanom train --init {out}, simulate --pretrained {out})")
     return 0
+
+
+def _synthetic_sequences(shoppers: int, seed: int, tok: TokenizerConfig) -> Any:
+    """``shoppers`` shoppers of the built-in generator (``seqanom synth``), tokenised."""
+    from seqanom_core.sequences import build_sequences
+    from simulation.synth import SynthConfig, synthesize_events
+
+    events = synthesize_events(SynthConfig(n_shoppers=shoppers, seed=seed))
+    print(f"built-in generator: {shoppers:,} shoppers, {events.num_rows:,} events (seed {seed})")
+    return build_sequences(events, tok)
 
 
 def _add_finetune_args(p: argparse.ArgumentParser, start: str, what: str) -> None:
@@ -105,9 +127,10 @@ def init_configs(args: argparse.Namespace, tok: TokenizerConfig, model: ModelCon
         if given:
             raise ConfigError(f"{' and '.join(given)} go with --init MODEL_DIR (a pretrained model)")
         return None, tok, model, train
+    from seqanom_core.builtin_model import resolve
     from seqanom_core.pretraining import load_pretrained
 
-    if not Path(args.init).expanduser().is_dir():
+    if not resolve(args.init).is_dir():
         raise ConfigError(f"--init {args.init}: no such model directory")
     init = load_pretrained(args.init)
     model = dataclasses.replace(init.model_config, dropout=model.dropout)
@@ -118,7 +141,12 @@ def add_pretrain_command(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``pretrain``."""
     p = add("pretrain", cmd_pretrain, "pretrain the next-event model on public or synthetic "
             "logs (no DP) for train --init / simulate --pretrained")
-    add_input_args(p, tokens=True, several=True)
+    add_input_args(p, required=False, tokens=True, several=True)
+    p.add_argument("--synthetic", type=int, metavar="SHOPPERS",
+                   help="instead of --data: this many shoppers of the built-in generator "
+                   "(seqanom synth), e.g. 2500")
+    p.add_argument("--synthetic-seed", type=seed_int, default=101, metavar="SEED",
+                   help="with --synthetic: the generator's seed (default 101)")
     add_model_kind_arg(p)
     p.add_argument("--size", choices=sorted(MODEL_SIZES), default="small",
                    help="tiny: d_model 32, 2 layers, 4 heads (simulate's model; with --max-len "
@@ -139,24 +167,46 @@ def add_pretrain_command(add: Callable[..., argparse.ArgumentParser]) -> None:
 def add_pretrained_args(p: argparse.ArgumentParser) -> None:
     """``simulate``'s --pretrained / --finetune / --adapter-rank."""
     p.add_argument("--pretrained", metavar="MODEL_DIR",
-                   help="the sites start from this pretrained model directory (seqanom "
-                   "pretrain); its model settings replace --model, --no-history-copy and "
-                   "--item-states. The baselines train from scratch")
+                   help="where the sites and the centralised baselines start: a pretrained "
+                   "model directory (seqanom pretrain), whose model settings replace --model, "
+                   "--no-history-copy and --item-states; 'builtin', the model that ships with "
+                   "seqanom (pretrained on the built-in generator's shoppers); 'none', from "
+                   f"scratch; default {PRETRAINED_DEFAULT}")
     _add_finetune_args(p, "--pretrained", "train and send")
 
 
+#: ``simulate --pretrained`` when not given (``builtin``, or ``none``: from scratch)
+PRETRAINED_DEFAULT = "none"
+
+
 def with_pretrained(cfg: Any, args: argparse.Namespace) -> Any:
-    """The simulation settings ``cfg`` with --pretrained's model settings and --finetune."""
+    """The simulation settings ``cfg`` with --pretrained's model settings and --finetune. When
+    --pretrained is not given and the default is the built-in model, a run whose model settings
+    (--model, --no-history-copy, --item-states) are not the built-in model's starts from scratch
+    and says so."""
+    from seqanom_core.builtin_model import BUILTIN, resolve
     from simulation.pretrained import simulation_fields
 
-    if not args.pretrained:
+    choice = args.pretrained or PRETRAINED_DEFAULT
+    if args.pretrained is None and choice == BUILTIN:
+        fields = simulation_fields(resolve(BUILTIN))
+        differ = [f"{name} {getattr(cfg, name)!r}" for name, value in fields.items()
+                  if getattr(cfg, name) != value]
+        if differ:
+            print(f"starting from scratch: the built-in pretrained model is not of this run's "
+                  f"{', '.join(differ)} (--pretrained none|builtin|MODEL_DIR)")
+            choice = "none"
+    if choice in ("", "none"):
         if args.finetune != "all":
             raise ConfigError(f"--finetune {args.finetune} goes with --pretrained MODEL_DIR")
-        return cfg
-    path = Path(args.pretrained).expanduser()
+        return dataclasses.replace(cfg, pretrained="")
+    path = resolve(choice)
     if not path.is_dir():
-        raise ConfigError(f"--pretrained {args.pretrained}: no such model directory")
+        raise ConfigError(f"--pretrained {choice}: no such model directory")
     if args.adapter_rank < 1:
         raise ConfigError(f"--adapter-rank must be 1 or more, not {args.adapter_rank}")
-    return dataclasses.replace(cfg, **simulation_fields(path), pretrained=str(path.resolve()),
+    # builtin stays a name: every site reads its own copy (the digest checks it is the same)
+    name = BUILTIN if choice == BUILTIN else str(path.resolve())
+    return dataclasses.replace(cfg, **simulation_fields(path), pretrained=name,
                                finetune=args.finetune, adapter_rank=args.adapter_rank)
+

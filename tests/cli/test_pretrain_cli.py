@@ -41,11 +41,27 @@ def test_pretrain_pools_files_and_train_fine_tunes_from_it(files, capsys):
     assert det.metadata_["pretrained"]["finetune"] == "head"
 
 
+def test_pretrain_learns_from_the_built_in_generator(files, capsys):
+    root, _ = files
+    pre = root / "pre-synthetic"
+    assert main(["-q", "pretrain", "--synthetic", "30", "--synthetic-seed", "7", "--size", "tiny",
+                 "--out", str(pre), *TINY]) == 0
+    assert "on 30 shoppers" in capsys.readouterr().out
+    meta = json.loads((pre / "metadata.json").read_text())["pretraining"]
+    assert meta["format"] == "synthetic" and meta["shoppers"] == 30
+    assert meta["data"] == ["built-in generator (30 shoppers, seed 7)"]
+    assert SequenceDetector.load(pre, progress=False).model_config.d_model == 32
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "--finetune", "adapters"], "--finetune go with --init"),
     (["train", "--init", "{root}/none"], "--init {root}/none: no such model directory"),
     (["pretrain", "--data", "{a}", "--data", "{a}", "--quarantine", "{root}/q.csv"],
      "--quarantine goes with a single --data"),
+    (["pretrain"], "give --data PATH (public logs) or --synthetic SHOPPERS"),
+    (["pretrain", "--data", "{a}", "--synthetic", "50"], "one of the two"),
+    (["pretrain", "--synthetic", "50", "--format", "taobao"], "--format and --mapping go with"),
+    (["pretrain", "--synthetic", "5"], "--synthetic must be at least 10 shoppers"),
     (["simulate", "--finetune", "head"], "--finetune head goes with --pretrained"),
     (["simulate", "--pretrained", "{root}"], "not a model directory"),
 ])
@@ -75,3 +91,39 @@ def test_simulate_prepares_a_run_config_from_the_pretrained_model(files, capsys)
                  '"adapter-rank" = 4', '"d-model" = 64', '"max-len" = 32', '"n-heads" = 4'):
         assert line in text
     assert '"pretrained-digest" = "' in text
+
+
+def test_simulate_and_train_start_from_the_builtin_model_by_name(files, capsys):
+    root, (_, _, site) = files
+    out = root / "sim-builtin"
+    assert main(["-q", "simulate", "--prepare-only", "--pretrained", "builtin", "--shoppers", "24",
+                 "--sites", "2", "--out", str(out)]) == 0
+    text = (out / "run-config.toml").read_text()
+    # the name, not a temporary path: every site unpacks its own copy, the digest checks it
+    for line in ('"pretrained" = "builtin"', '"d-model" = 32', '"max-len" = 64'):
+        assert line in text
+    assert '"pretrained-digest" = "' in text
+    assert main(["-q", "train", "--data", str(site), "--init", "builtin", "--out",
+                 str(root / "m-builtin"), "--epochs", "1"]) == 0
+    det = SequenceDetector.load(root / "m-builtin", progress=False)
+    assert det.model_config.d_model == 32 and det.metadata_["pretrained"]["finetune"] == "all"
+
+
+@pytest.mark.parametrize(("argv", "pretrained", "said"), [
+    ([], True, ""),
+    (["--model", "lstm"], False, "starting from scratch: the built-in pretrained model is not "
+                                 "of this run's model 'lstm'"),
+    (["--item-states", "funnel"], False, "item_states 'funnel'"),
+    (["--pretrained", "none"], False, ""),
+])
+def test_a_builtin_default_applies_only_to_runs_of_its_model_settings(
+        files, capsys, monkeypatch, argv, pretrained, said):
+    from simulation.cli import pretrain_command
+
+    monkeypatch.setattr(pretrain_command, "PRETRAINED_DEFAULT", "builtin")
+    root, _ = files
+    out = root / f"sim-default-{len(argv)}-{pretrained}"
+    assert main(["simulate", "--prepare-only", "--shoppers", "24", "--sites", "2", "--out",
+                 str(out), *argv]) == 0
+    assert said in capsys.readouterr().out
+    assert ('"pretrained" = "builtin"' in (out / "run-config.toml").read_text()) == pretrained

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from live_helpers import live_events, prefix_table
 
 from seqanom_core.config import ModelConfig, TrainConfig
 from seqanom_core.detector import make_detector
@@ -14,7 +15,7 @@ from seqanom_core.live.engine import LiveScorer
 from seqanom_core.live.events import EventError, LiveEvent, OutOfOrderError, parse_events
 from seqanom_core.live.state import MAX_ITEMS
 from seqanom_core.models import backbone_kinds
-from seqanom_core.schema import BEHAVIORS, events_from_arrays
+from seqanom_core.schema import BEHAVIORS
 from seqanom_core.sequences import build_sequences
 
 
@@ -29,34 +30,11 @@ def detector(request, small_split):
     return det.fit(train)
 
 
-def _live_events(table: pa.Table) -> list[LiveEvent]:
-    """Events in time order (ties in row order), as a site would post them."""
-    cols = {c: table.column(c).to_pylist() for c in table.column_names}
-    order = np.lexsort((np.arange(table.num_rows), np.asarray(cols["timestamp"])))
-    return [LiveEvent(str(cols["user_id"][i]), str(cols["item_id"][i]), str(cols["category_id"][i]),
-                      int(cols["behavior"][i]), float(cols["timestamp"][i])) for i in order]
-
-
-def _prefix_table(events: list[LiveEvent]) -> tuple[pa.Table, list[str]]:
-    """Every prefix of every shopper's events as its own shopper ``user#k`` (k events)."""
-    by_user: dict[str, list[LiveEvent]] = {}
-    for e in events:
-        by_user.setdefault(e.user_id, []).append(e)
-    rows: list[tuple[str, LiveEvent]] = []
-    for u, evs in by_user.items():
-        for k in range(1, len(evs) + 1):
-            rows += [(f"{u}#{k}", e) for e in evs[:k]]
-    table = events_from_arrays([r[0] for r in rows], [r[1].item_id for r in rows],
-                               [r[1].category_id for r in rows], [r[1].behavior for r in rows],
-                               [r[1].timestamp for r in rows])
-    return table, list(by_user)
-
-
 def test_the_live_score_after_every_event_equals_the_batch_score(detector, small_split):
     _, test, _ = small_split
     users = list(dict.fromkeys(test.column("user_id").to_pylist()))[:40]
     mask = pa.compute.is_in(test.column("user_id"), pa.array(users))
-    events = _live_events(test.filter(mask))
+    events = live_events(test.filter(mask))
     live = LiveScorer(detector)
     rng = np.random.default_rng(0)
     results, k = [], 0
@@ -64,7 +42,7 @@ def test_the_live_score_after_every_event_equals_the_batch_score(detector, small
         size = int(rng.integers(1, 10))
         results += live.score(events[k:k + size])
         k += size
-    table, _ = _prefix_table(events)
+    table, _ = prefix_table(events)
     batch = detector.score_shoppers(build_sequences(table, detector.tokenizer_config))
     expected = dict(zip(batch.ids.tolist(), batch.scores.tolist(), strict=True))
     seen: dict[str, int] = {}
@@ -81,7 +59,7 @@ def test_the_live_score_after_every_event_equals_the_batch_score(detector, small
 
 def test_the_explanation_names_the_events_batch_scoring_names(detector, small_split):
     _, test, _ = small_split
-    events = _live_events(test)
+    events = live_events(test)
     live = LiveScorer(detector)
     live.score(events)
     batch = detector.score_shoppers(build_sequences(test, detector.tokenizer_config))

@@ -210,3 +210,20 @@ def test_sites_with_the_same_shoppers_add_different_calibration_noise(tmp_path, 
     assert len(hists) == 2
     diff = hists[0] - hists[1]
     assert np.all(np.isfinite(diff)) and np.std(diff) > 0.5  # two independent N(0, 0.5^2)
+
+
+def test_a_funnel_run_calibrates_the_funnel_statistic_from_the_sites_histograms(tmp_path,
+                                                                              site_dirs):
+    from seqanom_core.scoring import stat_names
+
+    cfg = tiny_run_config(tmp_path, site_dirs, **{"num-rounds": 1, "item-states": "funnel"})
+    _, _, grid = _run(cfg)
+    det = SequenceDetector.load(tmp_path / "model", progress=False)
+    assert det.tokenizer_config.item_states == "funnel"
+    assert det.calibrator_.names == stat_names(funnel=True)
+    assert np.isfinite(det.calibrator_.center).all() and (det.calibrator_.scale > 0).all()
+    # one statistic histogram per statistic left each site (11 with funnel item states)
+    sizes = {reply.content[message_keys.HISTOGRAMS][message_keys.STAT_HIST].numpy().shape[0]
+             for reply in grid.sent if message_keys.HISTOGRAMS in reply.content
+             and message_keys.STAT_HIST in reply.content[message_keys.HISTOGRAMS]}
+    assert sizes == {len(stat_names(funnel=True))}

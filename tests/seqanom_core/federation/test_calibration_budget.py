@@ -42,7 +42,9 @@ def test_calibration_rounds_always_end_with_the_last():
 
 
 def test_sensitivities_count_one_node_per_level_per_tree():
-    assert stat_sensitivity() == pytest.approx(np.sqrt(len(stat_names()) * (LEVELS + 1)))
+    # the most statistics any model has: 11 with funnel item states (10 without)
+    assert len(stat_names(funnel=True)) == len(stat_names()) + 1 == 11
+    assert stat_sensitivity() == pytest.approx(np.sqrt(11 * (LEVELS + 1)))
     assert score_sensitivity() == pytest.approx(np.sqrt(LEVELS + 1))
 
 
