@@ -2,7 +2,8 @@
 scratch and from a pretrained model, per seed, and the message size of each fine-tuning mode.
 
 1. ``seqanom pretrain --data P [--data P ...] --format F --size tiny --max-len 64`` (simulate's
-   model shape, so that both arms train the same architecture), no DP.
+   model shape, so that both arms train the same architecture), no DP; or, with
+   ``--pretrained MODEL`` (``builtin``: the model that ships with seqanom), that model.
 2. Per seed and arm, ``seqanom simulate --data D --format F --sites K --no-baselines --seed S``
    (DP, epsilon 8 per site, delta 1e-5) in its own process: ``scratch``, and
    ``pretrained-<mode>`` (``--pretrained DIR --finetune MODE``) for each ``--modes``.
@@ -12,8 +13,8 @@ Reported per run: federated AUROC, AUPRC, recall at FPR 0.1/0.2/1%, AUROC per ki
 site's epsilon, the bytes of model arrays in each training message, seconds; per arm the mean
 and spread over seeds, and per seed the pretrained-minus-scratch AUROC.
 
-    python -m bench.pretrain_bench --pretrain-data A.csv.gz [--pretrain-data B ...]
-        --pretrain-format F --data D.csv.gz --format F [--sites 4] [--seeds 0 1 2]
+    python -m bench.pretrain_bench (--pretrain-data A.csv.gz [--pretrain-data B ...]
+        --pretrain-format F | --pretrained MODEL) --data D.csv.gz --format F [--sites 4] [--seeds 0 1 2]
         [--modes all adapters] [--epochs 4] [--out JSON]
 """
 
@@ -49,7 +50,9 @@ def _run_summary(out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print (or write) its JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pretrain-data", action="append", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pretrain-data", action="append")
+    src.add_argument("--pretrained", help="a pretrained model directory, or builtin")
     p.add_argument("--pretrain-format", default="taobao")
     p.add_argument("--data", required=True)
     p.add_argument("--format", default="taobao")
@@ -63,13 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     t0 = time.time()
     work = Path(args.work or tempfile.mkdtemp(prefix="pretrain-bench-"))
-    pre = work / "pretrained"
+    pre = args.pretrained or work / "pretrained"
     t = time.time()
-    run_seqanom("pretrain", *[x for d in args.pretrain_data for x in ("--data", d)],
-                "--format", args.pretrain_format, "--size", "tiny", "--max-len", "64",
-                "--epochs", str(args.epochs), "--out", str(pre))
+    if args.pretrain_data:
+        run_seqanom("pretrain", *[x for d in args.pretrain_data for x in ("--data", d)],
+                    "--format", args.pretrain_format, "--size", "tiny", "--max-len", "64",
+                    "--epochs", str(args.epochs), "--out", str(pre))
     pretrain_s = round(time.time() - t, 1)
-    arms = {"scratch": []} | {f"pretrained-{m}": ["--pretrained", str(pre), "--finetune", m]
+    arms = {"scratch": ["--pretrained", "none"]} | {f"pretrained-{m}": ["--pretrained", str(pre), "--finetune", m]
                               for m in args.modes}
     runs: dict[str, dict[str, Any]] = {a: {} for a in arms}
     for seed in args.seeds:

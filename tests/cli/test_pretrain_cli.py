@@ -62,7 +62,8 @@ def test_pretrain_learns_from_the_built_in_generator(files, capsys):
     (["pretrain", "--data", "{a}", "--synthetic", "50"], "one of the two"),
     (["pretrain", "--synthetic", "50", "--format", "taobao"], "--format and --mapping go with"),
     (["pretrain", "--synthetic", "5"], "--synthetic must be at least 10 shoppers"),
-    (["simulate", "--finetune", "head"], "--finetune head goes with --pretrained"),
+    (["simulate", "--pretrained", "none", "--finetune", "head"],
+     "--finetune head goes with --pretrained"),
     (["simulate", "--pretrained", "{root}"], "not a model directory"),
 ])
 def test_pretrained_options_are_checked(files, capsys, argv, message):
@@ -114,15 +115,14 @@ def test_simulate_and_train_start_from_the_builtin_model_by_name(files, capsys):
     (["--model", "lstm"], False, "starting from scratch: the built-in pretrained model is not "
                                  "of this run's model 'lstm'"),
     (["--item-states", "funnel"], False, "item_states 'funnel'"),
+    (["--no-dp"], False, "is the default with DP only"),
     (["--pretrained", "none"], False, ""),
+    (["--pretrained", "builtin", "--no-dp"], True, ""),
 ])
-def test_a_builtin_default_applies_only_to_runs_of_its_model_settings(
-        files, capsys, monkeypatch, argv, pretrained, said):
-    from simulation.cli import pretrain_command
-
-    monkeypatch.setattr(pretrain_command, "PRETRAINED_DEFAULT", "builtin")
+def test_the_builtin_default_applies_only_to_dp_runs_of_its_model_settings(
+        files, capsys, argv, pretrained, said):
     root, _ = files
-    out = root / f"sim-default-{len(argv)}-{pretrained}"
+    out = root / f"sim-default-{'-'.join(argv)}"
     assert main(["simulate", "--prepare-only", "--shoppers", "24", "--sites", "2", "--out",
                  str(out), *argv]) == 0
     assert said in capsys.readouterr().out
