@@ -213,6 +213,8 @@ def with_pretrained(cfg: Any, args: argparse.Namespace) -> Any:
         raise ConfigError(f"--adapter-rank must be 1 or more, not {args.adapter_rank}")
     # builtin stays a name: every site reads its own copy (the digest checks it is the same)
     name = BUILTIN if choice == BUILTIN else str(path.resolve())
+    print(f"the sites and the baselines start from the pretrained model {name} (--finetune "
+          f"{args.finetune}; --pretrained none: from scratch)")
     return dataclasses.replace(cfg, **simulation_fields(path), pretrained=name,
                                finetune=args.finetune, adapter_rank=args.adapter_rank)
 

@@ -111,7 +111,7 @@ def test_simulate_and_train_start_from_the_builtin_model_by_name(files, capsys):
 
 
 @pytest.mark.parametrize(("argv", "pretrained", "said"), [
-    ([], True, ""),
+    ([], True, "start from the pretrained model builtin (--finetune all"),
     (["--model", "lstm"], False, "starting from scratch: the built-in pretrained model is not "
                                  "of this run's model 'lstm'"),
     (["--item-states", "funnel"], False, "item_states 'funnel'"),
