@@ -183,15 +183,16 @@ def add_pretrained_args(p: argparse.ArgumentParser) -> None:
 PRETRAINED_DEFAULT = "builtin"
 
 
-def with_pretrained(cfg: Any, args: argparse.Namespace) -> Any:
-    """The simulation settings ``cfg`` with --pretrained's model settings and --finetune. When
+def with_pretrained(cfg: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    """The simulation settings ``cfg`` with --pretrained's model settings and --finetune, and
+    the line that says where the run starts (printed after the ingest summary). When
     --pretrained is not given and the default is the built-in model, a run without DP, or whose
     model settings (--model, --no-history-copy, --item-states) are not the built-in model's,
-    starts from scratch and says so."""
+    starts from scratch and says why."""
     from seqanom_core.builtin_model import BUILTIN, resolve
     from simulation.pretrained import simulation_fields
 
-    choice = args.pretrained or PRETRAINED_DEFAULT
+    choice, said = args.pretrained or PRETRAINED_DEFAULT, ""
     if args.pretrained is None and choice == BUILTIN:
         fields = simulation_fields(resolve(BUILTIN))
         differ = [f"{name} {getattr(cfg, name)!r}" for name, value in fields.items()
@@ -199,13 +200,13 @@ def with_pretrained(cfg: Any, args: argparse.Namespace) -> Any:
         if differ or not cfg.dp:
             why = (f"is not of this run's {', '.join(differ)}" if differ else
                    "is the default with DP only (without DP it measured 0.01 AUROC below)")
-            print(f"starting from scratch: the built-in pretrained model {why} "
-                  f"(--pretrained none|builtin|MODEL_DIR)")
+            said = (f"starting from scratch: the built-in pretrained model {why} "
+                    f"(--pretrained none|builtin|MODEL_DIR)")
             choice = "none"
     if choice in ("", "none"):
         if args.finetune != "all":
             raise ConfigError(f"--finetune {args.finetune} goes with --pretrained MODEL_DIR")
-        return dataclasses.replace(cfg, pretrained="")
+        return dataclasses.replace(cfg, pretrained=""), said
     path = resolve(choice)
     if not path.is_dir():
         raise ConfigError(f"--pretrained {choice}: no such model directory")
@@ -213,8 +214,8 @@ def with_pretrained(cfg: Any, args: argparse.Namespace) -> Any:
         raise ConfigError(f"--adapter-rank must be 1 or more, not {args.adapter_rank}")
     # builtin stays a name: every site reads its own copy (the digest checks it is the same)
     name = BUILTIN if choice == BUILTIN else str(path.resolve())
-    print(f"the sites and the baselines start from the pretrained model {name} (--finetune "
-          f"{args.finetune}; --pretrained none: from scratch)")
+    said = (f"the sites and the baselines start from the pretrained model {name} (--finetune "
+            f"{args.finetune}; --pretrained none: from scratch)")
     return dataclasses.replace(cfg, **simulation_fields(path), pretrained=name,
-                               finetune=args.finetune, adapter_rank=args.adapter_rank)
+                               finetune=args.finetune, adapter_rank=args.adapter_rank), said
 

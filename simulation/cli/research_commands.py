@@ -179,12 +179,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         central_epsilon=args.central_epsilon, calibration_share=args.calibration_share,
         calibration_every=args.calibration_every, audit=args.audit,
         audit_canaries=args.audit_canaries)
-    cfg = with_pretrained(cfg, args)
+    cfg, start = with_pretrained(cfg, args)
     loaded = None
     if cfg.data is not None:  # read first: its ingest summary comes before the long run
         _events, report = loaded = run.load_events(cfg)
         if report is not None:
             print(report.summary())
+    if start:
+        print(start)
     if args.prepare_only:
         path = run.prepare_flwr_run(cfg, loaded)
         print(f"{cfg.sites} sites written under {cfg.out / 'sites'}; run config: {path}")
