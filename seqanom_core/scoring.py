@@ -92,6 +92,12 @@ def stat_names(funnel: bool = False) -> list[str]:
 N_BASE_STATS = len(stat_names())
 
 
+def names_of(n_stats: int) -> list[str]:
+    """The names of a model's ``n_stats`` statistics (``N_BASE_STATS``, or one more with
+    ``item:funnel``)."""
+    return stat_names(funnel=n_stats > N_BASE_STATS)
+
+
 def _window_max_mean(values: np.ndarray, offsets: np.ndarray, window: int) -> np.ndarray:
     """Per sequence, the largest mean of ``window`` consecutive positions (whole mean if shorter)."""
     n_seq = len(offsets) - 1
@@ -189,7 +195,7 @@ class ScoreCalibrator:
         """The statistics it standardises (``stat_names``; with ``item:funnel`` or without)."""
         if self.center is None:
             raise NotFittedError("score calibrator is not fitted")
-        return stat_names(funnel=len(self.center) > N_BASE_STATS)
+        return names_of(len(self.center))
 
     def standardise(self, stats: np.ndarray) -> np.ndarray:
         """Standardised statistics ``(n_shoppers, n_stats)``: the first ``len(names)`` columns of

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from seqanom_core.errors import ConfigError
-from seqanom_core.scoring import ScoreCalibrator, stat_names
+from seqanom_core.scoring import ScoreCalibrator, names_of, stat_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -182,8 +182,7 @@ class SupervisedHead:
         return np.asarray(x, dtype=np.float64) @ self.weights
 
     def to_dict(self) -> dict[str, Any]:
-        funnel = len(self.weights) - 1 > len(stat_names())
-        return {"features": ["score", *stat_names(funnel)], "transform": "sign(x)*log1p(|x|)",
+        return {"features": ["score", *names_of(len(self.weights) - 1)], "transform": "sign(x)*log1p(|x|)",
                 "weights": self.weights.tolist(), "bias": self.bias, "l2": self.l2,
                 "info": self.info}
 
